@@ -1,0 +1,55 @@
+"""The default pack of sanity callbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from lightning_sanity.base import SanityCallback
+from lightning_sanity.batch_stats import BatchStatsCallback
+from lightning_sanity.confusion import ConfusionCallback
+from lightning_sanity.gradient_flow import GradientFlowCallback
+from lightning_sanity.mode_guard import ModeGuardCallback
+from lightning_sanity.transform_parity import TransformParityCallback
+
+DEFAULT_CALLBACKS: tuple[type[SanityCallback], ...] = (
+    TransformParityCallback,
+    BatchStatsCallback,
+    GradientFlowCallback,
+    ConfusionCallback,
+    ModeGuardCallback,
+)
+_SHARED_OPTIONS = ("strict", "batch_adapter")
+
+
+def default_callbacks(**overrides: Any) -> list[Callback]:
+    """The five sanity callbacks with their defaults.
+
+    Keyword arguments ``strict`` and ``batch_adapter`` go to every callback. A callback's short
+    name (``transform_parity``, ``batch_stats``, ``gradient_flow``, ``confusion``, ``mode_guard``)
+    takes a dict of its constructor arguments, or ``False`` to leave it out.
+
+    Example::
+
+        trainer = Trainer(callbacks=default_callbacks(strict=True, confusion={"num_classes": 10}, mode_guard=False))
+
+    Raises:
+        ValueError: on an unknown keyword.
+    """
+    by_name = {cls.name: cls for cls in DEFAULT_CALLBACKS}
+    unknown = set(overrides) - set(by_name) - set(_SHARED_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)}; expected {list(_SHARED_OPTIONS)} or callback names {list(by_name)}"
+        )
+    shared = {key: overrides[key] for key in _SHARED_OPTIONS if key in overrides}
+    callbacks: list[Callback] = []
+    for name, cls in by_name.items():
+        options = overrides.get(name, {})
+        if options is False:
+            continue
+        if not isinstance(options, dict):
+            raise ValueError(f"{name} must be a dict of constructor arguments or False, got {options!r}")
+        callbacks.append(cls(**{**shared, **options}))
+    return callbacks

@@ -1,0 +1,146 @@
+"""Small real datasets and a plain classifier for examples, tests and benchmarks.
+
+Like ``lightning.pytorch.demos``: the data is bundled with scikit-learn (``pip install
+lightning-sanity[examples]``), so everything here runs offline in seconds.
+
+Example::
+
+    from torchvision import transforms as T
+    train = DigitImages(transform=T.Compose([T.RandomHorizontalFlip(), T.ToTensor()]), split="train")
+    model = Classifier(SmallCNN(num_classes=10))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+Split = Literal["train", "val", "all"]
+
+
+def _split_indices(n: int, split: Split, val_fraction: float = 0.25, seed: int = 0) -> np.ndarray:
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(n * val_fraction)
+    return {"train": order[n_val:], "val": order[:n_val], "all": np.arange(n)}[split]
+
+
+class DigitImages(Dataset):
+    """scikit-learn's 8x8 digits rendered as RGB PIL images (``size`` x ``size``), for torchvision pipelines.
+
+    Args:
+        transform: Applied to each PIL image, like a torchvision dataset's ``transform``.
+        split: A fixed, disjoint 75/25 ``"train"``/``"val"`` split, or ``"all"``.
+        size: Side of the rendered image in pixels.
+        sort_by_class: Order samples by label (to reproduce the unshuffled sorted-data bug).
+    """
+
+    classes = [str(digit) for digit in range(10)]
+
+    def __init__(
+        self,
+        transform: Callable[[Image.Image], Any] | None = None,
+        split: Split = "train",
+        size: int = 32,
+        sort_by_class: bool = False,
+    ) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        indices = _split_indices(len(digits.target), split)
+        if sort_by_class:
+            indices = indices[np.argsort(digits.target[indices], kind="stable")]
+        pixels = (digits.images[indices] * (255.0 / 16.0)).astype(np.uint8)
+        resample = Image.Resampling.BILINEAR
+        self.images = [Image.fromarray(p).resize((size, size), resample).convert("RGB") for p in pixels]
+        self.targets = digits.target[indices].astype(np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+def wine_tensors(split: Split = "train", standardize: bool = True) -> tuple[Tensor, Tensor]:
+    """scikit-learn's wine data (13 features, 3 classes) as float32 features and int64 labels.
+
+    ``standardize`` uses the mean and std of the training split, as a correct pipeline does.
+    """
+    from sklearn.datasets import load_wine
+
+    wine = load_wine()
+    features = wine.data.astype(np.float32)
+    if standardize:
+        train = features[_split_indices(len(features), "train")]
+        features = (features - train.mean(0)) / train.std(0)
+    indices = _split_indices(len(features), split)
+    return torch.from_numpy(features[indices]), torch.from_numpy(wine.target[indices].astype(np.int64))
+
+
+class SmallCNN(nn.Sequential):
+    """Conv-BN-ReLU x2, dropout, linear head: a typical small image classifier."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.2),
+            nn.Linear(2 * width, num_classes),
+        )
+
+
+def mlp(in_features: int, num_classes: int, hidden: int = 32, dropout: float = 0.1) -> nn.Sequential:
+    """A two-layer MLP for tabular data."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+
+class Classifier(pl.LightningModule):
+    """Cross-entropy classifier around ``net``, written the common way.
+
+    ``validation_step`` computes ``self(x)`` and logs the loss, returning nothing.
+    """
+
+    def __init__(self, net: nn.Module, lr: float = 1e-2, optimizer: str = "adam") -> None:
+        super().__init__()
+        self.net = net
+        self.lr = lr
+        self.optimizer_name = optimizer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("test_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        return torch.optim.Adam(self.parameters(), lr=self.lr)

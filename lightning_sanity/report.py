@@ -1,0 +1,154 @@
+"""The run report: one summary of every finding, printed once per run and written next to the logs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import lightning.pytorch as pl
+
+from lightning_sanity.base import collect_findings, sanity_callbacks
+from lightning_sanity.findings import Finding, Severity
+from lightning_sanity.loggers import log_scalars
+
+SCHEMA = "lightning-sanity/report"
+SCHEMA_VERSION = 1
+REPORT_JSON = "sanity_report.json"
+
+
+@dataclass(frozen=True)
+class SanityReport:
+    """Every finding of a run, with extra sections (e.g. the confusion matrix) contributed by callbacks.
+
+    Example::
+
+        report = SanityReport.from_trainer(trainer, run="fit")
+        print(report.to_text())
+        Path("report.json").write_text(report.to_json())
+    """
+
+    findings: list[Finding]
+    sections: list[tuple[str, str]] = field(default_factory=list)
+    run: str = "fit"
+
+    @classmethod
+    def from_trainer(cls, trainer: pl.Trainer, run: str) -> SanityReport:
+        sections = [section for cb in sanity_callbacks(trainer) for section in cb.report_sections()]
+        return cls(collect_findings(trainer), sections, run)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counted = Counter(str(f.severity) for f in self.findings)
+        return {str(severity): counted[str(severity)] for severity in reversed(Severity)}
+
+    def headline(self) -> str:
+        counts = ", ".join(f"{severity}: {n}" for severity, n in self.counts.items())
+        return f"lightning-sanity report ({self.run}): {counts}"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "schema": SCHEMA,
+                "version": SCHEMA_VERSION,
+                "run": self.run,
+                "summary": self.counts,
+                "findings": [f.to_dict() for f in self.findings],
+                "sections": [{"title": title, "text": text} for title, text in self.sections],
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> SanityReport:
+        data = json.loads(text)
+        if data.get("schema") != SCHEMA or data.get("version", 0) > SCHEMA_VERSION:
+            raise ValueError(f"not a {SCHEMA} document of version <= {SCHEMA_VERSION}")
+        return cls(
+            findings=[Finding.from_dict(f) for f in data["findings"]],
+            sections=[(s["title"], s["text"]) for s in data["sections"]],
+            run=data["run"],
+        )
+
+    def to_markdown(self) -> str:
+        lines = [f"# {self.headline()}", ""]
+        if self.findings:
+            lines += ["| severity | code | where | count | message | hint |", "|---|---|---|---|---|---|"]
+            lines += [
+                f"| {f.severity} | `{f.code}` | {_where(f)} | {f.count} | {_cell(f.message)} | {_cell(f.hint)} |"
+                for f in self.findings
+            ]
+        else:
+            lines.append("No findings.")
+        for title, text in self.sections:
+            lines += ["", f"## {title}", "", "```", text, "```"]
+        return "\n".join(lines) + "\n"
+
+    def to_text(self) -> str:
+        lines = [self.headline()]
+        for f in self.findings:
+            lines.append(f"  {str(f.severity).upper():<7} {f.code}  ({_where(f)}, x{f.count})")
+            lines.append(f"          {f.message}")
+            lines.append(f"          hint: {f.hint}")
+        for title, text in self.sections:
+            lines += [f"  {title}:", *(f"    {line}" for line in text.splitlines())]
+        return "\n".join(lines)
+
+    def print(self) -> None:
+        """Print the report, as a rich table when ``rich`` is installed."""
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            print(self.to_text())
+            return
+        table = Table(title=self.headline(), show_lines=True, expand=False)
+        for column in ("severity", "code", "where", "count", "message / hint"):
+            table.add_column(column, overflow="fold")
+        style = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
+        for f in self.findings:
+            table.add_row(
+                str(f.severity).upper(),
+                f.code,
+                _where(f),
+                str(f.count),
+                f"{f.message}\nhint: {f.hint}",
+                style=style[f.severity],
+            )
+        console = Console(width=max(Console().width, 120))
+        console.print(table)
+        for title, text in self.sections:
+            console.print(f"[bold]{title}[/bold]\n{text}", highlight=False)
+
+
+def _where(finding: Finding) -> str:
+    subject = f" {finding.subject}" if finding.subject else ""
+    return f"{finding.stage} epoch {finding.epoch} step {finding.step}{subject}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def report_dir(trainer: pl.Trainer) -> str | None:
+    """Where report files go: the log directory of the trainer's first logger, if it has one."""
+    if not trainer.loggers:
+        return None
+    return trainer.log_dir
+
+
+def publish_report(trainer: pl.Trainer, run: str) -> SanityReport:
+    """Print the run report, write ``sanity_report.json`` next to the logs and log the counts (rank zero)."""
+    report = SanityReport.from_trainer(trainer, run)
+    if trainer.global_rank != 0:
+        return report
+    report.print()
+    counts = report.counts
+    log_scalars(trainer, {"sanity/errors": counts["error"], "sanity/warnings": counts["warning"]})
+    directory = report_dir(trainer)
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, REPORT_JSON), "w") as handle:
+            handle.write(report.to_json())
+    return report
