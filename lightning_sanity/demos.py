@@ -71,6 +71,16 @@ class DigitImages(Dataset):
         return (self.transform(image) if self.transform else image), int(self.targets[index])
 
 
+def _tabular(bunch: Any, split: Split, standardize: bool) -> tuple[Tensor, Tensor]:
+    features = bunch.data.astype(np.float32)
+    if standardize:
+        train = features[_split_indices(len(features), "train")]
+        std = train.std(0)
+        features = (features - train.mean(0)) / np.where(std > 0, std, 1.0)
+    indices = _split_indices(len(features), split)
+    return torch.from_numpy(features[indices]), torch.from_numpy(bunch.target[indices].astype(np.int64))
+
+
 def wine_tensors(split: Split = "train", standardize: bool = True) -> tuple[Tensor, Tensor]:
     """scikit-learn's wine data (13 features, 3 classes) as float32 features and int64 labels.
 
@@ -78,13 +88,14 @@ def wine_tensors(split: Split = "train", standardize: bool = True) -> tuple[Tens
     """
     from sklearn.datasets import load_wine
 
-    wine = load_wine()
-    features = wine.data.astype(np.float32)
-    if standardize:
-        train = features[_split_indices(len(features), "train")]
-        features = (features - train.mean(0)) / train.std(0)
-    indices = _split_indices(len(features), split)
-    return torch.from_numpy(features[indices]), torch.from_numpy(wine.target[indices].astype(np.int64))
+    return _tabular(load_wine(), split, standardize)
+
+
+def digits_tensors(split: Split = "train", standardize: bool = True) -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits as flat 64-feature float32 rows and int64 labels 0-9 (see :func:`wine_tensors`)."""
+    from sklearn.datasets import load_digits
+
+    return _tabular(load_digits(), split, standardize)
 
 
 class SmallCNN(nn.Sequential):

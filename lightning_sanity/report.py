@@ -103,6 +103,9 @@ class SanityReport:
         except ImportError:
             print(self.to_text())
             return
+        if not self.findings and not self.sections:
+            print(f"{self.headline()}: no findings.")
+            return
         table = Table(title=self.headline(), show_lines=True, expand=False)
         for column in ("severity", "code", "where", "count", "message / hint"):
             table.add_column(column, overflow="fold")
