@@ -13,11 +13,13 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import RunningStage
+from matplotlib.figure import Figure
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_sanity.batch import BatchAdapter, BatchParts, UnsupportedBatch, split_batch
 from lightning_sanity.findings import Finding, SanityError, SanityWarning, Severity
+from lightning_sanity.loggers import log_figure, scalar_key
 
 log = logging.getLogger("lightning_sanity")
 
@@ -83,16 +85,35 @@ class SanityCallback(Callback):
     Args:
         strict: Raise :class:`SanityError` on the first ERROR finding (for CI pipelines).
         batch_adapter: A function ``batch -> (inputs, targets)`` for batch structures we do not understand.
+        figure_every_n_epochs: Log this callback's figures at the first epoch, then every N epochs; 0 turns
+            them off.
+        save_dir: Also save figures as PNG files here (the only place they go when there is no logger).
     """
 
     name: ClassVar[str] = "sanity"
     """Short name used in scalar keys: ``sanity/<name>/<split>/<metric>``."""
 
-    def __init__(self, *, strict: bool = False, batch_adapter: BatchAdapter | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        strict: bool = False,
+        batch_adapter: BatchAdapter | None = None,
+        figure_every_n_epochs: int = 5,
+        save_dir: str | None = None,
+    ) -> None:
         require(isinstance(strict, bool), "strict", "a bool", strict)
         require(batch_adapter is None or callable(batch_adapter), "batch_adapter", "None or a callable", batch_adapter)
+        require(
+            isinstance(figure_every_n_epochs, int) and figure_every_n_epochs >= 0,
+            "figure_every_n_epochs",
+            "an int >= 0 (0 turns figures off)",
+            figure_every_n_epochs,
+        )
         self.strict = strict
         self.batch_adapter = batch_adapter
+        self.figure_every_n_epochs = figure_every_n_epochs
+        self.save_dir = save_dir
+        self.figure_paths: list[str] = []
         self._findings: dict[tuple[str, str], Finding] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -169,6 +190,15 @@ class SanityCallback(Callback):
                 evidence={"batch_type": type(batch).__name__},
             )
             return None
+
+    def figure_due(self, trainer: pl.Trainer) -> bool:
+        """Figures are drawn at the first epoch, then every ``figure_every_n_epochs``; never in the sanity check."""
+        every = self.figure_every_n_epochs
+        return every > 0 and not trainer.sanity_checking and trainer.current_epoch % every == 0
+
+    def log_figure(self, trainer: pl.Trainer, split: str, name: str, figure: Figure) -> None:
+        """Log ``figure`` as ``sanity/<callback>/<split>/<name>`` to every logger (and ``save_dir``)."""
+        self.figure_paths.extend(log_figure(trainer, scalar_key(self.name, split, name), figure, self.save_dir))
 
     def report_sections(self) -> list[tuple[str, str]]:
         """Extra ``(title, text)`` blocks for the run report (e.g. a confusion matrix)."""

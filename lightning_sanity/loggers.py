@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from typing import Any
 
 import lightning.pytorch as pl
+from matplotlib.figure import Figure
 from torch import Tensor
 
 
@@ -26,3 +29,69 @@ def log_scalars(trainer: pl.Trainer, metrics: Mapping[str, float | Tensor]) -> N
     values = {key: float(value) for key, value in metrics.items()}
     for logger in trainer.loggers:
         logger.log_metrics(values, step=trainer.global_step)
+
+
+def figure_file_name(tag: str, epoch: int) -> str:
+    """``sanity/confusion/val/matrix`` at epoch 3 → ``confusion_val_matrix_epoch003.png``."""
+    stem = tag.removeprefix("sanity/").replace("/", "_")
+    return f"{stem}_epoch{epoch:03d}.png"
+
+
+def _save_png(figure: Figure, directory: str, tag: str, epoch: int) -> str:
+    folder = os.path.join(directory, "sanity")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, figure_file_name(tag, epoch))
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def _send_to_logger(logger: Any, figure: Figure, tag: str, step: int, epoch: int) -> str | None:
+    """Use the logger's native image API when it has one, else save a PNG under its directory."""
+    kind = type(logger).__name__
+    if kind == "TensorBoardLogger":
+        logger.experiment.add_figure(tag, figure, global_step=step, close=False)
+    elif kind == "WandbLogger":
+        logger.log_image(key=tag, images=[figure], step=step)
+    elif kind == "MLFlowLogger":
+        artifact = f"sanity/{figure_file_name(tag, epoch)}"
+        logger.experiment.log_figure(logger.run_id, figure, artifact)
+        return artifact
+    elif kind == "CometLogger":
+        logger.experiment.log_figure(figure_name=tag, figure=figure, step=step)
+    elif kind == "NeptuneLogger":
+        logger.experiment[tag].append(figure)
+    else:
+        directory = getattr(logger, "log_dir", None) or logger.save_dir
+        return _save_png(figure, directory, tag, epoch) if directory else None
+    return None
+
+
+def new_figure(width: float = 6.0, height: float = 4.0) -> Figure:
+    """A figure outside pyplot's registry: no GUI backend is touched and nothing needs closing.
+
+    Building figures this way (rather than ``plt.subplots``) keeps memory flat over hundreds of
+    epochs and leaves the user's interactive matplotlib backend alone.
+    """
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def log_figure(trainer: pl.Trainer, tag: str, figure: Figure, save_dir: str | None = None) -> list[str]:
+    """Send ``figure`` (from :func:`new_figure`) to every attached logger, on rank zero only.
+
+    TensorBoard, Weights & Biases, MLflow, Comet and Neptune get it through their image APIs;
+    other loggers (CSVLogger, ...) get a PNG under ``<log_dir>/sanity/``. With no logger nothing is
+    written unless ``save_dir`` is given. Returns the PNG paths / artifact names written.
+
+    Example::
+
+        figure = new_figure()
+        figure.add_subplot().plot(norms)
+        log_figure(trainer, "sanity/gradient_flow/train/layers", figure)
+    """
+    if trainer.global_rank != 0:
+        return []
+    step, epoch = trainer.global_step, trainer.current_epoch
+    written = [_send_to_logger(logger, figure, tag, step, epoch) for logger in trainer.loggers]
+    if save_dir is not None:
+        written.append(_save_png(figure, save_dir, tag, epoch))
+    return [destination for destination in written if destination]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -16,6 +17,7 @@ from lightning_sanity.loggers import log_scalars
 SCHEMA = "lightning-sanity/report"
 SCHEMA_VERSION = 1
 REPORT_JSON = "sanity_report.json"
+REPORT_MARKDOWN = "sanity_report.md"
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,14 @@ class SanityReport:
     findings: list[Finding]
     sections: list[tuple[str, str]] = field(default_factory=list)
     run: str = "fit"
+    figures: list[str] = field(default_factory=list)
 
     @classmethod
     def from_trainer(cls, trainer: pl.Trainer, run: str) -> SanityReport:
-        sections = [section for cb in sanity_callbacks(trainer) for section in cb.report_sections()]
-        return cls(collect_findings(trainer), sections, run)
+        callbacks = list(sanity_callbacks(trainer))
+        sections = [section for cb in callbacks for section in cb.report_sections()]
+        figures = [path for cb in callbacks for path in cb.figure_paths]
+        return cls(collect_findings(trainer), sections, run, figures)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -56,6 +61,7 @@ class SanityReport:
                 "summary": self.counts,
                 "findings": [f.to_dict() for f in self.findings],
                 "sections": [{"title": title, "text": text} for title, text in self.sections],
+                "figures": self.figures,
             },
             indent=2,
         )
@@ -69,6 +75,7 @@ class SanityReport:
             findings=[Finding.from_dict(f) for f in data["findings"]],
             sections=[(s["title"], s["text"]) for s in data["sections"]],
             run=data["run"],
+            figures=data.get("figures", []),
         )
 
     def to_markdown(self) -> str:
@@ -83,6 +90,9 @@ class SanityReport:
             lines.append("No findings.")
         for title, text in self.sections:
             lines += ["", f"## {title}", "", "```", text, "```"]
+        if self.figures:
+            lines += ["", "## Figures", ""]
+            lines += [f"- [{os.path.basename(path)}]({path})" for path in self.figures]
         return "\n".join(lines) + "\n"
 
     def to_text(self) -> str:
@@ -152,6 +162,12 @@ def publish_report(trainer: pl.Trainer, run: str) -> SanityReport:
     directory = report_dir(trainer)
     if directory is not None:
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, REPORT_JSON), "w") as handle:
-            handle.write(report.to_json())
+        linked = dataclasses.replace(report, figures=[_relative(path, directory) for path in report.figures])
+        for name, text in ((REPORT_JSON, linked.to_json()), (REPORT_MARKDOWN, linked.to_markdown())):
+            with open(os.path.join(directory, name), "w") as handle:
+                handle.write(text)
     return report
+
+
+def _relative(path: str, directory: str) -> str:
+    return os.path.relpath(path, directory) if os.path.isabs(path) else path
