@@ -1,13 +1,776 @@
-"""Train/eval mode discipline around validation."""
+"""Train/eval mode discipline around validation.
+
+Lightning puts the LightningModule in eval mode for every validation, test and predict run
+(``on_*_model_eval``) after capturing each submodule's ``training`` flag, and puts those flags
+back afterwards (``_ModuleMode.restore``, or ``on_*_model_train`` when the user overrides it). It
+never calls ``train()`` at the start of fitting: the model trains in the mode it was left in. So
+everything this callback reports was done by the user's code, never by Lightning.
+
+What is watched is a list of *mode-dependent* modules computed once per loop run
+(:func:`mode_dependent_modules`): dropout, BatchNorm/InstanceNorm with running statistics,
+dropout-carrying RNNs and attention, stochastic-depth layers, and user-defined modules whose
+``forward`` reads ``self.training``. Per batch only their ``training`` flags are read (no
+device work). Parameters and BatchNorm statistics are compared as per-tensor norms taken at the
+first evaluation batch and compared after the first and after the last one, so weight swaps done
+in ``on_validation_(epoch_)start``/``end`` hooks (EMA, :class:`~lightning.pytorch.callbacks.WeightAveraging`)
+are outside the window. The stochastic-output check runs a few samples through ``forward`` two
+times per run (three if they differ, to replay the first pass and rule out a stateful forward).
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import inspect
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from lightning_sanity.base import SanityCallback
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.dropout import _DropoutNd
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
+
+from lightning_sanity.base import SanityCallback, require, stage_of
+from lightning_sanity.batch import BatchAdapter
+from lightning_sanity.findings import Severity
+from lightning_sanity.rng import forked_rng
+
+log = logging.getLogger("lightning_sanity")
+
+DROPOUT, NORMALIZATION, STOCHASTIC, CUSTOM = "dropout", "normalization", "stochastic", "custom"
+_RANDOM_KINDS = frozenset({DROPOUT, STOCHASTIC})
+"""Kinds that ``allow_stochastic_eval=True`` may leave in training mode during evaluation (MC dropout)."""
+_STOCHASTIC_CLASS_NAMES = frozenset({"droppath", "stochasticdepth", "dropblock", "dropblock2d", "droppath2d"})
+
+_DIFFERENT_OUTPUTS = 1e-3
+"""Relative max difference between two eval passes above which outputs differ (GPU kernel noise is ~1e-6)."""
+_SAME_OUTPUTS = 1e-5
+"""Relative max difference below which a replay with the same RNG state reproduced the first pass."""
+_ATTRIBUTION_TOLERANCE = 1e-4
+"""Relative tolerance when comparing per-module activation fingerprints to find where randomness starts."""
+_CHECKSUM_TOLERANCE = 1e-6
+"""Relative change of a parameter/buffer norm that counts as changed (norms of unchanged tensors are bit-equal)."""
+_NAMES_SHOWN = 8
+
+
+def mode_kind(module: nn.Module) -> str | None:
+    """Why ``module`` behaves differently in training and eval mode, or ``None`` if it does not.
+
+    Known types are matched exactly; for user-defined classes the source of ``forward`` is searched
+    for ``self.training`` once per class, which is what makes a layer mode-dependent.
+    """
+    if isinstance(module, _DropoutNd):
+        return DROPOUT
+    if isinstance(module, _NormBase):
+        return NORMALIZATION if module.running_mean is not None else None
+    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention)):
+        return DROPOUT if module.dropout > 0 else None
+    if type(module).__name__.lower() in _STOCHASTIC_CLASS_NAMES:
+        return STOCHASTIC
+    if _forward_reads_training_flag(type(module)):
+        return CUSTOM
+    return None
+
+
+_READS_TRAINING_FLAG: dict[type, bool] = {}
+
+
+def _forward_reads_training_flag(cls: type) -> bool:
+    """Cached per class: reading source is slow and classes do not change."""
+    if cls not in _READS_TRAINING_FLAG:
+        _READS_TRAINING_FLAG[cls] = _source_reads_training_flag(cls)
+    return _READS_TRAINING_FLAG[cls]
+
+
+def _source_reads_training_flag(cls: type) -> bool:
+    if cls.__module__.startswith(("torch.", "lightning.", "pytorch_lightning.", "torchmetrics.")):
+        return False
+    try:
+        source = inspect.getsource(cls.forward)  # type: ignore[attr-defined]
+    except (OSError, TypeError, AttributeError):
+        return False
+    return "self.training" in source
+
+
+@dataclass(frozen=True)
+class ModeDependent:
+    name: str
+    module: nn.Module
+    kind: str
+
+
+def mode_dependent_modules(root: nn.Module) -> list[ModeDependent]:
+    """Every submodule of ``root`` (including itself) whose behaviour depends on its ``training`` flag."""
+    found = []
+    for name, module in root.named_modules():
+        kind = mode_kind(module)
+        if kind is not None:
+            found.append(ModeDependent(name, module, kind))
+    return found
+
+
+def describe_modules(names: Sequence[str]) -> str:
+    """``"`net.1`, `net.5`"`` for a few modules, ``"12 modules under `backbone`"`` for many."""
+    shown = [f"`{name or '<root>'}`" for name in names]
+    if len(names) <= 3:
+        return ", ".join(shown)
+    parts = [name.split(".") for name in names]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    prefix = ".".join(common)
+    return f"{len(names)} modules under `{prefix}`" if prefix else f"{len(names)} modules across the model"
+
+
+def output_tensors(output: Any) -> list[Tensor]:
+    """The tensors in a forward output: a tensor, or nested mappings, sequences and dataclasses of them."""
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        return [t for value in output.values() for t in output_tensors(value)]
+    if isinstance(output, (list, tuple)):
+        return [t for value in output for t in output_tensors(value)]
+    if hasattr(output, "__dataclass_fields__") and not isinstance(output, type):
+        return [t for name in output.__dataclass_fields__ for t in output_tensors(getattr(output, name))]
+    return []
+
+
+def relative_difference(first: Sequence[Tensor], second: Sequence[Tensor]) -> float:
+    """Largest ``max|a - b| / max|a|`` over matching output tensors; ``inf`` if the structures differ."""
+    if len(first) != len(second) or any(a.shape != b.shape for a, b in zip(first, second, strict=True)):
+        return math.inf
+    worst = 0.0
+    for a, b in zip(first, second, strict=True):
+        if a.numel() == 0:
+            continue
+        a64 = torch.nan_to_num(a.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
+        b64 = torch.nan_to_num(b.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = max(a64.abs().max().item(), b64.abs().max().item(), 1e-12)
+        worst = max(worst, (a64 - b64).abs().max().item() / scale)
+    return worst
+
+
+def activation_fingerprint(values: Any) -> Tensor:
+    """``[sum, sum|x|, sum x^2]`` over the floating tensors in ``values``: changed by any dropout mask."""
+    tensors = [t.detach().double() for t in output_tensors(values) if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return torch.zeros(3, dtype=torch.float64)
+    flat = torch.cat([torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0).flatten().cpu() for t in tensors])
+    return torch.stack([flat.sum(), flat.abs().sum(), flat.square().sum()])
+
+
+def fingerprints_match(first: Tensor, second: Tensor, tolerance: float) -> Tensor:
+    """Row-wise: do two ``[n, 3]`` activation fingerprints agree within ``tolerance``?"""
+    sum_close = (first[:, 0] - second[:, 0]).abs() <= tolerance * torch.maximum(first[:, 1], second[:, 1]) + 1e-12
+    square_close = (first[:, 2] - second[:, 2]).abs() <= tolerance * torch.maximum(first[:, 2], second[:, 2]) + 1e-12
+    return sum_close & square_close
+
+
+def innermost_sources(names: Sequence[str]) -> list[str]:
+    """The names in ``names`` with no descendant (``name.child``) also in ``names``, order kept."""
+    return [
+        n for n in names if not any(other != n and other.startswith(f"{n}.") or (n == "" and other) for other in names)
+    ]
+
+
+@dataclass
+class Checksums:
+    """Per-tensor ``[L1, L2]`` norms of named tensors, still on their devices (no host sync to take)."""
+
+    names: list[str]
+    groups: list[tuple[list[int], Tensor]]
+
+    @classmethod
+    def of(cls, named: Sequence[tuple[str, Tensor]]) -> Checksums:
+        by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for index, (_, tensor) in enumerate(named):
+            by_kind.setdefault((tensor.device, tensor.dtype), []).append(index)
+        groups = []
+        for (_, dtype), indices in by_kind.items():
+            tensors = [named[i][1].detach() for i in indices]
+            if dtype.is_floating_point:
+                norms = torch.stack(
+                    [torch.stack(torch._foreach_norm(tensors, 1)), torch.stack(torch._foreach_norm(tensors, 2))], 1
+                )
+            else:
+                norms = torch.stack([t.double().sum() for t in tensors]).unsqueeze(1).expand(-1, 2)
+            groups.append((indices, norms.double()))
+        return cls([name for name, _ in named], groups)
+
+    def changed(self, later: Checksums) -> list[str]:
+        """Names whose norms differ in ``later`` (reads the comparison to the host once per group)."""
+        changed: list[int] = []
+        for (indices, before), (_, after) in zip(self.groups, later.groups, strict=True):
+            same = torch.isclose(before, after, rtol=_CHECKSUM_TOLERANCE, atol=0.0, equal_nan=True).all(1)
+            changed.extend(indices[i] for i in (~same).nonzero().flatten().tolist())
+        return [self.names[i] for i in sorted(changed)]
+
+
+def named_parameters_to_watch(module: nn.Module) -> list[tuple[str, Tensor]]:
+    return [(name, p) for name, p in module.named_parameters() if p.is_floating_point() and not p.is_meta]
+
+
+def named_running_stats(modules: Sequence[ModeDependent]) -> list[tuple[str, Tensor]]:
+    stats = []
+    for entry in modules:
+        if entry.kind != NORMALIZATION:
+            continue
+        for buffer_name in ("running_mean", "running_var", "num_batches_tracked"):
+            buffer = getattr(entry.module, buffer_name, None)
+            if isinstance(buffer, Tensor) and not isinstance(buffer, nn.parameter.UninitializedBuffer):
+                stats.append((f"{entry.name}.{buffer_name}" if entry.name else buffer_name, buffer))
+    return stats
+
+
+def owners(tensor_names: Sequence[str]) -> list[str]:
+    """The modules owning the named tensors, in order, without repeats."""
+    return list(dict.fromkeys(name.rpartition(".")[0] for name in tensor_names))
+
+
+def accepts_one_input(forward: Callable[..., Any]) -> bool:
+    """Can ``forward`` be called with a single positional tensor?"""
+    try:
+        parameters = list(inspect.signature(forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [
+        p
+        for p in parameters
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    takes_one = any(p.kind in positional or p.kind is p.VAR_POSITIONAL for p in parameters)
+    return takes_one and len(required) <= 1 and all(p.kind in positional for p in required)
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    if getattr(module, "_compiler_ctx", None) is not None:
+        return True
+    return any(type(m).__name__ == "OptimizedModule" for m in module.modules())
+
+
+@dataclass
+class _RngState:
+    """Every random stream a forward pass may draw from on ``device``, to replay a pass exactly."""
+
+    device: torch.device
+    cpu: Tensor = field(default_factory=torch.get_rng_state)
+    python: Any = field(default_factory=random.getstate)
+    numpy: Any = field(default_factory=np.random.get_state)
+    cuda: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.device.type == "cuda":
+            self.cuda = torch.cuda.get_rng_state(self.device)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+@dataclass
+class _EvalRun:
+    """What one validation/test/predict run has seen so far."""
+
+    modules: list[ModeDependent]
+    batches: int = 0
+    params: Checksums | None = None
+    running_stats: Checksums | None = None
+    grad_enabled: bool = False
+    hooks: list[RemovableHandle] = field(default_factory=list)
 
 
 class ModeGuardCallback(SanityCallback):
-    """Train/eval mode discipline around validation."""
+    """Catch dropout/BatchNorm in the wrong mode, and a model that changes or is random during evaluation.
+
+    Findings:
+
+    - ``mode.train_in_eval`` (error): mode-dependent modules in training mode during a validation,
+      test or predict batch (checked at each batch start and end).
+    - ``mode.bn_updated_in_eval`` / ``mode.params_changed_in_eval`` (error): BatchNorm running
+      statistics / parameters changed between the first and the last batch of an evaluation run.
+    - ``mode.eval_in_train`` (warning): modules that trained in training mode are found in eval mode
+      at a later training batch. Modules already in eval mode at the first training batch (frozen
+      before ``fit``, in ``on_train_start`` or in an overridden ``train()``) and modules put in eval
+      mode by an ``on_train_epoch_start`` hook are deliberate freezes and not reported.
+    - ``mode.stochastic_eval`` (error): with every mode-dependent module in eval mode, the same inputs
+      give different outputs (once per fit/validate/test run, a few samples, RNG forked).
+    - ``mode.grad_in_eval`` (info): autograd is enabled while the model runs during evaluation.
+
+    Args:
+        allow_stochastic_eval: The model is random in evaluation on purpose (MC dropout, stochastic
+            depth, sampling in ``forward``): skip ``mode.stochastic_eval`` and do not report dropout or
+            stochastic-depth layers in training mode during evaluation.
+        stochastic_samples: How many samples of the first evaluation batch the stochastic check feeds
+            through ``forward``.
+        strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
+        batch_adapter: ``batch -> (inputs, targets)`` for batch structures not understood by default.
+
+    Example::
+
+        trainer = Trainer(callbacks=[ModeGuardCallback()])
+        trainer.fit(model, datamodule)  # warns if e.g. validation_step calls self.train()
+
+        # MC-dropout model that keeps its dropout active in evaluation on purpose
+        trainer = Trainer(callbacks=[ModeGuardCallback(allow_stochastic_eval=True)])
+    """
 
     name: ClassVar[str] = "mode_guard"
+
+    def __init__(
+        self,
+        *,
+        allow_stochastic_eval: bool = False,
+        stochastic_samples: int = 4,
+        strict: bool = False,
+        batch_adapter: BatchAdapter | None = None,
+    ) -> None:
+        super().__init__(strict=strict, batch_adapter=batch_adapter)
+        require(isinstance(allow_stochastic_eval, bool), "allow_stochastic_eval", "a bool", allow_stochastic_eval)
+        require(
+            isinstance(stochastic_samples, int)
+            and not isinstance(stochastic_samples, bool)
+            and 1 <= stochastic_samples <= 1024,
+            "stochastic_samples",
+            "an int in [1, 1024]",
+            stochastic_samples,
+        )
+        self.allow_stochastic_eval = allow_stochastic_eval
+        self.stochastic_samples = stochastic_samples
+        self._train_modules: list[ModeDependent] = []
+        self._trained_in_train_mode: dict[str, ModeDependent] = {}
+        self._training_at_epoch_start: set[str] = set()
+        self._first_batch_of_epoch = False
+        self._run: _EvalRun | None = None
+        self._stochastic_checked = False
+
+    # ---- training side: mode.eval_in_train -------------------------------------------------
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_modules = mode_dependent_modules(pl_module)
+        self._trained_in_train_mode = {}
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._training_at_epoch_start = {m.name for m in self._train_modules if m.module.training}
+        self._first_batch_of_epoch = True
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        switched = [m for m in self._trained_in_train_mode.values() if not m.module.training]
+        if self._first_batch_of_epoch:
+            # Put in eval mode by an on_train_epoch_start hook: a deliberate freeze, not a forgotten probe.
+            frozen = [m for m in switched if m.name in self._training_at_epoch_start]
+            for entry in frozen:
+                del self._trained_in_train_mode[entry.name]
+            switched = [m for m in switched if m.name not in self._training_at_epoch_start]
+            self._first_batch_of_epoch = False
+        if switched:
+            self._report_eval_in_train(trainer, switched, batch_idx)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        for entry in self._train_modules:
+            if entry.module.training:
+                self._trained_in_train_mode.setdefault(entry.name, entry)
+
+    def _report_eval_in_train(self, trainer: pl.Trainer, switched: list[ModeDependent], batch_idx: int) -> None:
+        names = [m.name for m in switched]
+        where = describe_modules(names)
+        self.record(
+            trainer,
+            "mode.eval_in_train",
+            Severity.WARNING,
+            f"{where} ({_kinds(switched)}) trained in training mode earlier but are in eval mode at training "
+            f"batch {batch_idx} of epoch {trainer.current_epoch}: dropout is off and BatchNorm statistics are frozen "
+            "for the rest of training.",
+            "A hook or probe called .eval() during training and did not restore the mode: save "
+            "`was_training = module.training` and call `module.train(was_training)` afterwards. To freeze layers on "
+            "purpose, do it before fit, in on_train_start or in on_train_epoch_start.",
+            subject=where,
+            evidence={"modules": _listing(switched), "count": len(switched), "batch_idx": batch_idx},
+        )
+
+    # ---- evaluation side -------------------------------------------------------------------
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stochastic_checked = False
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._stochastic_checked = False  # once per validate() run; within fit, once per fit
+        self._start_eval_run(trainer, pl_module)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stochastic_checked = False
+        self._start_eval_run(trainer, pl_module)
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_eval_run(trainer, pl_module)
+
+    def _start_eval_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_eval_run()
+        self._run = _EvalRun(mode_dependent_modules(pl_module))
+        if not _is_compiled(pl_module):
+            self._run.hooks = self._watch_grad_mode(pl_module)
+
+    def _watch_grad_mode(self, pl_module: pl.LightningModule) -> list[RemovableHandle]:
+        """Forward hooks on the LightningModule and its children noting whether autograd records the call."""
+
+        def note_grad_mode(module: nn.Module, args: Any, output: Any) -> None:
+            if self._run is not None and torch.is_grad_enabled():
+                self._run.grad_enabled = True
+
+        watched = [pl_module, *pl_module.children()]
+        trainable = [m for m in watched if any(p.requires_grad for p in m.parameters())]
+        return [m.register_forward_hook(note_grad_mode) for m in trainable]
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_batch_start(trainer, pl_module, batch, batch_idx, check_stochastic=True)
+
+    @override
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_batch_start(trainer, pl_module, batch, batch_idx, check_stochastic=True)
+
+    @override
+    def on_predict_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_batch_start(trainer, pl_module, batch, batch_idx, check_stochastic=False)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch_end(trainer, pl_module, outputs, batch_idx, dataloader_idx)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch_end(trainer, pl_module, outputs, batch_idx, dataloader_idx)
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch_end(trainer, pl_module, outputs, batch_idx, dataloader_idx)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_eval_run()
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_eval_run()
+
+    @override
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_eval_run()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._stop_eval_run()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stop_eval_run()
+        super().teardown(trainer, pl_module, stage)
+
+    def _stop_eval_run(self) -> None:
+        if self._run is not None:
+            for handle in self._run.hooks:
+                handle.remove()
+            self._run = None
+
+    def _eval_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, *, check_stochastic: bool
+    ) -> None:
+        run = self._run
+        if run is None:
+            return
+        in_training_mode = self._check_train_in_eval(trainer, run, batch_idx, "start")
+        if run.batches == 0:
+            run.params = Checksums.of(named_parameters_to_watch(pl_module))
+            run.running_stats = Checksums.of(named_running_stats(run.modules))
+        if (
+            check_stochastic
+            and not in_training_mode
+            and not self._stochastic_checked
+            and not self.allow_stochastic_eval
+        ):
+            self._stochastic_checked = True
+            self._check_stochastic_eval(trainer, pl_module, batch)
+
+    def _eval_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch_idx: int, dataloader_idx: int
+    ) -> None:
+        run = self._run
+        if run is None:
+            return
+        run.batches += 1
+        self._check_train_in_eval(trainer, run, batch_idx, "end")
+        if run.batches == 1 or _is_last_batch(trainer, batch_idx, dataloader_idx):
+            self._check_unchanged(trainer, pl_module, run)
+        if torch.is_grad_enabled() or any(t.requires_grad for t in output_tensors(outputs)):
+            run.grad_enabled = True
+        if run.grad_enabled:
+            self._report_grad_in_eval(trainer)
+
+    # ---- mode.train_in_eval ----------------------------------------------------------------
+
+    def _check_train_in_eval(self, trainer: pl.Trainer, run: _EvalRun, batch_idx: int, when: str) -> bool:
+        """Report mode-dependent modules in training mode; return whether any module is in training mode."""
+        training = [m for m in run.modules if m.module.training]
+        reported = [m for m in training if not (self.allow_stochastic_eval and m.kind in _RANDOM_KINDS)]
+        if reported:
+            stage = stage_of(trainer)
+            where = describe_modules([m.name for m in reported])
+            self.record(
+                trainer,
+                "mode.train_in_eval",
+                Severity.ERROR,
+                f"{where} ({_kinds(reported)}) are in training mode during {stage} (seen at the {when} of batch "
+                f"{batch_idx}): evaluation uses random dropout and per-batch BatchNorm statistics, and BatchNorm "
+                "running statistics absorb the evaluation data.",
+                "Remove .train() calls from validation/test/predict steps and hooks: Lightning puts the model in eval "
+                "mode for evaluation and restores each module's mode afterwards. For intentional MC dropout pass "
+                "ModeGuardCallback(allow_stochastic_eval=True).",
+                subject=where,
+                evidence={"modules": _listing(reported), "count": len(reported), "batch_idx": batch_idx, "when": when},
+            )
+        return bool(training)
+
+    # ---- mode.bn_updated_in_eval / mode.params_changed_in_eval -----------------------------
+
+    def _check_unchanged(self, trainer: pl.Trainer, pl_module: pl.LightningModule, run: _EvalRun) -> None:
+        if run.params is not None:
+            changed = run.params.changed(Checksums.of(named_parameters_to_watch(pl_module)))
+            if changed:
+                self._report_changed(trainer, "mode.params_changed_in_eval", "parameters", changed, run.batches)
+        if run.running_stats is not None:
+            changed = run.running_stats.changed(Checksums.of(named_running_stats(run.modules)))
+            if changed:
+                self._report_changed(trainer, "mode.bn_updated_in_eval", "running statistics", changed, run.batches)
+
+    def _report_changed(self, trainer: pl.Trainer, code: str, what: str, tensors: list[str], batches: int) -> None:
+        modules = owners(tensors)
+        where = describe_modules(modules)
+        stage = stage_of(trainer)
+        if code == "mode.bn_updated_in_eval":
+            hint = (
+                "A normalization layer ran in training mode during evaluation (see mode.train_in_eval) or its buffers "
+                "were written: keep evaluation in eval mode so the running statistics only learn from training data."
+            )
+        else:
+            hint = (
+                "Evaluation must not change weights: remove in-place parameter updates and optimizer steps from "
+                "validation/test/predict steps and hooks (swap EMA weights in on_validation_start/end, not per batch)."
+            )
+        self.record(
+            trainer,
+            code,
+            Severity.ERROR,
+            f"The {what} of {where} changed during {stage}: {len(tensors)} tensor(s) differ after {batches} "
+            f"{stage} batch(es) from their values before the first batch.",
+            hint,
+            subject=f"{stage}:{where}",
+            evidence={
+                "tensors": tensors[:_NAMES_SHOWN],
+                "tensor_count": len(tensors),
+                "modules": modules[:_NAMES_SHOWN],
+                "batches": batches,
+            },
+        )
+
+    # ---- mode.grad_in_eval -----------------------------------------------------------------
+
+    def _report_grad_in_eval(self, trainer: pl.Trainer) -> None:
+        stage = stage_of(trainer)
+        self.record(
+            trainer,
+            "mode.grad_in_eval",
+            Severity.INFO,
+            f"Autograd is enabled while the model runs during {stage}: every forward records a graph, wasting memory "
+            "and time.",
+            "Remove torch.set_grad_enabled(True)/torch.enable_grad() from the evaluation step (or wrap only the code "
+            "that needs gradients) and keep Trainer(inference_mode=True).",
+            subject=stage,
+            evidence={"stage": stage, "grad_enabled": True},
+        )
+
+    # ---- mode.stochastic_eval --------------------------------------------------------------
+
+    def _check_stochastic_eval(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        if type(pl_module).forward is pl.LightningModule.forward or not accepts_one_input(pl_module.forward):
+            return
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or _is_compiled(pl_module):
+            return  # sharded strategies run collectives in forward; compiled models would recompile for the sample
+        parts = self.split_batch(trainer, batch)
+        if parts is None or not isinstance(parts.inputs, Tensor) or parts.inputs.dim() == 0 or not len(parts.inputs):
+            return
+        sample = parts.inputs[: self.stochastic_samples]
+        if sample.device.type not in ("cpu", "cuda"):
+            return
+        with forked_rng(), torch.no_grad(), _ActivationRecorder(pl_module) as recorder:
+            start = _RngState(sample.device)
+            first = output_tensors(pl_module(sample))
+            second = output_tensors(pl_module(sample))
+            difference = relative_difference(first, second)
+            if difference <= _DIFFERENT_OUTPUTS:
+                return
+            start.restore()
+            replay = output_tensors(pl_module(sample))
+        if relative_difference(first, replay) > _SAME_OUTPUTS:
+            log.debug("ModeGuardCallback: forward is not reproducible with the same RNG state (stateful?); skipped")
+            return
+        sources = recorder.random_sources()
+        culprit = (
+            f"the randomness starts in {', '.join(f'`{n or type(pl_module).__name__}` ({t})' for n, t in sources[:3])}"
+            if sources
+            else "the randomness comes from the model's forward"
+        )
+        self.record(
+            trainer,
+            "mode.stochastic_eval",
+            Severity.ERROR,
+            f"With every dropout/BatchNorm layer in eval mode, two forward passes of {len(sample)} {stage_of(trainer)} "
+            f"samples give different outputs (relative difference {difference:.3g}); {culprit}.",
+            "Make evaluation deterministic: pass training=self.training to F.dropout/F.alpha_dropout, guard random "
+            "sampling with `if self.training`. If the model is random on purpose (MC dropout, stochastic depth, VAE "
+            "sampling), pass ModeGuardCallback(allow_stochastic_eval=True).",
+            subject="forward",
+            evidence={
+                "relative_difference": difference,
+                "samples": len(sample),
+                "sources": [{"module": n, "type": t} for n, t in sources[:_NAMES_SHOWN]],
+            },
+        )
+
+
+class _ActivationRecorder:
+    """Fingerprints every module call's inputs and outputs over consecutive forward passes (uncompiled models)."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self.calls: list[tuple[str, str, Tensor, Tensor]] = []
+        self.handles: list[RemovableHandle] = []
+
+    def __enter__(self) -> _ActivationRecorder:
+        for name, module in self.root.named_modules():
+            self.handles.append(module.register_forward_hook(self._recorder(name), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _recorder(self, name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            inputs = activation_fingerprint([args, kwargs])
+            self.calls.append((name, type(module).__name__, inputs, activation_fingerprint(output)))
+
+        return record
+
+    def random_sources(self) -> list[tuple[str, str]]:
+        """Innermost modules whose inputs were equal in the first two passes but whose outputs were not."""
+        if not self.calls or len(self.calls) < 2:
+            return []
+        per_pass = _split_passes(self.calls, self.root)
+        if len(per_pass) < 2 or len(per_pass[0]) != len(per_pass[1]):
+            return []
+        first, second = per_pass[0], per_pass[1]
+        if any(a[0] != b[0] for a, b in zip(first, second, strict=True)):
+            return []
+        inputs_equal = fingerprints_match(
+            torch.stack([c[2] for c in first]), torch.stack([c[2] for c in second]), _ATTRIBUTION_TOLERANCE
+        )
+        outputs_equal = fingerprints_match(
+            torch.stack([c[3] for c in first]), torch.stack([c[3] for c in second]), _ATTRIBUTION_TOLERANCE
+        )
+        suspects = [i for i in range(len(first)) if bool(inputs_equal[i]) and not bool(outputs_equal[i])]
+        names = innermost_sources(list(dict.fromkeys(first[i][0] for i in suspects)))
+        types = {first[i][0]: first[i][1] for i in suspects}
+        return [(name, types[name]) for name in names]
+
+
+def _split_passes(
+    calls: list[tuple[str, str, Tensor, Tensor]], root: nn.Module
+) -> list[list[tuple[str, str, Tensor, Tensor]]]:
+    """Cut the call log after each call of the root module (forward hooks fire children first, root last)."""
+    passes: list[list[tuple[str, str, Tensor, Tensor]]] = [[]]
+    for call in calls:
+        passes[-1].append(call)
+        if call[0] == "":
+            passes.append([])
+    return [p for p in passes if p]
+
+
+def _is_last_batch(trainer: pl.Trainer, batch_idx: int, dataloader_idx: int) -> bool:
+    """Is this the last batch of the running evaluation loop? ``False`` when its length is unknown."""
+    if trainer.sanity_checking:
+        counts = trainer.num_sanity_val_batches
+    else:
+        counts = {
+            "val": trainer.num_val_batches,
+            "test": trainer.num_test_batches,
+            "predict": trainer.num_predict_batches,
+        }.get(stage_of(trainer), [])
+    with_batches = [(i, n) for i, n in enumerate(counts) if n > 0]
+    if not with_batches:
+        return False
+    last_loader, batches = with_batches[-1]
+    return not math.isinf(batches) and dataloader_idx == last_loader and batch_idx == int(batches) - 1
+
+
+def _kinds(modules: Sequence[ModeDependent]) -> str:
+    return "/".join(sorted({m.kind for m in modules}))
+
+
+def _listing(modules: Sequence[ModeDependent]) -> list[str]:
+    return [f"{m.name or '<root>'} ({type(m.module).__name__})" for m in modules[:_NAMES_SHOWN]]
