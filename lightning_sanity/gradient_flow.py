@@ -1,13 +1,790 @@
-"""Gradient and update health, per layer."""
+"""Gradient and update health, per layer.
+
+Gradients are measured at ``on_before_optimizer_step`` (unscaled under AMP, before clipping, once per
+optimizer step with gradient accumulation), scoped to the optimizer that is about to step, and
+aggregated per owning module. Updates are measured as the change of the weights across that step,
+read at ``on_train_batch_end``. Only *check steps* do any work: every step of the first
+``dense_steps`` optimizer steps, then one step in ``every_n_steps``; each check reads its numbers to
+the host once.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from lightning_sanity.base import SanityCallback
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lightning_sanity.base import SanityCallback, require
+from lightning_sanity.batch import BatchAdapter
+from lightning_sanity.findings import Severity
+from lightning_sanity.loggers import log_scalars, scalar_key
+
+_MIN_CHECKS = 3
+"""Checks a persistent symptom (missing, zero, vanishing, unchanged) needs before it is judged."""
+_BASELINE_CHECKS = 3
+"""The gradient-norm baseline that growth is measured against: the median of the first checks."""
+_PERSISTENT_CHECKS = 5
+"""Checks an update-size symptom must persist for: one odd step is not a learning rate problem."""
+_DECAYED_LR = 0.5
+"""Below this fraction of its peak a learning rate has been decayed on purpose: too-small updates are expected."""
+_SCALER_SKIPS = 5
+"""Consecutive non-finite checks tolerated under a gradient scaler, which skips those steps by design."""
+_VISIBLE_STEP = 1e-6
+"""A plain gradient step smaller than this fraction of the weights' RMS may vanish in float32 rounding."""
+_NAMES_SHOWN = 5
+
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+
+
+@dataclass(frozen=True)
+class _ParamInfo:
+    name: str
+    module: str
+    module_ref: nn.Module | None
+    numel: int
+    is_layer_weight: bool
+    """A matrix (or conv kernel) outside an embedding: what the vanishing comparison orders by depth."""
+
+
+@dataclass
+class _PendingCheck:
+    """A check whose gradients were measured before the step; the update is measured after it."""
+
+    optimizer_index: int
+    step: int
+    infos: list[_ParamInfo]
+    params: list[Tensor]
+    lrs: list[float]
+    group_lrs: list[float]
+    group_references: list[float]
+    grad_stats: Tensor | None
+    """``[4, n]``: gradient L2, L1, max-abs norms and weight L2 norm, still on the device."""
+    snapshot: list[Tensor]
+    without_grad: list[_ParamInfo]
+
+
+@dataclass
+class CheckSummary:
+    """The numbers of one check of one optimizer, as judged.
+
+    Attributes:
+        optimizer_index: Index of the optimizer in ``trainer.optimizers``.
+        step: Optimizer steps of that optimizer before this one.
+        total_grad_norm: L2 norm of all gradients of the optimizer's trainable parameters.
+        update_ratio: ``||update|| / ||weights||`` over all of them.
+        max_layer_update_ratio: The largest per-layer update ratio.
+        median_layer_step: The median per-layer ``||update|| / ||weights at the layer's first check||``:
+            unlike the update ratio it does not shrink when a destructive step has blown the weights up.
+        depth_ratio: Relative gradient (``||grad|| / ||weight||``) of the first layers over the last ones.
+        judgeable_lr: False while the learning rate warms up or after it was decayed below half its peak.
+    """
+
+    optimizer_index: int
+    step: int
+    total_grad_norm: float
+    update_ratio: float
+    max_layer_update_ratio: float
+    median_layer_step: float
+    depth_ratio: float | None
+    judgeable_lr: bool
+
+
+@dataclass
+class _Watch:
+    """Evidence gathered across the checks of one optimizer."""
+
+    steps: int = 0
+    checks: int = 0
+    judged: bool = False
+    names_checked: dict[str, _ParamInfo] = field(default_factory=dict)
+    had_grad: set[str] = field(default_factory=set)
+    nonzero_grad: set[str] = field(default_factory=set)
+    stepped_with_grad: dict[str, int] = field(default_factory=dict)
+    moved: set[str] = field(default_factory=set)
+    baseline_norms: list[float] = field(default_factory=list)
+    depth_ratios: list[float] = field(default_factory=list)
+    depth_layers: list[str] = field(default_factory=list)
+    initial_weight_norms: dict[str, float] = field(default_factory=dict)
+    small_updates: int = 0
+    healthy_update_seen: bool = False
+    large_updates: int = 0
+    nonfinite_streak: int = 0
+    peak_lrs: list[float] = field(default_factory=list)
+    last_lrs: list[float] = field(default_factory=list)
 
 
 class GradientFlowCallback(SanityCallback):
-    """Gradient and update health, per layer."""
+    """Gradient and update health, per layer.
+
+    Catches layers that never receive a gradient (a ``.detach()`` or ``torch.no_grad()`` in
+    ``forward``, a layer defined and never used), gradients that are exactly zero (dead ReLUs),
+    vanish with depth, explode or are NaN/Inf, trainable parameters the optimizer never updates, and
+    learning rates that make updates meaningless or destructive. Frozen parameters
+    (``requires_grad=False``) are never flagged; each check is scoped to the optimizer that steps, so
+    GANs with several optimizers are fine.
+
+    Args:
+        dense_steps: Check every one of the first ``dense_steps`` optimizer steps (fail fast).
+        every_n_steps: After that, check one optimizer step in ``every_n_steps``.
+        max_logged_layers: Log the gradient norm of at most this many layers (spread over the depth).
+        vanishing_ratio: Report vanishing gradients when the first layers' relative gradient
+            (``||grad|| / ||weight||``) is below this fraction of the last layers'.
+        exploding_growth: Report exploding gradients when the total gradient norm grows by this
+            factor over its value in the first checks.
+        min_update_ratio: Report too-small updates when every layer's ``||update|| / ||weight||``
+            stays below this.
+        max_update_ratio: Report too-large updates when the median layer's ratio stays above this.
+        strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
+        batch_adapter: Unused here; accepted for a uniform configuration of the pack.
+
+    Attributes:
+        layer_grad_norms: ``{module name: (mean |grad|, max |grad|)}`` of the last check, in module
+            order: the data of the classic gradient-flow figure.
+        summaries: The :class:`CheckSummary` of the most recent checks.
+
+    Example::
+
+        trainer = Trainer(callbacks=[GradientFlowCallback(dense_steps=50, every_n_steps=200)])
+        trainer.fit(model, datamodule)
+        for layer, (mean, peak) in trainer.callbacks[0].layer_grad_norms.items():
+            print(f"{layer:40s} mean |grad| {mean:.2e}  max |grad| {peak:.2e}")
+    """
 
     name: ClassVar[str] = "gradient_flow"
+
+    def __init__(
+        self,
+        *,
+        dense_steps: int = 20,
+        every_n_steps: int = 100,
+        max_logged_layers: int = 10,
+        vanishing_ratio: float = 1e-6,
+        exploding_growth: float = 1e4,
+        min_update_ratio: float = 1e-5,
+        max_update_ratio: float = 1.0,
+        strict: bool = False,
+        batch_adapter: BatchAdapter | None = None,
+    ) -> None:
+        super().__init__(strict=strict, batch_adapter=batch_adapter)
+        require(
+            _is_int(dense_steps) and dense_steps >= _MIN_CHECKS, "dense_steps", f"an int >= {_MIN_CHECKS}", dense_steps
+        )
+        require(_is_int(every_n_steps) and every_n_steps >= 1, "every_n_steps", "an int >= 1", every_n_steps)
+        require(
+            _is_int(max_logged_layers) and max_logged_layers >= 0, "max_logged_layers", "an int >= 0", max_logged_layers
+        )
+        require(_is_fraction(vanishing_ratio), "vanishing_ratio", "a float in (0, 1)", vanishing_ratio)
+        require(
+            _is_number(exploding_growth) and exploding_growth > 1, "exploding_growth", "a float > 1", exploding_growth
+        )
+        require(_is_fraction(min_update_ratio), "min_update_ratio", "a float in (0, 1)", min_update_ratio)
+        require(
+            _is_number(max_update_ratio) and max_update_ratio > min_update_ratio,
+            "max_update_ratio",
+            "a float > min_update_ratio",
+            max_update_ratio,
+        )
+        self.dense_steps = dense_steps
+        self.every_n_steps = every_n_steps
+        self.max_logged_layers = max_logged_layers
+        self.vanishing_ratio = float(vanishing_ratio)
+        self.exploding_growth = float(exploding_growth)
+        self.min_update_ratio = float(min_update_ratio)
+        self.max_update_ratio = float(max_update_ratio)
+        self.layer_grad_norms: dict[str, tuple[float, float]] = {}
+        self.summaries: deque[CheckSummary] = deque(maxlen=1000)
+        self._infos: dict[int, _ParamInfo] = {}
+        self._watches: dict[int, _Watch] = {}
+        self._pending: list[_PendingCheck] = []
+        self._orphans: list[Tensor] = []
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._infos = _describe_parameters(pl_module)
+        self._watches = {}
+        self._pending = []
+        self.layer_grad_norms = {}
+        optimized = {
+            id(p) for optimizer in trainer.optimizers for group in optimizer.param_groups for p in group["params"]
+        }
+        self._orphans = [p for p in pl_module.parameters() if p.requires_grad and id(p) not in optimized]
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        index = _optimizer_index(trainer, optimizer)
+        watch = self._watches.setdefault(index, _Watch())
+        step, watch.steps = watch.steps, watch.steps + 1
+        if is_check_step(step, self.dense_steps, self.every_n_steps):
+            self._pending.append(self._measure_gradients(index, step, optimizer))
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        numbers = _read_to_host(pending)
+        if self._orphans:
+            self._judge_orphans(trainer)
+        for check, stats in zip(pending, numbers, strict=True):
+            self._judge_check(trainer, check, stats)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for index, watch in self._watches.items():
+            if not watch.judged and watch.checks >= _MIN_CHECKS:
+                self._judge_persistent(trainer, index, watch)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._pending = []
+        self._orphans = []
+        super().teardown(trainer, pl_module, stage)
+
+    def _measure_gradients(self, index: int, step: int, optimizer: Optimizer) -> _PendingCheck:
+        infos: list[_ParamInfo] = []
+        params: list[Tensor] = []
+        lrs: list[float] = []
+        without_grad: list[_ParamInfo] = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if not param.requires_grad:
+                    continue
+                info = self._infos.get(id(param)) or _anonymous(param, len(self._infos))
+                self._infos[id(param)] = info
+                if param.grad is None:
+                    without_grad.append(info)
+                elif not param.grad.is_sparse:
+                    infos.append(info)
+                    params.append(param)
+                    lrs.append(float(group.get("lr", 0.0)))
+        grad_stats: Tensor | None = None
+        snapshot: list[Tensor] = []
+        if params:
+            with torch.no_grad():
+                grads = [p.grad for p in params if p.grad is not None]
+                weights = [p.detach() for p in params]
+                magnitudes = torch._foreach_abs(grads)  # L1 and max-abs via _foreach_norm are slow on CPU
+                norms = [
+                    torch._foreach_norm(grads, 2, dtype=torch.float32),
+                    [m.sum(dtype=torch.float32) for m in magnitudes],
+                    [m.amax().float() for m in magnitudes],
+                    torch._foreach_norm(weights, 2, dtype=torch.float32),
+                ]
+                del magnitudes
+                device = weights[0].device
+                grad_stats = torch.stack([torch.stack([value.to(device) for value in n]) for n in norms])
+                snapshot = [w.clone() for w in weights]
+        group_lrs = [float(group.get("lr", 0.0)) for group in optimizer.param_groups]
+        return _PendingCheck(
+            index, step, infos, params, lrs, group_lrs, _group_peaks(optimizer), grad_stats, snapshot, without_grad
+        )
+
+    def _judge_orphans(self, trainer: pl.Trainer) -> None:
+        """Trainable parameters in no optimizer: a bug when the loss gives them gradients, else unused on purpose."""
+        orphans, self._orphans = self._orphans, []
+        with_grad = [self._infos[id(p)] for p in orphans if p.grad is not None and id(p) in self._infos]
+        stuck = [info for info in with_grad if _in_training_mode(info)]
+        if not stuck:
+            return
+        modules = collapse_module_names({i.module for i in stuck}, {i.module for i in self._infos.values()})
+        self.record(
+            trainer,
+            "param.not_updated",
+            Severity.ERROR,
+            f"{len(stuck)} trainable parameter(s) receive gradients but are in no optimizer param group, so they "
+            f"never change: {_shorten(modules)}.",
+            "Add them to the optimizer in configure_optimizers (e.g. pass self.parameters()), or freeze them on "
+            "purpose with requires_grad_(False).",
+            subject="no_param_group",
+            evidence={"modules": modules, "parameters": [i.name for i in stuck]},
+        )
+
+    def _judge_check(self, trainer: pl.Trainer, check: _PendingCheck, stats: list[list[float]]) -> None:
+        watch = self._watches[check.optimizer_index]
+        for info in check.without_grad:
+            watch.names_checked.setdefault(info.name, info)
+        grad_l2, grad_l1, grad_max, weight_l2, update_l2 = stats if stats else ([], [], [], [], [])
+        nonfinite = [info.name for info, peak in zip(check.infos, grad_max, strict=True) if not math.isfinite(peak)]
+        if nonfinite:
+            self._report_nonfinite(trainer, check, watch, nonfinite)
+            return
+        watch.nonfinite_streak = 0
+        watch.checks += 1
+        for info, peak, weight, lr, moved in zip(check.infos, grad_max, weight_l2, check.lrs, update_l2, strict=True):
+            watch.names_checked.setdefault(info.name, info)
+            watch.had_grad.add(info.name)
+            if peak > 0:
+                watch.nonzero_grad.add(info.name)
+                if lr * peak > _VISIBLE_STEP * weight / math.sqrt(info.numel):
+                    watch.stepped_with_grad[info.name] = watch.stepped_with_grad.get(info.name, 0) + 1
+                    if moved > 0:
+                        watch.moved.add(info.name)
+        layers = _per_layer(check.infos, stats, self._module_order())
+        if layers:
+            self._judge_layers(trainer, check, watch, layers, grad_l2, weight_l2, update_l2)
+        if watch.checks == self.dense_steps and not watch.judged:
+            self._judge_persistent(trainer, check.optimizer_index, watch)
+
+    def _judge_layers(
+        self,
+        trainer: pl.Trainer,
+        check: _PendingCheck,
+        watch: _Watch,
+        layers: dict[str, _Layer],
+        grad_l2: Sequence[float],
+        weight_l2: Sequence[float],
+        update_l2: Sequence[float],
+    ) -> None:
+        self.layer_grad_norms.update(
+            {name: (layer.mean_abs_grad, layer.max_abs_grad) for name, layer in layers.items()}
+        )
+        summary = self._summarise(check, watch, layers, grad_l2, weight_l2, update_l2)
+        self.summaries.append(summary)
+        self._log(trainer, summary, layers)
+        self._judge_exploding(trainer, watch, summary)
+        self._judge_update_size(trainer, watch, summary, layers)
+
+    def _summarise(
+        self,
+        check: _PendingCheck,
+        watch: _Watch,
+        layers: dict[str, _Layer],
+        grad_l2: Sequence[float],
+        weight_l2: Sequence[float],
+        update_l2: Sequence[float],
+    ) -> CheckSummary:
+        ratios = [layer.update_ratio for layer in layers.values() if layer.update_ratio is not None]
+        for name, layer in layers.items():
+            watch.initial_weight_norms.setdefault(name, layer.weight_norm)
+        steps = [
+            layer.update_norm / watch.initial_weight_norms[name]
+            for name, layer in layers.items()
+            if watch.initial_weight_norms[name] > 0
+        ]
+        total_weight = _l2(weight_l2)
+        depth_layers = [name for name, layer in layers.items() if layer.is_layer]
+        summary = CheckSummary(
+            optimizer_index=check.optimizer_index,
+            step=check.step,
+            total_grad_norm=_l2(grad_l2),
+            update_ratio=_l2(update_l2) / total_weight if total_weight > 0 else math.nan,
+            max_layer_update_ratio=max(ratios, default=math.nan),
+            median_layer_step=statistics.median(steps) if steps else math.nan,
+            depth_ratio=depth_ratio([layers[name].relative_grad for name in depth_layers]),
+            judgeable_lr=_lr_is_judgeable(watch, check.group_lrs, check.group_references),
+        )
+        if summary.depth_ratio is not None:
+            watch.depth_ratios.append(summary.depth_ratio)
+            watch.depth_layers = depth_layers
+        return summary
+
+    def _log(self, trainer: pl.Trainer, summary: CheckSummary, layers: dict[str, _Layer]) -> None:
+        suffix = f"/opt{summary.optimizer_index}" if len(trainer.optimizers) > 1 else ""
+        metrics = {
+            scalar_key(self.name, "train", f"grad_norm_total{suffix}"): summary.total_grad_norm,
+            scalar_key(self.name, "train", f"update_ratio{suffix}"): summary.update_ratio,
+        }
+        for name in spread(list(layers), self.max_logged_layers):
+            metrics[scalar_key(self.name, "train", f"grad_norm/{name}")] = layers[name].grad_norm
+        log_scalars(trainer, {key: value for key, value in metrics.items() if math.isfinite(value)})
+
+    def _report_nonfinite(self, trainer: pl.Trainer, check: _PendingCheck, watch: _Watch, names: list[str]) -> None:
+        watch.nonfinite_streak += 1
+        if _has_grad_scaler(trainer) and watch.nonfinite_streak < _SCALER_SKIPS:
+            return  # the scaler skips this step and lowers its scale: overflow now and then is by design
+        self.record(
+            trainer,
+            "grad.non_finite",
+            Severity.ERROR,
+            f"NaN/Inf gradients in {len(names)} of {len(check.infos)} parameters at optimizer step {check.step}, "
+            f"first: {_shorten(names)}.",
+            "Look for a division by zero, log/sqrt of non-positive values or an overflow in the loss; lower the "
+            "learning rate, add gradient_clip_val, or run with detect_anomaly=True to find the operation.",
+            subject=f"optimizer{check.optimizer_index}",
+            evidence={"parameters": names[:20], "count": len(names), "checked": len(check.infos), "step": check.step},
+        )
+
+    def _judge_exploding(self, trainer: pl.Trainer, watch: _Watch, summary: CheckSummary) -> None:
+        norm = summary.total_grad_norm
+        if len(watch.baseline_norms) < _BASELINE_CHECKS:
+            watch.baseline_norms.append(norm)
+            return
+        baseline = statistics.median(watch.baseline_norms)
+        growth = exploding_growth(baseline, norm)
+        if growth is None or growth < self.exploding_growth:
+            return
+        self.record(
+            trainer,
+            "grad.exploding",
+            Severity.ERROR,
+            f"The gradient norm grew {growth:.1e}x, from {baseline:.3g} in the first checks to {norm:.3g} at "
+            f"optimizer step {summary.step}.",
+            "Lower the learning rate, add gradient_clip_val to the Trainer, and check for a missing normalisation "
+            "layer or unnormalised inputs/targets.",
+            subject=f"optimizer{summary.optimizer_index}",
+            evidence={"baseline_norm": baseline, "grad_norm": norm, "growth": growth, "step": summary.step},
+        )
+
+    def _judge_update_size(
+        self, trainer: pl.Trainer, watch: _Watch, summary: CheckSummary, layers: dict[str, _Layer]
+    ) -> None:
+        if not summary.judgeable_lr or not math.isfinite(summary.max_layer_update_ratio):
+            return
+        if summary.max_layer_update_ratio < self.min_update_ratio:
+            watch.small_updates += 1
+        else:
+            watch.healthy_update_seen = True
+        if summary.median_layer_step > self.max_update_ratio:
+            watch.large_updates += 1
+        evidence = {
+            "max_layer_update_ratio": summary.max_layer_update_ratio,
+            "median_layer_step": summary.median_layer_step,
+            "update_ratio": summary.update_ratio,
+            "learning_rates": watch.last_lrs,
+            "step": summary.step,
+        }
+        optimizer = f"optimizer {summary.optimizer_index}"
+        if watch.small_updates >= _PERSISTENT_CHECKS and not watch.healthy_update_seen:
+            self.record(
+                trainer,
+                "update.too_small",
+                Severity.WARNING,
+                f"Updates are meaningless: no layer's weights change by more than "
+                f"{summary.max_layer_update_ratio:.1e} of their norm per step over {watch.small_updates} checks "
+                f"({optimizer}, lr {_lrs(watch.last_lrs)}); healthy training is around 1e-3.",
+                "Raise the learning rate (typically 1e-3 for Adam/AdamW, 1e-2 to 1e-1 for SGD) or check the LR "
+                "scheduler; a learning-rate finder (Tuner.lr_find) helps pick one.",
+                subject=f"optimizer{summary.optimizer_index}",
+                evidence={**evidence, "checks": watch.small_updates, "threshold": self.min_update_ratio},
+            )
+        if watch.large_updates >= _PERSISTENT_CHECKS:
+            worst = max(
+                layers, key=lambda name: layers[name].update_norm / (watch.initial_weight_norms[name] or math.inf)
+            )
+            self.record(
+                trainer,
+                "update.too_large",
+                Severity.WARNING,
+                f"Updates are destructive: the median layer's weights move by {summary.median_layer_step:.2g}x "
+                f"their initial norm per step over {watch.large_updates} checks "
+                f"(worst: {worst}; {optimizer}, lr {_lrs(watch.last_lrs)}); healthy training is around 1e-3.",
+                "Lower the learning rate by 10-100x (typically 1e-3 for Adam/AdamW), or add a warm-up schedule.",
+                subject=f"optimizer{summary.optimizer_index}",
+                evidence={
+                    **evidence,
+                    "checks": watch.large_updates,
+                    "threshold": self.max_update_ratio,
+                    "worst": worst,
+                },
+            )
+
+    def _judge_persistent(self, trainer: pl.Trainer, index: int, watch: _Watch) -> None:
+        """Symptoms that need several checks of evidence: judged once, at the end of the dense phase."""
+        watch.judged = True
+        all_modules = {info.module for info in self._infos.values()}
+        missing = [
+            info
+            for name, info in watch.names_checked.items()
+            if name not in watch.had_grad and _in_training_mode(info)  # eval mode: frozen on purpose
+        ]
+        if missing:
+            modules = collapse_module_names({i.module for i in missing}, all_modules)
+            self.record(
+                trainer,
+                "grad.missing",
+                Severity.ERROR,
+                f"{len(missing)} trainable parameter(s) of optimizer {index} never received a gradient in "
+                f"{watch.checks} checked steps: {_shorten(modules)}.",
+                "Look for .detach(), .item(), .numpy() or torch.no_grad() on the path from these modules to the loss, "
+                "or a layer defined but not used in forward; freeze them with requires_grad_(False) if intended.",
+                subject=f"optimizer{index}",
+                evidence={"modules": modules, "parameters": [i.name for i in missing], "checks": watch.checks},
+            )
+        zero = [info for name, info in watch.names_checked.items() if name in watch.had_grad - watch.nonzero_grad]
+        if zero:
+            modules = collapse_module_names({i.module for i in zero}, all_modules)
+            self.record(
+                trainer,
+                "grad.zero",
+                Severity.WARNING,
+                f"{len(zero)} parameter(s) of optimizer {index} had exactly zero gradients in all {watch.checks} "
+                f"checked steps (dead units): {_shorten([i.name for i in zero])}.",
+                "Dead ReLUs: check for very negative bias initialisation, a ReLU applied to the output/logits, or a "
+                "too-high learning rate; LeakyReLU/GELU and default initialisation avoid them.",
+                subject=f"optimizer{index}",
+                evidence={"modules": modules, "parameters": [i.name for i in zero], "checks": watch.checks},
+            )
+        unchanged = sorted(
+            name for name, count in watch.stepped_with_grad.items() if count >= _MIN_CHECKS and name not in watch.moved
+        )
+        if unchanged:
+            self.record(
+                trainer,
+                "param.not_updated",
+                Severity.ERROR,
+                f"{len(unchanged)} parameter(s) of optimizer {index} have non-zero gradients but did not change in "
+                f"any of {watch.checks} checked steps: {_shorten(unchanged)}.",
+                "Check an overridden optimizer_step that skips optimizer.step(), a learning rate or update smaller "
+                "than float precision, or code that restores these weights after each step.",
+                subject=f"optimizer{index}:unchanged",
+                evidence={"parameters": unchanged, "checks": watch.checks},
+            )
+        self._judge_vanishing(trainer, index, watch)
+
+    def _judge_vanishing(self, trainer: pl.Trainer, index: int, watch: _Watch) -> None:
+        if len(watch.depth_ratios) < _MIN_CHECKS:
+            return
+        typical = statistics.median(watch.depth_ratios)
+        if typical >= self.vanishing_ratio:
+            return
+        first, last = (watch.depth_layers[0], watch.depth_layers[-1]) if watch.depth_layers else ("?", "?")
+        self.record(
+            trainer,
+            "grad.vanishing",
+            Severity.WARNING,
+            f"Gradients vanish with depth: relative to their weights, the first layers (from {first}) get "
+            f"{typical:.1e} of the gradient of the last layers (to {last}), median of {len(watch.depth_ratios)} "
+            "checks.",
+            "Use ReLU/GELU instead of sigmoid/tanh between layers, add normalisation (BatchNorm/LayerNorm) or "
+            "residual connections, and use Kaiming/Xavier initialisation.",
+            subject=f"optimizer{index}",
+            evidence={
+                "depth_ratio": typical,
+                "checks": len(watch.depth_ratios),
+                "threshold": self.vanishing_ratio,
+                "layers": watch.depth_layers,
+            },
+        )
+
+    def _module_order(self) -> dict[str, int]:
+        order: dict[str, int] = {}
+        for info in self._infos.values():
+            order.setdefault(info.module, len(order))
+        return order
+
+
+@dataclass
+class _Layer:
+    grad_norm: float
+    mean_abs_grad: float
+    max_abs_grad: float
+    relative_grad: float
+    update_ratio: float | None
+    weight_norm: float
+    update_norm: float
+    is_layer: bool
+
+
+def is_check_step(step: int, dense_steps: int, every_n_steps: int) -> bool:
+    """Whether the ``step``-th (0-based) optimizer step is checked: all dense steps, then one in ``every_n_steps``."""
+    return step < dense_steps or (step - dense_steps) % every_n_steps == every_n_steps - 1
+
+
+def depth_ratio(relative_grads: Sequence[float]) -> float | None:
+    """Median relative gradient of the first quarter of the layers over that of the last quarter.
+
+    ``relative_grads`` are ``||grad|| / ||weight||`` per layer in depth order. ``None`` with fewer than
+    four layers, where "depth" says nothing.
+    """
+    values = [value for value in relative_grads if math.isfinite(value)]
+    if len(values) < 4:
+        return None
+    quarter = max(1, len(values) // 4)
+    late = statistics.median(values[-quarter:])
+    if late <= 0:
+        return None
+    return statistics.median(values[:quarter]) / late
+
+
+def exploding_growth(baseline: float, norm: float) -> float | None:
+    """How many times ``norm`` exceeds the early ``baseline`` norm; ``None`` when there is no usable baseline."""
+    if not (baseline > 0 and math.isfinite(baseline) and math.isfinite(norm)):
+        return None
+    return norm / baseline
+
+
+def collapse_module_names(names: Iterable[str], all_names: Iterable[str]) -> list[str]:
+    """The shortest module names covering ``names``: a parent replaces its children when all of them are in ``names``.
+
+    Example::
+
+        collapse_module_names({"backbone.0", "backbone.2"}, {"backbone.0", "backbone.2", "head"}) == ["backbone"]
+    """
+    chosen = set(names)
+    everything = set(all_names)
+    parents = sorted({".".join(n.split(".")[:depth]) for n in chosen for depth in range(1, n.count(".") + 1)}, key=len)
+    collapsed: set[str] = set()
+    for parent in parents:
+        if any(parent == c or parent.startswith(c + ".") for c in collapsed):
+            continue
+        below = {n for n in everything if n == parent or n.startswith(parent + ".")}
+        if below and below <= chosen:
+            collapsed.add(parent)
+    kept = {n for n in chosen if not any(n == c or n.startswith(c + ".") for c in collapsed)}
+    return sorted(collapsed | kept)
+
+
+def spread(names: Sequence[str], count: int) -> list[str]:
+    """At most ``count`` of ``names``, evenly spread and always including the first and the last."""
+    if count <= 0:
+        return []
+    if len(names) <= count:
+        return list(names)
+    if count == 1:
+        return [names[-1]]
+    step = (len(names) - 1) / (count - 1)
+    return [names[round(i * step)] for i in range(count)]
+
+
+def _per_layer(
+    infos: Sequence[_ParamInfo], columns: Sequence[Sequence[float]], order: dict[str, int]
+) -> dict[str, _Layer]:
+    """Aggregate per-parameter norms (gradient L2, L1, max-abs, weight L2, update L2) into their owning modules."""
+    sums: dict[str, list[float]] = {}
+    is_layer: dict[str, bool] = {}
+    for info, (g2, g1, gmax, w2, u2) in zip(infos, zip(*columns, strict=True), strict=True):
+        acc = sums.setdefault(info.module, [0.0] * 6)
+        acc[0] += g2 * g2
+        acc[1] += g1
+        acc[2] = max(acc[2], gmax)
+        acc[3] += w2 * w2
+        acc[4] += u2 * u2
+        acc[5] += info.numel
+        is_layer[info.module] = is_layer.get(info.module, False) or info.is_layer_weight
+    layers: dict[str, _Layer] = {}
+    for module in sorted(sums, key=lambda name: order.get(name, len(order))):
+        g2_sq, g1, gmax, w2_sq, u2_sq, numel = sums[module]
+        weight = math.sqrt(w2_sq)
+        layers[module] = _Layer(
+            grad_norm=math.sqrt(g2_sq),
+            mean_abs_grad=g1 / max(numel, 1.0),
+            max_abs_grad=gmax,
+            relative_grad=math.sqrt(g2_sq) / weight if weight > 0 else math.nan,
+            update_ratio=math.sqrt(u2_sq) / weight if weight > 0 else None,
+            weight_norm=weight,
+            update_norm=math.sqrt(u2_sq),
+            is_layer=is_layer[module],
+        )
+    return layers
+
+
+def _describe_parameters(pl_module: pl.LightningModule) -> dict[int, _ParamInfo]:
+    """Name every parameter after its owning module; a tied parameter belongs to its first owner."""
+    infos: dict[int, _ParamInfo] = {}
+    root = type(pl_module).__name__
+    for module_name, module in pl_module.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if id(param) in infos:
+                continue
+            infos[id(param)] = _ParamInfo(
+                name=f"{module_name}.{param_name}" if module_name else param_name,
+                module=module_name or root,
+                module_ref=module,
+                numel=param.numel(),
+                is_layer_weight=param.ndim >= 2 and not isinstance(module, _EMBEDDINGS),
+            )
+    return infos
+
+
+def _anonymous(param: Tensor, number: int) -> _ParamInfo:
+    """A parameter the optimizer holds but the LightningModule does not (e.g. a loss module kept outside)."""
+    return _ParamInfo(f"param{number}", "(outside the model)", None, param.numel(), False)
+
+
+def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
+    """Measure the updates of the pending checks and read all their numbers to the host in one transfer."""
+    rows: list[Tensor] = []
+    for check in pending:
+        if check.grad_stats is None:
+            continue
+        with torch.no_grad():
+            torch._foreach_sub_(check.snapshot, [p.detach() for p in check.params])
+            updates = torch._foreach_norm(check.snapshot, 2, dtype=torch.float32)
+            device = check.grad_stats.device
+            rows.append(torch.cat([check.grad_stats, torch.stack([u.to(device) for u in updates])[None]]))
+        check.snapshot = []
+    if not rows:
+        return [[] for _ in pending]
+    device = rows[0].device
+    flat = torch.cat([row.to(device) for row in rows], dim=1).tolist()
+    numbers: list[list[list[float]]] = []
+    offset = 0
+    for check in pending:
+        width = len(check.params)
+        numbers.append([column[offset : offset + width] for column in flat] if width else [])
+        offset += width
+    return numbers
+
+
+def _optimizer_index(trainer: pl.Trainer, optimizer: Optimizer) -> int:
+    for index, candidate in enumerate(trainer.optimizers):
+        if candidate is optimizer or getattr(optimizer, "optimizer", None) is candidate:
+            return index
+    return len(trainer.optimizers)
+
+
+def _group_peaks(optimizer: Optimizer) -> list[float]:
+    """Each group's reference learning rate: the one set by the user, before an LR scheduler scaled it."""
+    return [float(group.get("initial_lr", group.get("lr", 0.0))) for group in optimizer.param_groups]
+
+
+def _lr_is_judgeable(watch: _Watch, lrs: Sequence[float], references: Sequence[float]) -> bool:
+    """False while a learning rate warms up (rises, or sits far below its reference) or was decayed on purpose."""
+    if len(watch.peak_lrs) != len(lrs):
+        watch.peak_lrs = [0.0] * len(lrs)
+        watch.last_lrs = []
+    rising = len(watch.last_lrs) == len(lrs) and any(
+        now > before for now, before in zip(lrs, watch.last_lrs, strict=True)
+    )
+    watch.peak_lrs = [max(peak, now, ref) for peak, now, ref in zip(watch.peak_lrs, lrs, references, strict=True)]
+    watch.last_lrs = list(lrs)
+    scaled_down = any(peak > 0 for peak in watch.peak_lrs) and all(
+        now < _DECAYED_LR * peak for now, peak in zip(lrs, watch.peak_lrs, strict=True) if peak > 0
+    )
+    return not rising and not scaled_down
+
+
+def _in_training_mode(info: _ParamInfo) -> bool:
+    return info.module_ref is None or info.module_ref.training
+
+
+def _has_grad_scaler(trainer: pl.Trainer) -> bool:
+    return getattr(trainer.precision_plugin, "scaler", None) is not None
+
+
+def _l2(values: Iterable[float]) -> float:
+    return math.sqrt(sum(value * value for value in values))
+
+
+def _shorten(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    return shown if len(names) <= _NAMES_SHOWN else f"{shown} and {len(names) - _NAMES_SHOWN} more"
+
+
+def _lrs(lrs: Sequence[float]) -> str:
+    return "/".join(f"{lr:.1e}" for lr in lrs) or "?"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_fraction(value: Any) -> bool:
+    return _is_number(value) and 0 < value < 1

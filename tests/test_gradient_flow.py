@@ -1,0 +1,453 @@
+"""GradientFlowCallback: each finding is triggered by a real buggy fit, and stays quiet on its healthy twin."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+from support import codes, problems, sanity_warnings
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_sanity import GradientFlowCallback, SanityError, Severity
+from lightning_sanity.demos import SmallCNN, wine_tensors
+from lightning_sanity.gradient_flow import collapse_module_names, depth_ratio, exploding_growth, is_check_step, spread
+
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+def digits_flat() -> TensorDataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (torch.tensor(digits.data, dtype=torch.float32) / 16.0 - 0.3) / 0.4
+    return TensorDataset(x, torch.tensor(digits.target))
+
+
+def digits_tokens() -> TensorDataset:
+    """Digits as token ids (pixel position x intensity level), 0 = blank pixel = padding."""
+    data, targets = digits_flat().tensors
+    levels = ((data * 0.4 + 0.3) * 4).round().long().clamp(0, 4)
+    ids = torch.where(levels > 0, levels + 4 * torch.arange(64), torch.zeros_like(levels))
+    return TensorDataset(ids, targets)
+
+
+def wine() -> DataLoader:
+    return DataLoader(TensorDataset(*wine_tensors("train")), batch_size=16, shuffle=True)
+
+
+def loader(dataset: TensorDataset, batch_size: int = 32) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True)
+
+
+def adam(lr: float = 1e-3) -> OptimizerFactory:
+    return lambda net: torch.optim.Adam(net.parameters(), lr=lr)
+
+
+def sgd(lr: float, momentum: float = 0.0) -> OptimizerFactory:
+    return lambda net: torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+
+
+def wine_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def stack(depth: int, activation: type[nn.Module], norm: type[nn.Module] | None = None, width: int = 32) -> nn.Module:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(64 if i == 0 else width, width), *([norm(width)] if norm else []), activation()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
+class Net(pl.LightningModule):
+    """Cross-entropy on ``self.net`` with an optimizer built by ``optimizer``."""
+
+    def __init__(self, net: nn.Module, optimizer: OptimizerFactory | None = None, scheduler: Any = None) -> None:
+        super().__init__()
+        self.net = net
+        self.make_optimizer = optimizer or adam()
+        self.make_scheduler = scheduler
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.make_optimizer(self)
+        if self.make_scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "step"},
+        }
+
+
+class BackboneHead(Net):
+    """A backbone and a head; ``mode`` selects a bug or a healthy way of freezing the backbone."""
+
+    def __init__(self, mode: str = "healthy") -> None:
+        super().__init__(nn.Identity())
+        self.mode = mode
+        self.backbone = nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.head = nn.Linear(32, 3)
+        self.unused = nn.Linear(32, 32)
+        if mode != "unused":
+            del self.unused
+        if mode == "frozen":
+            self.backbone.requires_grad_(False)
+        if mode == "no_grad_eval":
+            self.backbone.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "no_grad_eval":
+            with torch.no_grad():  # the transfer-learning recipe: a frozen feature extractor in eval mode
+                features = self.backbone(x)
+            return self.head(features)
+        features = self.backbone(x)
+        return self.head(features.detach() if self.mode == "detach" else features)
+
+
+def fit(make_trainer: Any, model: pl.LightningModule, data: DataLoader, steps: int = 25, **kwargs: Any) -> pl.Trainer:
+    pl.seed_everything(0, verbose=False)
+    callback = kwargs.pop("callback", None) or GradientFlowCallback()
+    trainer = make_trainer(callbacks=[callback], max_steps=steps, max_epochs=-1, **kwargs)
+    trainer.fit(model, data)
+    return trainer
+
+
+def finding(trainer: pl.Trainer, code: str) -> Any:
+    callback = next(cb for cb in trainer.callbacks if isinstance(cb, GradientFlowCallback))
+    return next(f for f in callback.findings if f.code == code)
+
+
+# --- grad.missing -------------------------------------------------------------------------------------------------
+
+
+def test_detached_backbone_reports_grad_missing_naming_the_module(make_trainer: Any) -> None:
+    with sanity_warnings() as texts:
+        trainer = fit(make_trainer, BackboneHead("detach"), wine())
+    assert codes(trainer, Severity.WARNING) == {"grad.missing"}
+    missing = finding(trainer, "grad.missing")
+    assert missing.severity is Severity.ERROR
+    assert missing.evidence["modules"] == ["backbone"]
+    assert "backbone" in missing.message
+    assert any("grad.missing" in text for text in texts)
+
+
+def test_layer_defined_and_never_used_reports_grad_missing(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, BackboneHead("unused"), wine())
+    assert finding(trainer, "grad.missing").evidence["modules"] == ["unused"]
+
+
+@pytest.mark.parametrize("mode", ["healthy", "frozen", "no_grad_eval"])
+def test_healthy_and_frozen_backbones_stay_quiet(make_trainer: Any, mode: str) -> None:
+    trainer = fit(make_trainer, BackboneHead(mode), wine())
+    assert problems(trainer) == []
+
+
+def test_strict_mode_raises_on_grad_missing(make_trainer: Any) -> None:
+    with pytest.raises(SanityError, match="grad.missing"):
+        fit(make_trainer, BackboneHead("detach"), wine(), callback=GradientFlowCallback(strict=True))
+
+
+class TwoGroups(Net):
+    """Fine-tuning: a frozen stem, a backbone at a tenth of the head's learning rate."""
+
+    def __init__(self) -> None:
+        super().__init__(stack(4, nn.ReLU, nn.LayerNorm))
+        self.net[0].requires_grad_(False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        head = list(self.net[-1].parameters())
+        backbone = [p for p in self.net[:-1].parameters() if p.requires_grad]
+        return torch.optim.AdamW([{"params": backbone, "lr": 1e-4}, {"params": head, "lr": 1e-3}])
+
+
+def test_frozen_stem_and_param_groups_with_different_learning_rates_stay_quiet(make_trainer: Any) -> None:
+    assert problems(fit(make_trainer, TwoGroups(), loader(digits_flat()))) == []
+
+
+class Gan(pl.LightningModule):
+    """Manual optimisation with two optimizers: each step leaves the other network's gradients empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 13))
+        self.discriminator = nn.Sequential(nn.Linear(13, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        real, _ = batch
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+        noise = torch.randn(real.shape[0], 8)
+        ones, zeros = torch.ones(real.shape[0], 1), torch.zeros(real.shape[0], 1)
+        d_loss = F.binary_cross_entropy_with_logits(self.discriminator(real), ones)
+        d_loss = d_loss + F.binary_cross_entropy_with_logits(self.discriminator(self.generator(noise).detach()), zeros)
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        g_loss = F.binary_cross_entropy_with_logits(self.discriminator(self.generator(noise)), ones)
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [
+            torch.optim.Adam(self.generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+            torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        ]
+
+
+def test_gan_with_manual_optimisation_and_two_optimizers_stays_quiet(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, Gan(), wine())
+    assert problems(trainer) == []
+    callback = trainer.callbacks[0]
+    assert {s.optimizer_index for s in callback.summaries} == {0, 1}
+
+
+# --- grad.vanishing -----------------------------------------------------------------------------------------------
+
+
+def test_deep_sigmoid_stack_reports_vanishing_gradients(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, Net(stack(20, nn.Sigmoid), sgd(0.1)), loader(digits_flat()))
+    assert codes(trainer, Severity.WARNING) == {"grad.vanishing"}
+    vanishing = finding(trainer, "grad.vanishing")
+    assert vanishing.evidence["depth_ratio"] < 1e-10
+    assert "net.0" in vanishing.message
+
+
+@pytest.mark.parametrize(
+    "net",
+    [
+        lambda: stack(12, nn.ReLU),
+        lambda: stack(12, nn.GELU, nn.LayerNorm),
+        lambda: stack(8, nn.ReLU, nn.BatchNorm1d),
+    ],
+    ids=["relu12", "layernorm12", "batchnorm8"],
+)
+def test_healthy_deep_networks_do_not_report_vanishing(make_trainer: Any, net: Callable[[], nn.Module]) -> None:
+    assert problems(fit(make_trainer, Net(net()), loader(digits_flat()))) == []
+
+
+class Bag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(64 * 4 + 5, 32, padding_idx=0)
+        self.head = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        mask = (ids > 0).float()[..., None]
+        return self.head((self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+
+@pytest.mark.parametrize("optimizer", [adam(1e-3), sgd(0.5)], ids=["adam", "sgd"])
+def test_embedding_model_with_padding_idx_stays_quiet(make_trainer: Any, optimizer: OptimizerFactory) -> None:
+    assert problems(fit(make_trainer, Net(Bag(), optimizer), loader(digits_tokens()))) == []
+
+
+# --- grad.exploding, grad.non_finite, update.too_large, update.too_small ------------------------------------------
+
+
+def test_learning_rate_10_with_sgd_reports_exploding_gradients(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, Net(wine_mlp(), sgd(10.0)), wine())
+    assert "grad.exploding" in codes(trainer, Severity.ERROR)
+    assert finding(trainer, "grad.exploding").evidence["growth"] > 1e4
+
+
+class NanLoss(Net):
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return torch.sqrt(F.cross_entropy(self(x), y) - 10.0)  # sqrt of a negative number: NaN
+
+
+def test_nan_loss_reports_non_finite_gradients_naming_parameters(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, NanLoss(wine_mlp()), wine(), steps=5)
+    non_finite = finding(trainer, "grad.non_finite")
+    assert non_finite.severity is Severity.ERROR
+    assert non_finite.evidence["parameters"][0] == "net.0.weight"
+
+
+def test_adam_with_learning_rate_1_reports_too_large_updates(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, Net(wine_mlp(), adam(1.0)), wine())
+    assert codes(trainer, Severity.WARNING) == {"update.too_large"}
+    assert finding(trainer, "update.too_large").evidence["median_layer_step"] > 1.0
+
+
+def test_adam_with_learning_rate_1e_7_reports_too_small_updates(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, Net(wine_mlp(), adam(1e-7)), wine())
+    assert codes(trainer, Severity.WARNING) == {"update.too_small"}
+    assert finding(trainer, "update.too_small").evidence["max_layer_update_ratio"] < 1e-5
+
+
+def warmup(steps: int) -> Callable[[torch.optim.Optimizer], Any]:
+    return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / steps))
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "trainer_options"),
+    [
+        (sgd(0.1), {}),
+        (sgd(1e-3), {}),
+        (sgd(0.01, momentum=0.9), {"gradient_clip_val": 0.5}),
+        (adam(1e-2), {"accumulate_grad_batches": 4}),
+        (lambda net: torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.05), {"gradient_clip_val": 1.0}),
+        (adam(1e-3), {"precision": "bf16-mixed"}),
+    ],
+    ids=["sgd", "sgd-1e-3", "sgd-momentum-clip", "adam-accumulate", "adamw-clip", "adam-bf16"],
+)
+def test_healthy_optimizer_setups_stay_quiet(
+    make_trainer: Any, optimizer: OptimizerFactory, trainer_options: Any
+) -> None:
+    trainer = fit(make_trainer, Net(wine_mlp(), optimizer), wine(), steps=30, **trainer_options)
+    assert problems(trainer) == []
+
+
+def test_warm_up_from_a_tiny_learning_rate_does_not_report_too_small_updates(make_trainer: Any) -> None:
+    model = Net(wine_mlp(), adam(1e-3), scheduler=lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 1e-5, 1.0, 20))
+    assert problems(fit(make_trainer, model, wine())) == []
+
+
+def test_healthy_cnn_with_batchnorm_stays_quiet(make_trainer: Any) -> None:
+    images, targets = digits_flat().tensors
+    data = TensorDataset(images.view(-1, 1, 8, 8).repeat(1, 3, 1, 1), targets)
+    trainer = fit(make_trainer, Net(SmallCNN(10, width=8), sgd(0.05, momentum=0.9)), loader(data))
+    assert problems(trainer) == []
+
+
+# --- grad.zero ----------------------------------------------------------------------------------------------------
+
+
+def dead_relu_mlp() -> nn.Module:
+    net = stack(2, nn.ReLU)
+    with torch.no_grad():
+        net[2].bias.fill_(-100.0)  # every unit of the second layer is dead from the start
+    return net
+
+
+def test_dead_relu_units_report_zero_gradients_naming_the_parameters(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, Net(dead_relu_mlp()), loader(digits_flat()))
+    zero = finding(trainer, "grad.zero")
+    assert zero.severity is Severity.WARNING
+    # the dead layer, everything before it, and the weight (not the bias) of the layer reading its zeros
+    assert set(zero.evidence["parameters"]) == {
+        "net.0.weight",
+        "net.0.bias",
+        "net.2.weight",
+        "net.2.bias",
+        "net.4.weight",
+    }
+    assert "grad.missing" not in codes(trainer)
+
+
+# --- param.not_updated --------------------------------------------------------------------------------------------
+
+
+class ForgottenHead(Net):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net[0].parameters(), lr=1e-3)  # the head was never given to the optimizer
+
+
+def test_parameters_in_no_param_group_report_not_updated(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, ForgottenHead(wine_mlp()), wine(), steps=5)
+    not_updated = finding(trainer, "param.not_updated")
+    assert not_updated.severity is Severity.ERROR
+    assert not_updated.evidence["modules"] == ["net.2"]
+
+
+class RestoresHead(Net):
+    """Undoes every update of the head: e.g. a weight projection that copies the wrong tensor."""
+
+    def on_fit_start(self) -> None:
+        self.initial_head = self.net[2].weight.detach().clone()
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        with torch.no_grad():
+            self.net[2].weight.copy_(self.initial_head)
+
+
+def test_parameters_with_gradients_that_never_change_report_not_updated(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, RestoresHead(wine_mlp()), wine())
+    assert codes(trainer, Severity.WARNING) == {"param.not_updated"}
+    assert finding(trainer, "param.not_updated").evidence["parameters"] == ["net.2.weight"]
+
+
+# --- logging, public numbers, scheduling, configuration ------------------------------------------------------------
+
+
+def test_logs_total_norm_update_ratio_and_a_bounded_number_of_layers(make_trainer: Any, tmp_path: Path) -> None:
+    callback = GradientFlowCallback(dense_steps=5, every_n_steps=10, max_logged_layers=3)
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = fit(
+        make_trainer, Net(stack(6, nn.ReLU)), loader(digits_flat()), steps=30, callback=callback, logger=logger
+    )
+    header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    ours = sorted(key for key in header if key.startswith("sanity/gradient_flow/train/"))
+    assert ours == [
+        "sanity/gradient_flow/train/grad_norm/net.0",
+        "sanity/gradient_flow/train/grad_norm/net.12",
+        "sanity/gradient_flow/train/grad_norm/net.6",
+        "sanity/gradient_flow/train/grad_norm_total",
+        "sanity/gradient_flow/train/update_ratio",
+    ]
+    assert [s.step for s in callback.summaries] == [0, 1, 2, 3, 4, 14, 24]
+    assert list(callback.layer_grad_norms) == [f"net.{i}" for i in range(0, 13, 2)]
+    assert all(0 < mean <= peak for mean, peak in callback.layer_grad_norms.values())
+    assert problems(trainer) == []
+
+
+def test_check_schedule_is_dense_then_sparse() -> None:
+    checked = [step for step in range(40) if is_check_step(step, dense_steps=5, every_n_steps=10)]
+    assert checked == [0, 1, 2, 3, 4, 14, 24, 34]
+
+
+def test_depth_ratio_compares_the_first_and_last_quarters() -> None:
+    assert depth_ratio([1e-8, 1e-8, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]) == pytest.approx(1e-8)
+    assert depth_ratio([1.0, 2.0, 3.0]) is None
+    assert depth_ratio([1.0, 1.0, 1.0, 0.0]) is None
+
+
+def test_exploding_growth_needs_a_finite_baseline() -> None:
+    assert exploding_growth(2.0, 2e5) == pytest.approx(1e5)
+    assert exploding_growth(0.0, 1.0) is None
+    assert exploding_growth(1.0, math.inf) is None
+
+
+def test_module_names_collapse_to_the_parent_they_cover() -> None:
+    everything = {"backbone.0", "backbone.2", "head", "neck.0", "neck.1"}
+    assert collapse_module_names({"backbone.0", "backbone.2", "neck.1"}, everything) == ["backbone", "neck.1"]
+    assert collapse_module_names({"head"}, everything) == ["head"]
+
+
+def test_spread_keeps_first_and_last() -> None:
+    assert spread(list("abcdefg"), 3) == ["a", "d", "g"]
+    assert spread(list("ab"), 5) == ["a", "b"]
+    assert spread(list("abc"), 0) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("dense_steps", 2),
+        ("every_n_steps", 0),
+        ("max_logged_layers", -1),
+        ("vanishing_ratio", 1.5),
+        ("exploding_growth", 1.0),
+        ("min_update_ratio", 0.0),
+        ("max_update_ratio", 1e-9),
+        ("dense_steps", True),
+    ],
+)
+def test_bad_configuration_fails_fast_naming_the_argument(option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=option):
+        GradientFlowCallback(**{option: value})
