@@ -2,12 +2,1157 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
-from lightning_sanity.base import SanityCallback
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from torchmetrics import Metric
+from typing_extensions import override
+
+from lightning_sanity.base import SanityCallback, require
+from lightning_sanity.findings import Severity
+from lightning_sanity.loggers import log_scalars, scalar_key
+from lightning_sanity.rng import forked_rng
+
+OUTPUT_KEYS = ("logits", "preds", "y_hat", "outputs")
+"""Keys of a step's returned dict that hold the predictions."""
+
+_NOT_ACCURACY_TOKENS = ("best", "max", "min", "top", "ema", "std", "var", "diff", "gap", "delta", "loss", "train")
+_EVAL_HOOKS = {"val": ("validation_step", "on_validation"), "test": ("test_step", "on_test")}
+
+# Thresholds; the calibration behind each number is in docs/findings.md (ConfusionCallback section).
+COLLAPSE_SHARE = 0.95
+"""Fraction of predictions in one class that counts as collapsed..."""
+COLLAPSE_MARGIN = 0.15
+"""...when that class's true share is at least this much lower."""
+BALANCED_MARGIN = 0.05
+"""Balanced accuracy within this (or 2 standard errors) of 1/K counts as no better than one class."""
+CHANCE_Z = 2.0
+"""Standard errors above the majority rate that accuracy must reach to count as learned."""
+LOSS_CHANCE_TOLERANCE = 0.02
+"""Relative distance from ln(C) of an epoch's mean training loss that counts as "at chance"..."""
+RELU_ZERO_FRACTION = 0.05
+"""Share of exact zeros in non-negative logits that reveals a ReLU (a linear head never hits 0.0 exactly)."""
+IMBALANCE_SHARE = 0.6
+"""Majority-class share from which always predicting it gives an accuracy that looks acceptable."""
+LEARNED_RATIO = 0.75
+"""An epoch-mean training loss at or below this fraction of the first epoch's shows the model learned."""
+STUCK_TOLERANCE = 0.03
+"""Relative distance from the class-prior entropy of a training loss that is stuck..."""
+STUCK_SPREAD = 0.02
+"""...and the relative range of its last three epoch means (Adam jitter around the prior: 1 %)."""
+LOSS_CHANCE_SPREAD = 0.01
+"""Relative range of the last three epoch means at ln(C) that counts as a plateau (slow learners: > 2 %)."""
+MIN_STEPS = 100
+"""Optimizer steps before a flat loss counts as stuck rather than not started."""
+PROBABILITY_NLL_RATIO = 0.7
+"""Outputs whose NLL as probabilities is this far below the floor would have let a probability loss go below it."""
+MISMATCH_TOLERANCE = 0.05
+"""Absolute accuracy difference tolerated between a logged accuracy and the closest correct reading."""
+
+
+class ClassPredictions(NamedTuple):
+    """Predicted and true class per element, flattened; ``valid`` masks ignored targets."""
+
+    predicted: Tensor
+    targets: Tensor
+    valid: Tensor
+    num_classes: int
+
+
+class NotClassification(ValueError):
+    """The outputs and targets of a batch are not class scores and class indices."""
+
+
+def class_scores(output: Tensor, targets: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Align ``output`` with ``targets`` as ``([M, C] scores, [M] targets)``, ``None`` if their shapes do not fit.
+
+    The class dimension is dim 1 (the ``CrossEntropyLoss`` convention: ``[N, C]``, ``[N, C, H, W]``) or the last
+    one (``[N, L, C]`` token classification). An output shaped like its targets is a single-logit head (``C = 1``).
+
+    Raises:
+        NotClassification: on multi-label targets (``[N, C]`` multi-hot), which this callback does not judge.
+
+    Example::
+
+        >>> scores, flat = class_scores(torch.zeros(2, 5, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
+        >>> tuple(scores.shape), tuple(flat.shape)
+        ((32, 5), (32,))
+    """
+    if output.ndim == 0 or targets.ndim == 0 or output.shape[0] != targets.shape[0] or output.numel() == 0:
+        return None
+    if output.ndim == targets.ndim + 1:
+        if output.shape[2:] == targets.shape[1:]:
+            return output.movedim(1, -1).reshape(-1, output.shape[1]), targets.reshape(-1)
+        if output.shape[1:-1] == targets.shape[1:]:
+            return output.reshape(-1, output.shape[-1]), targets.reshape(-1)
+        return None
+    if output.shape == targets.shape:
+        if output.ndim == 2 and output.shape[1] > 1:
+            raise NotClassification(f"multi-label outputs and targets of shape {tuple(output.shape)}")
+        return output.reshape(-1, 1), targets.reshape(-1)
+    if output.ndim == targets.ndim and output.shape[-1] == 1 and output.shape[:-1] == targets.shape[:-1]:
+        return output.reshape(-1, 1), targets.reshape(-1)
+    return None
+
+
+def class_predictions(
+    scores: Tensor, targets: Tensor, num_classes: int | None, ignore_index: int | None
+) -> ClassPredictions:
+    """Predicted class per row of ``scores`` (argmax; a single logit is thresholded at 0, integers are classes)."""
+    if not scores.is_floating_point():
+        if num_classes is None:
+            raise NotClassification("the step returned class indices; pass num_classes to the callback")
+        predicted, classes = scores[:, 0].long(), num_classes
+    elif scores.shape[1] == 1:
+        predicted, classes = (scores[:, 0] > 0).long(), 2
+    else:
+        predicted, classes = scores.argmax(dim=1), scores.shape[1]
+    if num_classes is not None and scores.is_floating_point() and scores.shape[1] > 1 and num_classes != classes:
+        raise NotClassification(f"the outputs have {classes} classes but num_classes={num_classes}")
+    targets = targets.long()
+    valid = (targets >= 0) & (targets < classes) & (predicted >= 0) & (predicted < classes)
+    if ignore_index is not None:
+        valid &= targets != ignore_index
+    return ClassPredictions(predicted, targets, valid, classes)
+
+
+def activation_kind(scores: Tensor) -> str | None:
+    """Name the activation that ``[M, C]`` scores used as logits went through: softmax, sigmoid, relu or ``None``.
+
+    Raw logits of a linear head are signed and never exactly 0.0; probabilities are non-negative and sum to 1 per row
+    (softmax) or lie in [0, 1] (sigmoid, single logit); ReLU outputs are non-negative with many exact zeros.
+
+    Example::
+
+        >>> activation_kind(torch.randn(64, 3).softmax(dim=1)), activation_kind(torch.randn(64, 3))
+        ('softmax', None)
+    """
+    scores = scores.detach().float()
+    if scores.numel() == 0 or not bool(torch.isfinite(scores).all()) or float(scores.min()) < 0:
+        return None
+    zero_share = float((scores == 0).float().mean())
+    if zero_share >= RELU_ZERO_FRACTION:
+        return "relu"
+    if scores.shape[1] > 1 and bool(torch.allclose(scores.sum(dim=1), torch.ones(len(scores)), atol=1e-3)):
+        return "softmax"
+    if scores.shape[1] == 1 and float(scores.max()) <= 1:
+        return "sigmoid"
+    return None
+
+
+def is_logit_loss_on_probabilities(lowest_train_loss: float, probability_nll: float, floor: float) -> bool:
+    """The training loss never went below the floor of a logit loss on probabilities, although the outputs read as
+    probabilities are confident enough (NLL well below that floor) that a probability loss would have."""
+    return lowest_train_loss >= floor - 1e-4 and probability_nll <= PROBABILITY_NLL_RATIO * floor
+
+
+def probability_loss_floor(kind: str, num_classes: int) -> float:
+    """The smallest loss a logit loss can reach on probabilities: ``CE(softmax(p), y) >= ln(C - 1 + e) - 1``.
+
+    For a sigmoid output fed to ``BCEWithLogitsLoss`` the floor is ``ln(1 + 1/e)`` (target 1, output 1.0). A model
+    that really returns probabilities to a probability loss (NLL of log, BCELoss) goes below it once it learns.
+    """
+    if kind == "sigmoid":
+        return math.log1p(math.exp(-1.0))
+    return math.log(num_classes - 1 + math.e) - 1.0
+
+
+@dataclass(frozen=True)
+class ConfusionSummary:
+    """What a confusion matrix says, as numbers (from per-class true positive, predicted and actual counts)."""
+
+    total: int
+    accuracy: float
+    balanced_accuracy: float
+    macro_accuracy: float
+    recalls: list[float]
+    present_classes: int
+    majority_share: float
+    top_predicted_class: int
+    top_predicted_share: float
+    top_predicted_true_share: float
+    prior_entropy: float
+
+    @classmethod
+    def from_counts(cls, true_positives: Tensor, predicted: Tensor, actual: Tensor) -> ConfusionSummary:
+        tp, pred, act = (t.double().cpu() for t in (true_positives, predicted, actual))
+        total = float(act.sum())
+        present = act > 0
+        recalls = torch.where(present, tp / act.clamp(min=1), torch.zeros_like(tp))
+        # torchmetrics' macro accuracy also averages classes that were only predicted (recall 0)
+        counted = present | (pred > 0)
+        top = int(pred.argmax())
+        n = max(total, 1.0)
+        shares = act / n
+        return cls(
+            total=int(total),
+            accuracy=float(tp.sum()) / n,
+            balanced_accuracy=float(recalls[present].mean()) if bool(present.any()) else 0.0,
+            macro_accuracy=float(recalls[counted].mean()) if bool(counted.any()) else 0.0,
+            recalls=recalls.tolist(),
+            present_classes=int(present.sum()),
+            majority_share=float(act.max()) / n,
+            top_predicted_class=top,
+            top_predicted_share=float(pred[top]) / n,
+            top_predicted_true_share=float(act[top]) / n,
+            prior_entropy=float(-(shares[shares > 0] * shares[shares > 0].log()).sum()),
+        )
+
+
+def binomial_noise(rate: float, total: int) -> float:
+    """Standard error of an observed rate over ``total`` independent samples."""
+    return math.sqrt(max(rate * (1.0 - rate), 0.0) / max(total, 1))
+
+
+def is_prediction_collapse(summary: ConfusionSummary) -> bool:
+    """Nearly all predictions are one class whose true share is clearly lower."""
+    return (
+        summary.present_classes >= 2
+        and summary.top_predicted_share >= COLLAPSE_SHARE
+        and summary.top_predicted_true_share <= summary.top_predicted_share - COLLAPSE_MARGIN
+    )
+
+
+def is_no_better_than_one_class(summary: ConfusionSummary) -> bool:
+    """Balanced accuracy within noise of 1/K (K present classes): the model tells no class apart."""
+    if summary.present_classes < 2:
+        return False
+    chance = 1.0 / summary.present_classes
+    noise = binomial_noise(chance, summary.total // summary.present_classes)
+    return summary.balanced_accuracy <= chance + max(BALANCED_MARGIN, CHANCE_Z * noise)
+
+
+def is_chance_level(summary: ConfusionSummary) -> bool:
+    """Accuracy within noise of the majority-class rate, and no class told apart."""
+    noise = binomial_noise(summary.majority_share, summary.total)
+    return is_no_better_than_one_class(summary) and summary.accuracy <= summary.majority_share + CHANCE_Z * noise
+
+
+def is_imbalance_masked(summary: ConfusionSummary) -> bool:
+    """Accuracy looks fine only because one class dominates: it is about the majority rate, balanced accuracy 1/K."""
+    return summary.majority_share >= IMBALANCE_SHARE and is_chance_level(summary)
+
+
+def training_evidence(epoch_losses: Sequence[float], prior_entropy: float, steps: int) -> str | None:
+    """Whether training had its chance: ``"learned"`` if the epoch-mean training loss fell by a quarter from the
+    first epoch, ``"stuck"`` if after ``MIN_STEPS`` optimizer steps the last three epochs sit flat at the entropy of
+    the class prior (the loss of a model that learned only the class frequencies); ``None`` while training is still
+    on its way.
+
+    Example::
+
+        >>> training_evidence([0.69, 0.40, 0.21], 0.69, 30), training_evidence([0.70, 0.632, 0.643, 0.638], 0.6365, 150)
+        ('learned', 'stuck')
+    """
+    if len(epoch_losses) < 2:
+        return None
+    if min(epoch_losses) <= LEARNED_RATIO * epoch_losses[0]:
+        return "learned"
+    if steps >= MIN_STEPS and is_plateau(epoch_losses, prior_entropy, STUCK_TOLERANCE, STUCK_SPREAD):
+        return "stuck"
+    return None
+
+
+def is_plateau(epoch_losses: Sequence[float], level: float, tolerance: float, spread: float, epochs: int = 3) -> bool:
+    """The last ``epochs`` losses are all within ``tolerance * level`` of ``level`` and flat (their range within
+    ``spread * level``): not a slow learner on its way down."""
+    if level <= 0 or len(epoch_losses) < epochs:
+        return False
+    recent = epoch_losses[-epochs:]
+    near = all(abs(loss - level) <= tolerance * level for loss in recent)
+    return near and max(recent) - min(recent) <= spread * level
+
+
+def is_loss_at_chance(epoch_losses: Sequence[float], num_classes: int, steps: int) -> bool:
+    """After ``MIN_STEPS`` optimizer steps the training loss sits flat at ``ln(C)`` for the last three epochs."""
+    if num_classes < 2 or steps < MIN_STEPS:
+        return False
+    return is_plateau(epoch_losses, math.log(num_classes), LOSS_CHANCE_TOLERANCE, LOSS_CHANCE_SPREAD)
+
+
+def closest_reading(logged: float, readings: Mapping[str, float]) -> tuple[str, float, float]:
+    """The correct accuracy reading closest to ``logged`` (also tried as a percentage): name, value, distance."""
+    candidates = [logged] + ([logged / 100.0] if 1.0 < logged <= 100.0 else [])
+    return min(
+        ((name, value, abs(candidate - value)) for name, value in readings.items() for candidate in candidates),
+        key=lambda item: item[2],
+    )
+
+
+def format_matrix(matrix: Tensor, names: Sequence[str] | None = None) -> str:
+    """A confusion matrix as aligned text: rows are true classes, columns predicted classes.
+
+    Example::
+
+        >>> print(format_matrix(torch.tensor([[5, 1], [0, 4]]), ["cat", "dog"]))
+        true \\ pred cat dog
+                cat   5   1
+                dog   0   4
+    """
+    size = matrix.shape[0]
+    labels = [str(n) for n in names] if names is not None and len(names) == size else [str(i) for i in range(size)]
+    counts = [[str(int(v)) for v in row] for row in matrix.tolist()]
+    width = max(len(label) for label in labels + [c for row in counts for c in row])
+    corner = "true \\ pred"
+    head = corner + " " + " ".join(label.rjust(width) for label in labels)
+    rows = [
+        label.rjust(len(corner)) + " " + " ".join(c.rjust(width) for c in row)
+        for label, row in zip(labels, counts, strict=True)
+    ]
+    return "\n".join([head, *rows])
+
+
+class EvalCounts(Metric):
+    """Per-epoch counts behind every accuracy reading; sum-reduced, so exact across DDP ranks.
+
+    ``dense=True`` keeps the full ``[C, C]`` confusion matrix; otherwise only per-class true positive, predicted and
+    actual counts (O(C) memory for very large heads). It also keeps per-batch micro and macro accuracies,
+    sample-weighted (what ``self.log`` in a step produces) and unweighted, to recognise a correctly logged accuracy.
+    Updates never read a tensor to the host: ignored targets go to an extra bin that is dropped.
+    """
+
+    full_state_update = False
+    matrix: Tensor
+    true_positives: Tensor
+    predicted: Tensor
+    actual: Tensor
+    micro_weighted: Tensor
+    macro_weighted: Tensor
+    weight: Tensor
+    micro: Tensor
+    macro: Tensor
+    batches: Tensor
+
+    def __init__(self, num_classes: int, dense: bool) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.dense = dense
+        if dense:
+            self.add_state("matrix", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        else:
+            for state in ("true_positives", "predicted", "actual"):
+                self.add_state(state, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        for state in ("micro_weighted", "macro_weighted", "weight", "micro", "macro", "batches"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, predicted: Tensor, targets: Tensor, valid: Tensor, batch_size: int) -> None:
+        classes = self.num_classes
+        trash = torch.full_like(targets, classes)
+        ones = torch.ones_like(targets)
+        correct = valid & (predicted == targets)
+        tp = _bincount(torch.where(correct, targets, trash), classes)
+        actual = _bincount(torch.where(valid, targets, trash), classes)
+        pred = _bincount(torch.where(valid, predicted, trash), classes)
+        if self.dense:
+            cells = torch.where(valid, targets * classes + predicted, torch.full_like(targets, classes * classes))
+            counts = torch.zeros(classes * classes + 1, dtype=torch.long, device=targets.device)
+            self.matrix += counts.index_add_(0, cells, ones)[:-1].view(classes, classes)
+        else:
+            self.true_positives += tp
+            self.predicted += pred
+            self.actual += actual
+        micro = tp.sum() / actual.sum().clamp(min=1)
+        counted = (actual > 0) | (pred > 0)
+        recall = tp / actual.clamp(min=1)
+        macro = (recall * counted).sum() / counted.sum().clamp(min=1)
+        self.micro_weighted += micro * batch_size
+        self.macro_weighted += macro * batch_size
+        self.weight += batch_size
+        self.micro += micro
+        self.macro += macro
+        self.batches += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        if self.dense:
+            tp, predicted, actual = self.matrix.diagonal(), self.matrix.sum(dim=0), self.matrix.sum(dim=1)
+        else:
+            tp, predicted, actual = self.true_positives, self.predicted, self.actual
+        return {
+            "matrix": self.matrix if self.dense else torch.zeros(0),
+            "true_positives": tp,
+            "predicted": predicted,
+            "actual": actual,
+            "batch_micro_weighted": self.micro_weighted / self.weight.clamp(min=1),
+            "batch_macro_weighted": self.macro_weighted / self.weight.clamp(min=1),
+            "batch_micro": self.micro / self.batches.clamp(min=1),
+            "batch_macro": self.macro / self.batches.clamp(min=1),
+        }
+
+
+def _bincount(indices: Tensor, classes: int) -> Tensor:
+    """Counts of ``0..classes-1`` in ``indices`` (``classes`` is the dropped trash bin), without a host sync."""
+    counts = torch.zeros(classes + 1, dtype=torch.long, device=indices.device)
+    return counts.index_add_(0, indices, torch.ones_like(indices))[:-1]
+
+
+class TrainLoss(Metric):
+    """Mean and minimum of the training loss over an epoch (sum-reduced / min-reduced across ranks)."""
+
+    full_state_update = False
+    total: Tensor
+    steps: Tensor
+    lowest: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("steps", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("lowest", torch.full((), math.inf, dtype=torch.float64), dist_reduce_fx="min")
+
+    def update(self, loss: Tensor) -> None:
+        loss = loss.detach().double()
+        self.total += loss
+        self.steps += 1
+        self.lowest = torch.minimum(self.lowest, loss)
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return self.total / self.steps.clamp(min=1), self.lowest
+
+
+class ProbabilityLoss(Metric):
+    """Mean negative log-likelihood of outputs read as probabilities (softmax rows, or sigmoid values)."""
+
+    full_state_update = False
+    total: Tensor
+    count: Tensor
+
+    def __init__(self) -> None:
+        # Created only on ranks whose outputs looked activated, so computing it must not be a collective
+        # (a rank without it would never join); each rank judges its own shard, and findings merge at teardown.
+        super().__init__(sync_on_compute=False)
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, scores: Tensor, predictions: ClassPredictions) -> None:
+        targets = predictions.targets.clamp(0, max(scores.shape[1] - 1, 1))
+        probs = scores.detach().double().clamp(1e-12, 1.0)
+        if scores.shape[1] == 1:
+            likelihood = torch.where(targets == 1, probs[:, 0], 1.0 - probs[:, 0]).clamp(min=1e-12)
+        else:
+            likelihood = probs.gather(1, targets.unsqueeze(1))[:, 0]
+        weight = predictions.valid.double()
+        self.total += (-likelihood.log() * weight).sum()
+        self.count += weight.sum()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count.clamp(min=1)
+
+
+class _Capture:
+    """Keeps the first output of the LightningModule's forward during one step; children's outputs as a fallback.
+
+    Another callback may run extra forward passes in its batch-end hook before ours removes the hooks: only the first
+    call of the module counts, and child calls after a later module-level call are ignored.
+    """
+
+    def __init__(self, module: pl.LightningModule) -> None:
+        self.module_output: Any = None
+        self.child_outputs: list[Any] = []
+        self._closed = False
+        self._handles: list[RemovableHandle] = [module.register_forward_hook(self._on_module)]
+        for child in module.children():
+            if not isinstance(child, (Metric, nn.modules.loss._Loss)):
+                self._handles.append(child.register_forward_hook(self._on_child))
+
+    def _on_module(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.module_output is None and not self._closed:
+            self.module_output = output
+        self._closed = True
+
+    def _on_child(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._closed:
+            self.child_outputs.append(output)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def output_tensor(output: Any) -> Tensor | None:
+    """The prediction tensor in a step's or forward's output: a tensor, a dict key, a ``.logits`` attribute, or the
+    first element of a tuple."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        return next((output[k] for k in OUTPUT_KEYS if isinstance(output.get(k), Tensor)), None)
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
+
+@dataclass
+class _SplitState:
+    """What the callback knows about one split (val, test, train)."""
+
+    classification: bool | None = None
+    batches_checked: int = 0
+    recompute_announced: bool = False
 
 
 class ConfusionCallback(SanityCallback):
-    """Evaluation logic: a correctly accumulated confusion matrix, and what it reveals."""
+    """Accumulate a correct confusion matrix over every validation (and test) epoch and judge the evaluation logic.
+
+    Predictions come from what ``validation_step`` / ``test_step`` returns when that is logits (a tensor, or a dict
+    with ``logits`` / ``preds`` / ``y_hat`` / ``outputs``), otherwise from the module's own forward call during the
+    step (no second forward pass); only as a last resort are they recomputed (one INFO). Each validation dataloader
+    has its own matrix. Findings: ``eval.prediction_collapse``, ``eval.chance_level``, ``eval.imbalance_masked``,
+    ``eval.metric_mismatch``, ``eval.loss_at_chance``, ``output.activated`` (and INFO ``eval.not_classification``).
+
+    Args:
+        num_classes: Number of classes, inferred from the logits when ``None``. Needed only when the step returns
+            class indices instead of scores.
+        max_classes: Above this many classes keep per-class counts only (O(C) memory, no matrix).
+        on_train: Also accumulate the training split (``sanity/confusion/train/...``).
+        ignore_index: A target value to leave out (targets outside ``[0, C)``, e.g. 255 or -100, always are).
+        compare_keys: Logged metric names to compare with the accumulated accuracy, besides the auto-detected ones
+            (names containing ``acc`` logged during that split).
+        min_epochs: Training epochs before the heuristics that judge a trained model (collapse, chance level,
+            imbalance, loss at chance) may fire; they must also hold at two consecutive validations.
+        report_classes: Largest number of classes whose matrix is printed in the run report and whose per-class
+            recall is logged.
+        strict: Raise on the first ERROR finding.
+        batch_adapter: ``batch -> (inputs, targets)`` for batches we cannot read.
+
+    Example::
+
+        callback = ConfusionCallback(compare_keys=["val/top1"])
+        trainer = Trainer(callbacks=[callback])
+        trainer.fit(model, datamodule)
+        print(callback.confusion_matrix)  # rows: true class, columns: predicted class
+    """
 
     name: ClassVar[str] = "confusion"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int | None = None,
+        max_classes: int = 512,
+        on_train: bool = False,
+        ignore_index: int | None = None,
+        compare_keys: Sequence[str] = (),
+        min_epochs: int = 2,
+        report_classes: int = 20,
+        strict: bool = False,
+        batch_adapter: Callable[[Any], Any] | None = None,
+    ) -> None:
+        super().__init__(strict=strict, batch_adapter=batch_adapter)
+        require(
+            num_classes is None or (_is_int(num_classes) and num_classes >= 2),
+            "num_classes",
+            "None or an int >= 2",
+            num_classes,
+        )
+        require(_is_int(max_classes) and max_classes >= 2, "max_classes", "an int >= 2", max_classes)
+        require(isinstance(on_train, bool), "on_train", "a bool", on_train)
+        require(ignore_index is None or _is_int(ignore_index), "ignore_index", "None or an int", ignore_index)
+        require(
+            not isinstance(compare_keys, str) and all(isinstance(k, str) for k in compare_keys),
+            "compare_keys",
+            "a sequence of metric names",
+            compare_keys,
+        )
+        require(_is_int(min_epochs) and min_epochs >= 1, "min_epochs", "an int >= 1", min_epochs)
+        require(_is_int(report_classes) and report_classes >= 0, "report_classes", "an int >= 0", report_classes)
+        self.num_classes = num_classes
+        self.max_classes = max_classes
+        self.on_train = on_train
+        self.ignore_index = ignore_index
+        self.compare_keys = tuple(compare_keys)
+        self.min_epochs = min_epochs
+        self.report_classes = report_classes
+        self.confusion_matrix: Tensor | None = None
+        """The last completed validation epoch's ``[C, C]`` matrix (first val dataloader), rows true, columns
+        predicted, summed over ranks; ``None`` above ``max_classes``."""
+        self.confusion_matrices: dict[str, Tensor] = {}
+        """Last matrix per split label (``"val"``, ``"val/dataloader_idx_1"``, ``"test"``, ``"train"``)."""
+        self.summaries: dict[str, ConfusionSummary] = {}
+        """Last :class:`ConfusionSummary` per split label."""
+        self._counts: dict[tuple[str, int], EvalCounts] = {}
+        self._splits: dict[str, _SplitState] = {}
+        self._capture: _Capture | None = None
+        self._train_loss: TrainLoss | None = None
+        self._epoch_losses: list[float] = []
+        self._lowest_loss = math.inf
+        self._suspicious: dict[str, int] = {}
+        self._activation: tuple[str, str, int] | None = None
+        self._activation_width = 0
+        self._probability_loss: ProbabilityLoss | None = None
+        self._class_names: list[str] | None = None
+
+    # ----------------------------------------------------------------- capture
+    def _start_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_capture()
+        self._capture = _Capture(pl_module)
+
+    def _stop_capture(self) -> _Capture | None:
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.remove()
+        return capture
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._start_capture(trainer, pl_module)
+
+    @override
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._start_capture(trainer, pl_module)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.on_train:
+            self._start_capture(trainer, pl_module)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._observe(trainer, pl_module, "val", outputs, batch, dataloader_idx)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._observe(trainer, pl_module, "test", outputs, batch, dataloader_idx)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._track_train_loss(trainer, pl_module, outputs)
+        if self.on_train:
+            self._observe(trainer, pl_module, "train", outputs, batch, 0)
+
+    def _observe(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, outputs: Any, batch: Any, loader: int
+    ) -> None:
+        capture = self._stop_capture()
+        state = self._splits.setdefault(split, _SplitState())
+        if state.classification is False:
+            return
+        parts = self.split_batch(trainer, batch)
+        if parts is None or parts.targets is None or parts.inputs is None:
+            return
+        aligned = self._aligned_scores(trainer, pl_module, split, state, outputs, capture, parts.inputs, parts.targets)
+        if aligned is None:
+            return
+        scores, targets = aligned
+        checking = state.batches_checked < 3
+        if checking and not self._is_classification(trainer, split, state, scores, targets):
+            return
+        try:
+            predictions = class_predictions(scores, targets, self.num_classes, self.ignore_index)
+        except NotClassification as reason:
+            self._not_classification(trainer, split, state, str(reason))
+            return
+        if checking:
+            state.batches_checked += 1
+            self._check_activation(split, scores, predictions.num_classes)
+        if trainer.sanity_checking:
+            return
+        if self._probability_loss is not None and split == "val" and scores.shape[1] == self._activation_width:
+            self._probability_loss.update(scores, predictions)
+        counts = self._counts_for(split, loader, predictions.num_classes, pl_module.device)
+        if counts is not None:
+            counts.update(predictions.predicted, predictions.targets, predictions.valid, len(parts.targets))
+
+    def _aligned_scores(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        split: str,
+        state: _SplitState,
+        outputs: Any,
+        capture: _Capture | None,
+        inputs: Tensor,
+        targets: Tensor,
+    ) -> tuple[Tensor, Tensor] | None:
+        """Scores aligned with targets from the step output, the captured forward, or (last resort) a recompute."""
+        candidates = [outputs]
+        if capture is not None:
+            candidates += [capture.module_output, *reversed(capture.child_outputs)]
+        for candidate in candidates:
+            tensor = output_tensor(candidate)
+            if tensor is None:
+                continue
+            try:
+                aligned = class_scores(tensor.detach(), targets)
+            except NotClassification as reason:
+                self._not_classification(trainer, split, state, str(reason))
+                return None
+            if aligned is not None:
+                return aligned
+        if split == "train" or pl_module.training:
+            return None
+        return self._recompute(trainer, pl_module, split, state, inputs, targets)
+
+    def _recompute(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        split: str,
+        state: _SplitState,
+        inputs: Tensor,
+        targets: Tensor,
+    ) -> tuple[Tensor, Tensor] | None:
+        # a module in train mode here would update BatchNorm statistics: never recompute then
+        if any(m.training for m in pl_module.modules()):
+            return None
+        with forked_rng(), torch.no_grad():
+            tensor = output_tensor(pl_module(inputs))
+        if tensor is None:
+            return None
+        try:
+            aligned = class_scores(tensor, targets)
+        except NotClassification as reason:
+            self._not_classification(trainer, split, state, str(reason))
+            return None
+        if aligned is not None and not state.recompute_announced:
+            state.recompute_announced = True
+            self.record(
+                trainer,
+                "sanity.recomputed",
+                Severity.INFO,
+                f"ConfusionCallback could not find the {split} predictions in the step's output or forward call and "
+                "runs an extra forward pass per batch to get them.",
+                "Return the logits from the step (e.g. `return {'logits': logits}`) or call `self(x)` in it.",
+                subject=split,
+            )
+        return aligned
+
+    def _is_classification(
+        self, trainer: pl.Trainer, split: str, state: _SplitState, scores: Tensor, targets: Tensor
+    ) -> bool:
+        """Decide on the first batches whether the targets are class indices (a host read, on check steps only)."""
+        if targets.numel() == 0:
+            return False
+        if targets.is_floating_point():
+            integral = bool(torch.equal(targets, targets.round()))
+            if not integral:
+                self._not_classification(trainer, split, state, f"targets are real numbers (dtype {targets.dtype})")
+                return False
+        elif targets.dtype.is_complex:
+            self._not_classification(trainer, split, state, f"targets have dtype {targets.dtype}")
+            return False
+        if scores.shape[1] == 1 and scores.is_floating_point():
+            high = int(targets.max())
+            ignored = {self.ignore_index} if self.ignore_index is not None else set()
+            if high > 1 and high not in ignored and high not in (255,):
+                self._not_classification(trainer, split, state, f"a single output but targets up to {high}")
+                return False
+        state.classification = True
+        return True
+
+    def _not_classification(self, trainer: pl.Trainer, split: str, state: _SplitState, reason: str) -> None:
+        state.classification = False
+        self.record(
+            trainer,
+            "eval.not_classification",
+            Severity.INFO,
+            f"ConfusionCallback left the {split} split alone: {reason}.",
+            "Nothing to fix if this is regression or multi-label; for classification return [N, C] logits and "
+            "integer class targets (or pass batch_adapter / num_classes).",
+            subject=split,
+            evidence={"reason": reason},
+        )
+
+    def _counts_for(self, split: str, loader: int, num_classes: int, device: torch.device) -> EvalCounts | None:
+        counts = self._counts.get((split, loader))
+        if counts is None:
+            counts = EvalCounts(num_classes, dense=num_classes <= self.max_classes).to(device)
+            self._counts[(split, loader)] = counts
+        if counts.num_classes != num_classes:
+            return None
+        return counts
+
+    def _check_activation(self, split: str, scores: Tensor, num_classes: int) -> None:
+        if self._activation is not None or not scores.is_floating_point():
+            return
+        kind = activation_kind(scores)
+        if kind is not None:
+            self._activation = (kind, split, num_classes)
+            self._activation_width = scores.shape[1]
+            if kind != "relu":
+                self._probability_loss = ProbabilityLoss().to(scores.device)
+
+    # ------------------------------------------------------------ train loss
+    def _track_train_loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+            return
+        if self._train_loss is None:
+            self._train_loss = TrainLoss().to(pl_module.device)
+        scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+        self._train_loss.update(loss.reshape(()) * scale)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._train_loss is not None:
+            mean, lowest = (float(v) for v in self._train_loss.compute())
+            self._train_loss.reset()
+            if math.isfinite(mean):
+                self._epoch_losses.append(mean)
+                self._lowest_loss = min(self._lowest_loss, lowest)
+        if self.on_train:
+            self._finish_split(trainer, "train")
+        self._judge_loss(trainer)
+
+    def _running_lowest_loss(self) -> float:
+        if self._train_loss is None or not self._train_loss.update_called:
+            return math.inf
+        return float(self._train_loss.compute()[1])
+
+    def _losses_so_far(self) -> list[float]:
+        """Epoch-mean training losses, with the running epoch's mean so far (validation runs before epoch end)."""
+        if self._train_loss is None or not self._train_loss.update_called:
+            return list(self._epoch_losses)
+        mean = float(self._train_loss.compute()[0])
+        return [*self._epoch_losses, mean] if math.isfinite(mean) else list(self._epoch_losses)
+
+    # ------------------------------------------------------------- epoch end
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._finish_split(trainer, "val")
+            self._judge_activation(trainer)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish_split(trainer, "test")
+
+    def _finish_split(self, trainer: pl.Trainer, split: str) -> None:
+        self._class_names = self._class_names or _class_names(trainer)
+        loaders = sorted(loader for s, loader in self._counts if s == split)
+        logged = self._logged_accuracies(trainer, split) if split != "train" else {}
+        for loader in loaders:
+            counts = self._counts[(split, loader)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an epoch with no update on this rank still has to join the sync
+                values = counts.compute()
+            counts.reset()
+            label = split if loader == 0 else f"{split}/dataloader_idx_{loader}"
+            summary = ConfusionSummary.from_counts(values["true_positives"], values["predicted"], values["actual"])
+            if summary.total == 0:
+                continue
+            self.summaries[label] = summary
+            if counts.dense:
+                matrix = values["matrix"].detach().cpu().clone()
+                self.confusion_matrices[label] = matrix
+                if label == "val":
+                    self.confusion_matrix = matrix
+            self._log_summary(trainer, split, loader, summary)
+            readings = {
+                "accumulated accuracy": summary.accuracy,
+                "accumulated macro accuracy": summary.macro_accuracy,
+                **{
+                    f"per-batch mean ({k.removeprefix('batch_').replace('_', ', ')})": float(values[k])
+                    for k in values
+                    if k.startswith("batch_")
+                },
+            }
+            for key, value in logged.get(loader, {}).items():
+                self._judge_mismatch(trainer, split, label, key, value, summary, readings)
+            if split != "train":
+                self._judge_summary(trainer, split, label, summary)
+
+    def _log_summary(self, trainer: pl.Trainer, split: str, loader: int, summary: ConfusionSummary) -> None:
+        suffix = f"/dataloader_idx_{loader}" if loader else ""
+        scalars = {
+            scalar_key(self.name, split, f"acc{suffix}"): summary.accuracy,
+            scalar_key(self.name, split, f"balanced_acc{suffix}"): summary.balanced_accuracy,
+        }
+        if len(summary.recalls) <= self.report_classes:
+            for index, recall in enumerate(summary.recalls):
+                scalars[scalar_key(self.name, split, f"recall_c{index}{suffix}")] = recall
+        log_scalars(trainer, scalars)
+
+    # --------------------------------------------------------------- judging
+    def _trained(self, trainer: pl.Trainer) -> bool:
+        """Whether ``min_epochs`` training epochs ran in this trainer (the running epoch counts during fit)."""
+        completed = trainer.fit_loop.epoch_progress.current.completed
+        return completed + (trainer.state.fn == TrainerFn.FITTING) >= self.min_epochs
+
+    def _judge_summary(self, trainer: pl.Trainer, split: str, label: str, summary: ConfusionSummary) -> None:
+        losses = self._losses_so_far() if split == "val" else self._epoch_losses
+        evidence_of_training = (
+            training_evidence(losses, summary.prior_entropy, trainer.global_step) if self._trained(trainer) else None
+        )
+        imbalance = is_imbalance_masked(summary)
+        checks = {
+            "collapse": is_prediction_collapse(summary),
+            "imbalance": imbalance,
+            "chance": is_chance_level(summary) and not imbalance,
+        }
+        for check, holds in checks.items():
+            key = f"{check}:{label}"
+            self._suspicious[key] = self._suspicious.get(key, 0) + 1 if holds and evidence_of_training else 0
+        needed = 1 if split == "test" else 2
+        persisted = {check for check in checks if self._suspicious[f"{check}:{label}"] >= needed}
+        evidence: dict[str, Any] = {
+            "split": label,
+            "samples": summary.total,
+            "accuracy": round(summary.accuracy, 4),
+            "balanced_accuracy": round(summary.balanced_accuracy, 4),
+            "majority_share": round(summary.majority_share, 4),
+            "top_predicted_class": self._class_name(summary.top_predicted_class),
+            "top_predicted_share": round(summary.top_predicted_share, 4),
+            "top_predicted_true_share": round(summary.top_predicted_true_share, 4),
+            "training": evidence_of_training,
+            "epoch_train_losses": [round(loss, 4) for loss in losses[-4:]],
+            "prior_entropy": round(summary.prior_entropy, 4),
+        }
+        matrix = self.confusion_matrices.get(label)
+        if matrix is not None and matrix.shape[0] <= self.report_classes:
+            evidence["confusion_matrix"] = matrix.tolist()
+        if "collapse" in persisted:
+            self.record(
+                trainer,
+                "eval.prediction_collapse",
+                Severity.ERROR,
+                f"{summary.top_predicted_share:.1%} of the {label} predictions are class "
+                f"{self._class_name(summary.top_predicted_class)!r}, whose true share is only "
+                f"{summary.top_predicted_true_share:.1%} (accuracy {summary.accuracy:.1%}, balanced "
+                f"{summary.balanced_accuracy:.1%}).",
+                "The model ignores its input: check that labels are aligned with the features, that training batches "
+                "are shuffled, that nothing (ReLU/softmax, a frozen or zero-initialised head, a far too high or low "
+                "learning rate) stops the logits from learning.",
+                subject=label,
+                evidence=evidence,
+            )
+        if "imbalance" in persisted:
+            self.record(
+                trainer,
+                "eval.imbalance_masked",
+                Severity.WARNING,
+                f"{label} accuracy {summary.accuracy:.1%} only reflects class imbalance: the majority class is "
+                f"{summary.majority_share:.1%} of the samples and balanced accuracy is {summary.balanced_accuracy:.1%} "
+                f"(1/{summary.present_classes} = {1 / summary.present_classes:.1%} is chance).",
+                "Report balanced accuracy / per-class recall (torchmetrics MulticlassAccuracy(average='macro')) and "
+                "counter the imbalance: class weights in the loss, a WeightedRandomSampler, or more minority data.",
+                subject=label,
+                evidence=evidence,
+            )
+        if "chance" in persisted:
+            self.record(
+                trainer,
+                "eval.chance_level",
+                Severity.WARNING,
+                f"{label} accuracy {summary.accuracy:.1%} stays at chance (majority-class rate "
+                f"{summary.majority_share:.1%}, balanced accuracy {summary.balanced_accuracy:.1%}) after "
+                f"{trainer.current_epoch + 1} epochs.",
+                "The model has learned nothing that transfers to this split: check label alignment (labels shuffled "
+                "separately from inputs), the train/val preprocessing, and the learning rate.",
+                subject=label,
+                evidence=evidence,
+            )
+
+    def _judge_loss(self, trainer: pl.Trainer) -> None:
+        classes = self._known_classes()
+        if classes is None or not is_loss_at_chance(self._epoch_losses, classes, trainer.global_step):
+            return
+        epochs = 3
+        chance = math.log(classes)
+        self.record(
+            trainer,
+            "eval.loss_at_chance",
+            Severity.WARNING,
+            f"The training loss has stayed at ln({classes}) = {chance:.3f} for {epochs} epochs "
+            f"({', '.join(f'{loss:.3f}' for loss in self._epoch_losses[-epochs:])}): the model predicts a uniform "
+            "distribution and learns nothing.",
+            "Check that labels match the inputs, that the logits are not squashed (ReLU/softmax before the loss), "
+            "that gradients reach the head, and the learning rate.",
+            subject="train",
+            evidence={"epoch_losses": self._epoch_losses[-epochs:], "ln_classes": chance, "num_classes": classes},
+        )
+
+    def _judge_activation(self, trainer: pl.Trainer) -> None:
+        if self._activation is None:
+            return
+        kind, split, classes = self._activation
+        evidence: dict[str, Any] = {"activation": kind, "num_classes": classes}
+        floor = 0.0
+        if self._probability_loss is not None:
+            floor = probability_loss_floor(kind, classes)
+            nll = float(self._probability_loss.compute())
+            self._probability_loss.reset()
+            lowest = min(self._lowest_loss, self._running_lowest_loss())
+            evidence.update(val_nll_of_probabilities=nll, lowest_train_loss=lowest, loss_floor=floor)
+            if not is_logit_loss_on_probabilities(lowest, nll, floor):
+                return
+        described = {
+            "softmax": "already probabilities (non-negative, every row sums to 1): a softmax",
+            "sigmoid": "all in [0, 1]: a sigmoid",
+            "relu": "non-negative with many exact zeros: a ReLU",
+        }[kind]
+        self.record(
+            trainer,
+            "output.activated",
+            Severity.WARNING,
+            f"The model's {split} outputs used as logits are {described} is applied before the loss"
+            + (
+                ""
+                if kind == "relu"
+                else f" (the training loss never went below {floor:.3f}, the least a logit loss can reach on "
+                f"probabilities, though read as probabilities they score {evidence['val_nll_of_probabilities']:.3f})"
+            )
+            + ".",
+            "Return raw logits from forward: remove the final softmax/sigmoid/ReLU; CrossEntropyLoss and "
+            "BCEWithLogitsLoss apply (log-)softmax/sigmoid themselves. Apply it only for inference outputs.",
+            subject=split,
+            evidence=evidence,
+        )
+
+    def _judge_mismatch(
+        self,
+        trainer: pl.Trainer,
+        split: str,
+        label: str,
+        key: str,
+        logged: float,
+        summary: ConfusionSummary,
+        readings: Mapping[str, float],
+    ) -> None:
+        if not math.isfinite(logged):
+            return
+        tolerance = MISMATCH_TOLERANCE
+        if trainer.world_size > 1:
+            # a value logged without sync_dist is one rank's: allow its sampling noise
+            tolerance += 4 * binomial_noise(0.5, summary.total // trainer.world_size)
+        name, value, distance = closest_reading(logged, readings)
+        if distance <= tolerance:
+            return
+        self.record(
+            trainer,
+            "eval.metric_mismatch",
+            Severity.ERROR,
+            f"Logged {key!r} = {logged:.4f} but the accuracy accumulated over the same {label} batches is "
+            f"{summary.accuracy:.4f} ({summary.total} samples; closest correct reading: {name} {value:.4f}).",
+            "The evaluation code miscounts: accumulate with `+=` (not `=`) and reset per epoch, divide by the number "
+            "of samples, or log a torchmetrics Accuracy object (`self.log(key, self.acc)`) that does it right.",
+            subject=f"{label}:{key}",
+            evidence={
+                "key": key,
+                "logged": logged,
+                "accumulated_accuracy": summary.accuracy,
+                "closest_reading": name,
+                "closest_value": value,
+                "tolerance": tolerance,
+                "samples": summary.total,
+            },
+        )
+
+    def _logged_accuracies(self, trainer: pl.Trainer, split: str) -> dict[int, dict[str, float]]:
+        """User-logged accuracies of ``split`` per dataloader: ``{loader: {key: value}}``."""
+        metrics = trainer.callback_metrics
+        found: dict[int, dict[str, float]] = {}
+        for key, loader in _accuracy_keys(trainer, split, self.compare_keys).items():
+            value = metrics.get(key)
+            if (isinstance(value, Tensor) and value.numel() == 1) or isinstance(value, (int, float)):
+                found.setdefault(loader, {})[key] = float(value)
+        return found
+
+    # --------------------------------------------------------------- report
+    def _known_classes(self) -> int | None:
+        return next((counts.num_classes for counts in self._counts.values()), None)
+
+    def _class_name(self, index: int) -> str:
+        if self._class_names is not None and index < len(self._class_names):
+            return self._class_names[index]
+        return str(index)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stop_capture()
+        super().teardown(trainer, pl_module, stage)
+
+    @override
+    def report_sections(self) -> list[tuple[str, str]]:
+        return [
+            (
+                f"Confusion matrix ({label}, last epoch; rows true, columns predicted)",
+                format_matrix(matrix, self._class_names),
+            )
+            for label, matrix in self.confusion_matrices.items()
+            if matrix.shape[0] <= self.report_classes
+        ]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _class_names(trainer: pl.Trainer) -> list[str] | None:
+    """``classes`` of the datamodule or of the first validation/test dataset, when present."""
+    sources: list[Any] = [getattr(trainer, "datamodule", None)]
+    for loaders in (getattr(trainer, "val_dataloaders", None), getattr(trainer, "test_dataloaders", None)):
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        sources.append(getattr(loader, "dataset", None))
+    for source in sources:
+        names = getattr(source, "classes", None)
+        if isinstance(names, (list, tuple)) and names:
+            return [str(n) for n in names]
+    return None
+
+
+def _accuracy_keys(trainer: pl.Trainer, split: str, compare_keys: Sequence[str]) -> dict[str, int]:
+    """Keys of epoch-level, mean-reduced accuracies logged during ``split``, and ``compare_keys``, with their loader."""
+    keys = {key: _loader_of(key) for key in compare_keys if key in trainer.callback_metrics}
+    step_hook, hook_prefix = _EVAL_HOOKS.get(split, ("", "-"))
+    results = getattr(trainer, "_results", None)
+    if results is None or not hasattr(results, "items"):
+        return keys
+    for result in results.values():
+        meta = getattr(result, "meta", None)
+        if meta is None:
+            continue
+        fx, name = str(meta.fx), str(meta.name)
+        lowered = name.lower()
+        if not (fx.startswith(step_hook) or fx.startswith(hook_prefix)) or "acc" not in lowered:
+            continue
+        if any(token in lowered for token in _NOT_ACCURACY_TOKENS) or not meta.on_epoch:
+            continue
+        value = getattr(result, "value", None)
+        if result.is_tensor and not meta.is_mean_reduction:
+            continue
+        if not result.is_tensor and (getattr(value, "top_k", 1) or 1) > 1:
+            continue
+        loader = meta.dataloader_idx
+        key = name + (f"/dataloader_idx_{loader}" if meta.add_dataloader_idx and loader is not None else "")
+        keys[key] = loader or 0
+    return keys
+
+
+def _loader_of(key: str) -> int:
+    head, _, index = key.rpartition("/dataloader_idx_")
+    return int(index) if head and index.isdigit() else 0

@@ -25,6 +25,7 @@ from typing_extensions import override
 
 from lightning_sanity.base import SanityCallback, require
 from lightning_sanity.batch import BatchAdapter
+from lightning_sanity.figures import gradient_flow_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
 
@@ -145,6 +146,9 @@ class GradientFlowCallback(SanityCallback):
         max_update_ratio: Report too-large updates when the median layer's ratio stays above this.
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: Unused here; accepted for a uniform configuration of the pack.
+        figure_every_n_epochs: Log the gradient-flow figure (per-layer mean and max gradient, log
+            scale) at the first epoch, then every N epochs; 0 turns it off.
+        save_dir: Also save the figures as PNG files here.
 
     Attributes:
         layer_grad_norms: ``{module name: (mean |grad|, max |grad|)}`` of the last check, in module
@@ -173,8 +177,12 @@ class GradientFlowCallback(SanityCallback):
         max_update_ratio: float = 1.0,
         strict: bool = False,
         batch_adapter: BatchAdapter | None = None,
+        figure_every_n_epochs: int = 5,
+        save_dir: str | None = None,
     ) -> None:
-        super().__init__(strict=strict, batch_adapter=batch_adapter)
+        super().__init__(
+            strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
+        )
         require(
             _is_int(dense_steps) and dense_steps >= _MIN_CHECKS, "dense_steps", f"an int >= {_MIN_CHECKS}", dense_steps
         )
@@ -240,6 +248,11 @@ class GradientFlowCallback(SanityCallback):
             self._judge_orphans(trainer)
         for check, stats in zip(pending, numbers, strict=True):
             self._judge_check(trainer, check, stats)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.layer_grad_norms and self.figure_due(trainer):
+            self.log_figure(trainer, "train", "layers", gradient_flow_figure(self.layer_grad_norms))
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -116,20 +116,20 @@ class SanityReport:
         if not self.findings and not self.sections:
             print(f"{self.headline()}: no findings.")
             return
-        table = Table(title=self.headline(), show_lines=True, expand=False)
-        for column in ("severity", "code", "where", "count", "message / hint"):
-            table.add_column(column, overflow="fold")
+        table = Table(title=self.headline(), show_lines=True, expand=True)
+        table.add_column("severity", no_wrap=True)
+        table.add_column("code", no_wrap=True)
+        table.add_column("where", no_wrap=True)
+        table.add_column("count", justify="right")
+        table.add_column("message / hint", ratio=1, overflow="fold")
         style = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
         for f in self.findings:
+            where = f"{f.stage} epoch {f.epoch}\nstep {f.step}"
             table.add_row(
-                str(f.severity).upper(),
-                f.code,
-                _where(f),
-                str(f.count),
-                f"{f.message}\nhint: {f.hint}",
+                str(f.severity).upper(), f.code, where, str(f.count), f"{f.message}\nhint: {f.hint}",
                 style=style[f.severity],
-            )
-        console = Console(width=max(Console().width, 120))
+            )  # fmt: skip
+        console = Console(width=max(Console().width, 140))
         console.print(table)
         for title, text in self.sections:
             console.print(f"[bold]{title}[/bold]\n{text}", highlight=False)
