@@ -17,6 +17,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity.base import SanityCallback, require
+from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
 from lightning_sanity.rng import forked_rng
@@ -524,6 +525,9 @@ class ConfusionCallback(SanityCallback):
             recall is logged.
         strict: Raise on the first ERROR finding.
         batch_adapter: ``batch -> (inputs, targets)`` for batches we cannot read.
+        figure_every_n_epochs: Log the confusion-matrix figure at the first epoch, then every N epochs
+            (and at every test run); 0 turns it off.
+        save_dir: Also save the figures as PNG files here.
 
     Example::
 
@@ -547,8 +551,12 @@ class ConfusionCallback(SanityCallback):
         report_classes: int = 20,
         strict: bool = False,
         batch_adapter: Callable[[Any], Any] | None = None,
+        figure_every_n_epochs: int = 5,
+        save_dir: str | None = None,
     ) -> None:
-        super().__init__(strict=strict, batch_adapter=batch_adapter)
+        super().__init__(
+            strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
+        )
         require(
             num_classes is None or (_is_int(num_classes) and num_classes >= 2),
             "num_classes",
@@ -871,6 +879,10 @@ class ConfusionCallback(SanityCallback):
                 self.confusion_matrices[label] = matrix
                 if label == "val":
                     self.confusion_matrix = matrix
+                if self.figure_due(trainer) or (split == "test" and self.figure_every_n_epochs):
+                    title = f"{label} confusion matrix, epoch {trainer.current_epoch}"
+                    figure = confusion_figure(matrix, self._class_names, title)
+                    self.log_figure(trainer, split, f"confusion_matrix{label.removeprefix(split)}", figure)
             self._log_summary(trainer, split, loader, summary)
             readings = {
                 "accumulated accuracy": summary.accuracy,

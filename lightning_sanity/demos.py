@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 Split = Literal["train", "val", "all"]
 
@@ -96,6 +96,20 @@ def digits_tensors(split: Split = "train", standardize: bool = True) -> tuple[Te
     from sklearn.datasets import load_digits
 
     return _tabular(load_digits(), split, standardize)
+
+
+class WineDataModule(pl.LightningDataModule):
+    """Standardised wine data (see :func:`wine_tensors`) as a datamodule, e.g. for LightningCLI."""
+
+    def __init__(self, batch_size: int = 16) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(*wine_tensors("train")), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(*wine_tensors("val")), batch_size=self.batch_size)
 
 
 class SmallCNN(nn.Sequential):
