@@ -16,8 +16,10 @@ from typing_extensions import override
 
 from lightning_sanity.base import SanityCallback, require
 from lightning_sanity.batch import BatchAdapter
+from lightning_sanity.figures import input_histogram_figure, sample_grid_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
+from lightning_sanity.pipelines import find_normalize
 
 IMAGE_MAX = 50.0
 """A non-negative image batch whose max exceeds this and whose mean exceeds :data:`IMAGE_MEAN` looks like 0-255."""
@@ -38,6 +40,8 @@ IMBALANCE_RATIO = 10.0
 """Most frequent class at least this many times as frequent as the rarest one is "strongly imbalanced"."""
 IMBALANCE_MIN_SAMPLES = 100
 _SHOWN = 8  # channels listed in messages and evidence
+_FIGURE_SAMPLES = 64
+"""Inputs per split kept (on figure epochs only) for the histogram and sample-grid figures."""
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,9 @@ class BatchStatsCallback(SanityCallback):
         max_classes: Class indices counted per epoch for ``target.imbalance`` are ``0 .. max_classes - 1``.
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: A function ``batch -> (inputs, targets)`` for batch structures we do not understand.
+        figure_every_n_epochs: Log train-vs-val input histograms and a grid of sample inputs (de-normalised
+            with the pipeline's Normalize when found) at the first epoch, then every N epochs; 0 turns them off.
+        save_dir: Also save the figures as PNG files here.
 
     Example::
 
@@ -366,8 +373,12 @@ class BatchStatsCallback(SanityCallback):
         max_classes: int = 1000,
         strict: bool = False,
         batch_adapter: BatchAdapter | None = None,
+        figure_every_n_epochs: int = 5,
+        save_dir: str | None = None,
     ) -> None:
-        super().__init__(strict=strict, batch_adapter=batch_adapter)
+        super().__init__(
+            strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
+        )
         require(_is_int(check_batches) and check_batches >= 1, "check_batches", "an int >= 1", check_batches)
         require(
             _is_int(single_class_window) and single_class_window >= 2,
@@ -386,6 +397,7 @@ class BatchStatsCallback(SanityCallback):
         self._reset_run()
         self._train_reference: ChannelSummary | None = None
         self._spatial: dict[str, bool] = {}
+        self._figure_inputs: dict[str, Tensor] = {}
 
     def _reset_run(self) -> None:
         self._checked: Counter[str] = Counter()
@@ -429,6 +441,8 @@ class BatchStatsCallback(SanityCallback):
         if view is not None:
             self._spatial[label] = parts.inputs is not None and parts.inputs.ndim >= 3
             self._stats_for(label, view.device).update(view)
+            if label in ("train", "val") and label not in self._figure_inputs and self.figure_due(trainer):
+                self._figure_inputs[label] = parts.inputs[:_FIGURE_SAMPLES].detach().clone()  # type: ignore[index]
         labels = class_index_targets(parts.targets)
         if split == "train" and labels is not None:
             self._counts_for(labels.device).update(labels)
@@ -544,6 +558,26 @@ class BatchStatsCallback(SanityCallback):
         if trainer.sanity_checking:  # its few batches were all judged one by one
             return
         self._finish_eval(trainer, "val")
+        self._draw_figures(trainer)
+
+    def _draw_figures(self, trainer: pl.Trainer) -> None:
+        """Histograms of train vs val inputs per channel and, for images, a grid of samples as the model sees them."""
+        samples, self._figure_inputs = self._figure_inputs, {}
+        if samples.keys() != {"train", "val"} or samples["train"].shape[1:2] != samples["val"].shape[1:2]:
+            return
+        per_channel = {}
+        for split, inputs in samples.items():
+            view = channel_view(inputs)
+            if view is None:
+                return
+            per_channel[split] = view.transpose(1, 2).reshape(-1, view.shape[1])
+        self.log_figure(trainer, "train_vs_val", "histograms", input_histogram_figure(per_channel))
+        if all(inputs.ndim == 4 and inputs.shape[1] in (1, 3) for inputs in samples.values()):
+            normalization = {
+                "train": find_normalize(trainer.train_dataloader),
+                "val": find_normalize(trainer.val_dataloaders),
+            }
+            self.log_figure(trainer, "train_vs_val", "samples", sample_grid_figure(samples, normalization))
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

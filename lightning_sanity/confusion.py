@@ -448,28 +448,29 @@ class ProbabilityLoss(Metric):
 
 
 class _Capture:
-    """Keeps the first output of the LightningModule's forward during one step; children's outputs as a fallback.
+    """Keeps the outputs of the LightningModule's forward calls during one step; children's outputs as a fallback.
 
-    Another callback may run extra forward passes in its batch-end hook before ours removes the hooks: only the first
-    call of the module counts, and child calls after a later module-level call are ignored.
+    Another callback may run extra forward passes on a few samples (ModeGuard's stochastic check) before or after
+    the user's call: every module-level output is kept (a few at most) and the first one aligned with the batch's
+    targets wins.
     """
 
+    _KEPT = 4
+
     def __init__(self, module: pl.LightningModule) -> None:
-        self.module_output: Any = None
+        self.module_outputs: list[Any] = []
         self.child_outputs: list[Any] = []
-        self._closed = False
         self._handles: list[RemovableHandle] = [module.register_forward_hook(self._on_module)]
         for child in module.children():
             if not isinstance(child, (Metric, nn.modules.loss._Loss)):
                 self._handles.append(child.register_forward_hook(self._on_child))
 
     def _on_module(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.module_output is None and not self._closed:
-            self.module_output = output
-        self._closed = True
+        if len(self.module_outputs) < self._KEPT:
+            self.module_outputs.append(output)
 
     def _on_child(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._closed:
+        if len(self.child_outputs) < 4 * self._KEPT:
             self.child_outputs.append(output)
 
     def remove(self) -> None:
@@ -709,7 +710,7 @@ class ConfusionCallback(SanityCallback):
         """Scores aligned with targets from the step output, the captured forward, or (last resort) a recompute."""
         candidates = [outputs]
         if capture is not None:
-            candidates += [capture.module_output, *reversed(capture.child_outputs)]
+            candidates += [*capture.module_outputs, *reversed(capture.child_outputs)]
         for candidate in candidates:
             tensor = output_tensor(candidate)
             if tensor is None:

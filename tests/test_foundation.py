@@ -10,8 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 from support import sanity_warnings
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sanity as ls
@@ -221,3 +223,64 @@ def test_bad_shared_configuration_fails_fast(kwargs: dict[str, Any], match: str)
     for cls in DEFAULT_CALLBACKS:
         with pytest.raises(ValueError, match=match):
             cls(**kwargs)
+
+
+class DictBatches(torch.utils.data.Dataset):
+    """Items under keys no callback knows: only a batch_adapter can read them."""
+
+    def __init__(self) -> None:
+        self.x, self.y = wine_tensors("train")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"measurements": self.x[index], "cultivar": self.y[index]}
+
+
+class DictClassifier(Classifier):
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return super().training_step((batch["measurements"], batch["cultivar"]), batch_idx)
+
+
+def test_unreadable_batches_are_skipped_with_one_info(make_trainer: Any) -> None:
+    callback = ls.BatchStatsCallback()
+    trainer = make_trainer(callbacks=[callback], max_epochs=2)
+    with sanity_warnings() as texts:
+        trainer.fit(DictClassifier(mlp(13, 3)), DataLoader(DictBatches(), batch_size=16))
+    assert texts == []
+    [skipped] = [f for f in callback.findings if f.code == "sanity.skipped"]
+    assert skipped.severity is Severity.INFO and skipped.count > 1
+    assert "batch_adapter" in skipped.hint
+
+
+def test_batch_adapter_makes_unknown_batches_readable(make_trainer: Any) -> None:
+    callback = ls.BatchStatsCallback(batch_adapter=lambda batch: (batch["measurements"], batch["cultivar"]))
+    trainer = make_trainer(callbacks=[callback])
+    trainer.fit(DictClassifier(mlp(13, 3)), DataLoader(DictBatches(), batch_size=16))
+    assert "sanity.skipped" not in {f.code for f in callback.findings}
+
+
+class FunctionalLogits(Classifier):
+    """Computes validation logits without calling any module: nothing for a forward hook to capture."""
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = F.linear(x, self.net.weight, self.net.bias)
+        self.log("val_loss", F.cross_entropy(logits, y))
+
+
+def test_predictions_recomputed_only_as_last_resort_with_one_info(make_trainer: Any) -> None:
+    callback = ls.ConfusionCallback()
+    trainer = make_trainer(callbacks=[callback])
+    trainer.fit(FunctionalLogits(nn.Linear(13, 3)), *wine_loaders())
+    [recomputed] = [f for f in callback.findings if f.code == "sanity.recomputed"]
+    assert recomputed.severity is Severity.INFO and recomputed.count == 1
+    assert callback.confusion_matrix is not None and int(callback.confusion_matrix.sum()) == len(wine_tensors("val")[1])
+
+
+def test_module_forward_is_captured_even_next_to_extra_forwards_of_other_callbacks(make_trainer: Any) -> None:
+    """ModeGuard's stochastic check runs extra forwards on a few samples; the pack must still find `self(x)`."""
+    trainer = make_trainer(callbacks=[ls.ConfusionCallback(), ls.ModeGuardCallback()])
+    trainer.fit(wine_model(), *wine_loaders())
+    assert "sanity.recomputed" not in {f.code for f in ls.collect_findings(trainer)}
