@@ -2,7 +2,7 @@
 
 Three bugs together: the labels were permuted separately from the features (no signal left), the
 training data is sorted by class and never shuffled (every batch holds one class), and a ReLU sits
-on the logits. The confusion matrix shows every validation sample predicted as one class.
+on the logits. The confusion matrix shows nearly every validation sample predicted as one class.
 
     python examples/stuck_at_chance.py           # the bugs and their diagnosis
     python examples/stuck_at_chance.py --fixed   # aligned labels, shuffled batches, raw logits

@@ -45,6 +45,16 @@ def require(ok: bool, name: str, allowed: str, value: Any) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (``True`` is an ``int`` to Python, never a count to us)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _guarded(hook: Callable[..., Any]) -> Callable[..., Any]:
     """Turn an exception escaping ``hook`` into a ``sanity.internal_error`` finding: never kill the user's run."""
 

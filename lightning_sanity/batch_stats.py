@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lightning_sanity.base import SanityCallback, require
+from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import input_histogram_figure, sample_grid_figure
 from lightning_sanity.findings import Severity
@@ -379,15 +379,15 @@ class BatchStatsCallback(SanityCallback):
         super().__init__(
             strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
         )
-        require(_is_int(check_batches) and check_batches >= 1, "check_batches", "an int >= 1", check_batches)
+        require(is_int(check_batches) and check_batches >= 1, "check_batches", "an int >= 1", check_batches)
         require(
-            _is_int(single_class_window) and single_class_window >= 2,
+            is_int(single_class_window) and single_class_window >= 2,
             "single_class_window",
             "an int >= 2",
             single_class_window,
         )
-        require(_is_int(log_channels) and log_channels >= 0, "log_channels", "an int >= 0", log_channels)
-        require(_is_int(max_classes) and max_classes >= 2, "max_classes", "an int >= 2", max_classes)
+        require(is_int(log_channels) and log_channels >= 0, "log_channels", "an int >= 0", log_channels)
+        require(is_int(max_classes) and max_classes >= 2, "max_classes", "an int >= 2", max_classes)
         self.check_batches = check_batches
         self.single_class_window = single_class_window
         self.log_channels = log_channels
@@ -798,7 +798,3 @@ def _rest_scale(summary: ChannelSummary, channels: Sequence[int]) -> str:
     rest = summary.seen.clone()
     rest[list(channels)] = False
     return f" while the other features are at most {float(summary.scale[rest].max()):.3g}" if bool(rest.any()) else ""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -16,7 +16,7 @@ from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lightning_sanity.base import SanityCallback, require
+from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
@@ -559,22 +559,22 @@ class ConfusionCallback(SanityCallback):
             strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
         )
         require(
-            num_classes is None or (_is_int(num_classes) and num_classes >= 2),
+            num_classes is None or (is_int(num_classes) and num_classes >= 2),
             "num_classes",
             "None or an int >= 2",
             num_classes,
         )
-        require(_is_int(max_classes) and max_classes >= 2, "max_classes", "an int >= 2", max_classes)
+        require(is_int(max_classes) and max_classes >= 2, "max_classes", "an int >= 2", max_classes)
         require(isinstance(on_train, bool), "on_train", "a bool", on_train)
-        require(ignore_index is None or _is_int(ignore_index), "ignore_index", "None or an int", ignore_index)
+        require(ignore_index is None or is_int(ignore_index), "ignore_index", "None or an int", ignore_index)
         require(
             not isinstance(compare_keys, str) and all(isinstance(k, str) for k in compare_keys),
             "compare_keys",
             "a sequence of metric names",
             compare_keys,
         )
-        require(_is_int(min_epochs) and min_epochs >= 1, "min_epochs", "an int >= 1", min_epochs)
-        require(_is_int(report_classes) and report_classes >= 0, "report_classes", "an int >= 0", report_classes)
+        require(is_int(min_epochs) and min_epochs >= 1, "min_epochs", "an int >= 1", min_epochs)
+        require(is_int(report_classes) and report_classes >= 0, "report_classes", "an int >= 0", report_classes)
         self.num_classes = num_classes
         self.max_classes = max_classes
         self.on_train = on_train
@@ -1119,10 +1119,6 @@ class ConfusionCallback(SanityCallback):
             for label, matrix in self.confusion_matrices.items()
             if matrix.shape[0] <= self.report_classes
         ]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _class_names(trainer: pl.Trainer) -> list[str] | None:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_sanity.base import SanityCallback, require
+from lightning_sanity.base import SanityCallback, is_int, is_number, require
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import gradient_flow_figure
 from lightning_sanity.findings import Severity
@@ -184,19 +184,19 @@ class GradientFlowCallback(SanityCallback):
             strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
         )
         require(
-            _is_int(dense_steps) and dense_steps >= _MIN_CHECKS, "dense_steps", f"an int >= {_MIN_CHECKS}", dense_steps
+            is_int(dense_steps) and dense_steps >= _MIN_CHECKS, "dense_steps", f"an int >= {_MIN_CHECKS}", dense_steps
         )
-        require(_is_int(every_n_steps) and every_n_steps >= 1, "every_n_steps", "an int >= 1", every_n_steps)
+        require(is_int(every_n_steps) and every_n_steps >= 1, "every_n_steps", "an int >= 1", every_n_steps)
         require(
-            _is_int(max_logged_layers) and max_logged_layers >= 0, "max_logged_layers", "an int >= 0", max_logged_layers
+            is_int(max_logged_layers) and max_logged_layers >= 0, "max_logged_layers", "an int >= 0", max_logged_layers
         )
         require(_is_fraction(vanishing_ratio), "vanishing_ratio", "a float in (0, 1)", vanishing_ratio)
         require(
-            _is_number(exploding_growth) and exploding_growth > 1, "exploding_growth", "a float > 1", exploding_growth
+            is_number(exploding_growth) and exploding_growth > 1, "exploding_growth", "a float > 1", exploding_growth
         )
         require(_is_fraction(min_update_ratio), "min_update_ratio", "a float in (0, 1)", min_update_ratio)
         require(
-            _is_number(max_update_ratio) and max_update_ratio > min_update_ratio,
+            is_number(max_update_ratio) and max_update_ratio > min_update_ratio,
             "max_update_ratio",
             "a float > min_update_ratio",
             max_update_ratio,
@@ -791,13 +791,5 @@ def _lrs(lrs: Sequence[float]) -> str:
     return "/".join(f"{lr:.1e}" for lr in lrs) or "?"
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_fraction(value: Any) -> bool:
-    return _is_number(value) and 0 < value < 1
+    return is_number(value) and 0 < value < 1

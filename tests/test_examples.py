@@ -14,7 +14,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 BUGGY = {
     "normalize_bug.py": {"transform.normalize_scale", "transform.normalize_missing", "input.collapsed"},
     "eval_accumulator_bug.py": {"eval.metric_mismatch", "data.split_overlap"},
-    "stuck_at_chance.py": {"target.single_class_batches", "output.activated", "eval.prediction_collapse"},
+    "stuck_at_chance.py": {
+        "target.single_class_batches",
+        "output.activated",
+        "eval.chance_level",
+        "eval.loss_at_chance",
+    },
     "mode_bug.py": {"mode.train_in_eval", "mode.bn_updated_in_eval", "mode.eval_in_train"},
     "gradient_bug.py": {"grad.missing", "param.not_updated"},
 }
