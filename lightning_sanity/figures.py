@@ -104,7 +104,11 @@ def sample_grid_figure(
             axes.imshow(_displayable(image, stats))
             axes.set_axis_off()
             if column == 0:
-                axes.set_title(f"{split} ({'de-normalised' if stats else 'raw'})", fontsize=8, loc="left")
+                # De-normalising hides a mis-normalised pipeline, so say what the model really receives.
+                low, high, spread = float(shown.min()), float(shown.max()), float(shown.std())
+                seen = f"model input range [{low:.3g}, {high:.3g}], std {spread:.3g}"
+                kind = "de-normalised" if stats else "raw"
+                axes.set_title(f"{split} ({kind}); {seen}", fontsize=8, loc="left")
     figure.suptitle(title or "inputs as the model sees them")
     return figure
 

@@ -361,8 +361,14 @@ class GradientFlowCallback(SanityCallback):
         weight_l2: Sequence[float],
         update_l2: Sequence[float],
     ) -> None:
-        self.layer_grad_norms.update(
-            {name: (layer.mean_abs_grad, layer.max_abs_grad) for name, layer in layers.items()}
+        norms = {name: (layer.mean_abs_grad, layer.max_abs_grad) for name, layer in layers.items()}
+        norms.update({info.module: (0.0, 0.0) for info in check.without_grad if info.module not in norms})
+        self.layer_grad_norms.update(norms)
+        depth: dict[str, int] = {}
+        for info in self._infos.values():
+            depth.setdefault(info.module, len(depth))
+        self.layer_grad_norms = dict(
+            sorted(self.layer_grad_norms.items(), key=lambda item: depth.get(item[0], len(depth)))
         )
         summary = self._summarise(check, watch, layers, grad_l2, weight_l2, update_l2)
         self.summaries.append(summary)
