@@ -95,13 +95,7 @@ def confusion_at_scale(num_classes: int = 50_000) -> None:
     callback = ls.ConfusionCallback()
     model_fn = lambda: Classifier(nn.Linear(32, num_classes), lr=1e-3)  # noqa: E731
     seconds = timed_fit(model_fn, [callback], train, val)
-    held = sum(
-        state.numel()
-        for metric in callback.modules()
-        if hasattr(metric, "_defaults")
-        for state in (getattr(metric, name) for name in metric._defaults)
-        if isinstance(state, Tensor)
-    )
+    held = sum(getattr(counts, state).numel() for counts in callback._counts.values() for state in counts._defaults)
     print(f"\n### ConfusionCallback with a {num_classes:,}-class head")
     print(f"metric state elements held: {held:,} (C = {num_classes:,}, C² = {num_classes**2:,}); fit {seconds:.1f} s")
 
@@ -131,13 +125,15 @@ def gradient_flow_deep_mlp() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-overhead", action="store_true", help="only the scale measurements")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning_sanity").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    overhead_table(args.repeats)
+    if not args.skip_overhead:
+        overhead_table(args.repeats)
     confusion_at_scale()
     gradient_flow_deep_mlp()
 

@@ -7,6 +7,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -109,13 +110,20 @@ class SanityReport:
         """Print the report, as a rich table when ``rich`` is installed."""
         try:
             from rich.console import Console
-            from rich.table import Table
         except ImportError:
             print(self.to_text())
             return
-        if not self.findings and not self.sections:
-            print(f"{self.headline()}: no findings.")
-            return
+        console = Console(width=max(Console().width, 140))
+        if self.findings:
+            console.print(self._rich_table(), highlight=False)
+        else:
+            console.print(f"{self.headline()}: no findings.", highlight=False)
+        for title, text in self.sections:
+            console.print(f"[bold]{title}[/bold]\n{text}", highlight=False)
+
+    def _rich_table(self) -> Any:
+        from rich.table import Table
+
         table = Table(title=self.headline(), show_lines=True, expand=True)
         table.add_column("severity", no_wrap=True)
         table.add_column("code", no_wrap=True)
@@ -129,10 +137,7 @@ class SanityReport:
                 str(f.severity).upper(), f.code, where, str(f.count), f"{f.message}\nhint: {f.hint}",
                 style=style[f.severity],
             )  # fmt: skip
-        console = Console(width=max(Console().width, 140))
-        console.print(table)
-        for title, text in self.sections:
-            console.print(f"[bold]{title}[/bold]\n{text}", highlight=False)
+        return table
 
 
 def _where(finding: Finding) -> str:
