@@ -108,7 +108,8 @@ def sample_grid_figure(
                 low, high, spread = float(shown.min()), float(shown.max()), float(shown.std())
                 seen = f"model input range [{low:.3g}, {high:.3g}], std {spread:.3g}"
                 kind = "de-normalised" if stats else "raw"
-                axes.set_title(f"{split} ({kind}); {seen}", fontsize=8, loc="left")
+                label = axes.annotate(f"{split} ({kind}); {seen}", (0, 1.04), xycoords="axes fraction", fontsize=8)
+                label.set_in_layout(False)  # a row label must not squeeze the first image
     figure.suptitle(title or "inputs as the model sees them")
     return figure
 
