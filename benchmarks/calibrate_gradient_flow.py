@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sanity import GradientFlowCallback, Severity
-from lightning_sanity.demos import SmallCNN, wine_tensors
+from lightning_sanity.demos import GAN, SmallCNN, wine_tensors
 
 torch.set_num_threads(1)
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
@@ -132,43 +132,6 @@ class Module(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "step"},
         }
-
-
-class Gan(pl.LightningModule):
-    """A small GAN on wine features: manual optimisation with two optimizers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.generator = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 13))
-        self.discriminator = nn.Sequential(nn.Linear(13, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        real, _ = batch
-        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
-        noise = torch.randn(real.shape[0], 8)
-        ones, zeros = torch.ones(real.shape[0], 1), torch.zeros(real.shape[0], 1)
-        self.toggle_optimizer(opt_d)
-        fake = self.generator(noise).detach()
-        d_loss = F.binary_cross_entropy_with_logits(self.discriminator(real), ones) + (
-            F.binary_cross_entropy_with_logits(self.discriminator(fake), zeros)
-        )
-        opt_d.zero_grad()
-        self.manual_backward(d_loss)
-        opt_d.step()
-        self.untoggle_optimizer(opt_d)
-        self.toggle_optimizer(opt_g)
-        g_loss = F.binary_cross_entropy_with_logits(self.discriminator(self.generator(noise)), ones)
-        opt_g.zero_grad()
-        self.manual_backward(g_loss)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
-
-    def configure_optimizers(self) -> Any:
-        return [
-            torch.optim.Adam(self.generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-            torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-        ]
 
 
 def sgd(lr: float, momentum: float = 0.0, wd: float = 0.0) -> OptimizerFactory:
@@ -306,7 +269,7 @@ def healthy_runs() -> list[tuple[str, Callable[[], pl.LightningModule], tuple[st
         ("digits cnn sgd 1e-3", m(cnn, sgd(1e-3)), IMAGE, {}),
         ("digits wide mlp 512 adam 1e-2", m(lambda: deep_mlp(64, 3, 512, nn.ReLU), adam(1e-2)), FLAT, {}),
         ("wine mlp adam 1e-5 (fine-tuning lr)", m(wine_mlp, adam(1e-5)), WINE, {}),
-        ("wine gan manual", Gan, WINE, {}),
+        ("wine gan manual", GAN, WINE, {}),
         ("long: digits cnn adam 1e-3, 1500 steps", m(cnn, adam(1e-3)), IMAGE, {"max_steps": 1500}),
         ("long: wine mlp sgd+mom 0.05, 3000 steps", m(wine_mlp, sgd(0.05, 0.9)), WINE, {"max_steps": 3000}),
     ]

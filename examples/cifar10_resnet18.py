@@ -13,13 +13,13 @@ import argparse
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, models
 from torchvision import transforms as T
 
 import lightning_sanity
+from lightning_sanity.demos import Classifier
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -32,28 +32,16 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     return model
 
 
-class ResNetClassifier(pl.LightningModule):
+class ResNetClassifier(Classifier):
+    """The demos' plain classifier with the usual CIFAR recipe: SGD, momentum, weight decay, cosine schedule."""
+
     def __init__(self, lr: float = 0.1, epochs: int = 30) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = resnet18_cifar()
+        super().__init__(resnet18_cifar(), lr=lr)
+        self.epochs = epochs
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9, weight_decay=5e-4)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hparams.epochs)
+    def configure_optimizers(self) -> dict:  # type: ignore[override]
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 

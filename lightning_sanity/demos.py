@@ -169,3 +169,40 @@ class Classifier(pl.LightningModule):
         if self.optimizer_name == "sgd":
             return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
         return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class GAN(pl.LightningModule):
+    """A small GAN on wine features: manual optimisation with two optimizers, stepping in turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 13))
+        self.discriminator = nn.Sequential(nn.Linear(13, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        real, _ = batch
+        opt_g, opt_d = self.optimizers()  # type: ignore[attr-defined]
+        noise = torch.randn(real.shape[0], 8)
+        ones, zeros = torch.ones(real.shape[0], 1), torch.zeros(real.shape[0], 1)
+        self.toggle_optimizer(opt_d)
+        fake = self.generator(noise).detach()
+        d_loss = F.binary_cross_entropy_with_logits(self.discriminator(real), ones) + (
+            F.binary_cross_entropy_with_logits(self.discriminator(fake), zeros)
+        )
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+        self.toggle_optimizer(opt_g)
+        g_loss = F.binary_cross_entropy_with_logits(self.discriminator(self.generator(noise)), ones)
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [
+            torch.optim.Adam(self.generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+            torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        ]

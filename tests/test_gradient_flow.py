@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sanity import GradientFlowCallback, SanityError, Severity
-from lightning_sanity.demos import SmallCNN, wine_tensors
+from lightning_sanity.demos import GAN, SmallCNN, wine_tensors
 from lightning_sanity.gradient_flow import collapse_module_names, depth_ratio, exploding_growth, is_check_step, spread
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
@@ -177,39 +177,8 @@ def test_frozen_stem_and_param_groups_with_different_learning_rates_stay_quiet(m
     assert problems(fit(make_trainer, TwoGroups(), loader(digits_flat()))) == []
 
 
-class Gan(pl.LightningModule):
-    """Manual optimisation with two optimizers: each step leaves the other network's gradients empty."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.generator = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 13))
-        self.discriminator = nn.Sequential(nn.Linear(13, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        real, _ = batch
-        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
-        noise = torch.randn(real.shape[0], 8)
-        ones, zeros = torch.ones(real.shape[0], 1), torch.zeros(real.shape[0], 1)
-        d_loss = F.binary_cross_entropy_with_logits(self.discriminator(real), ones)
-        d_loss = d_loss + F.binary_cross_entropy_with_logits(self.discriminator(self.generator(noise).detach()), zeros)
-        opt_d.zero_grad()
-        self.manual_backward(d_loss)
-        opt_d.step()
-        g_loss = F.binary_cross_entropy_with_logits(self.discriminator(self.generator(noise)), ones)
-        opt_g.zero_grad()
-        self.manual_backward(g_loss)
-        opt_g.step()
-
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [
-            torch.optim.Adam(self.generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-            torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-        ]
-
-
 def test_gan_with_manual_optimisation_and_two_optimizers_stays_quiet(make_trainer: Any) -> None:
-    trainer = fit(make_trainer, Gan(), wine())
+    trainer = fit(make_trainer, GAN(), wine())
     assert problems(trainer) == []
     callback = trainer.callbacks[0]
     assert {s.optimizer_index for s in callback.summaries} == {0, 1}

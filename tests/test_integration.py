@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from support import problems
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sanity as ls
-from lightning_sanity.demos import Classifier, mlp, wine_tensors
+from lightning_sanity.demos import GAN, Classifier, mlp, wine_tensors
 
 
 def loaders(batch_size: int = 16) -> tuple[DataLoader, DataLoader]:
@@ -65,38 +65,6 @@ def test_several_val_dataloaders(make_trainer: Any) -> None:
     train, val = loaders()
     trainer.fit(TwoValLoaders(mlp(13, 3)), train, [val, val])
     assert internal_errors(trainer) == [] and problems(trainer) == []
-
-
-class GAN(pl.LightningModule):
-    """Manual optimisation with two optimizers, generator and discriminator stepping in turn."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.generator = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 13))
-        self.discriminator = nn.Sequential(nn.Linear(13, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        real, _ = batch
-        g_opt, d_opt = self.optimizers()  # type: ignore[misc]
-        noise = torch.randn(len(real), 4, generator=torch.Generator().manual_seed(batch_idx))
-        fake = self.generator(noise)
-        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
-        d_loss = F.binary_cross_entropy_with_logits(self.discriminator(real), ones)
-        d_loss = d_loss + F.binary_cross_entropy_with_logits(self.discriminator(fake.detach()), zeros)
-        d_opt.zero_grad()
-        self.manual_backward(d_loss)
-        d_opt.step()
-        g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
-        g_opt.zero_grad()
-        self.manual_backward(g_loss)
-        g_opt.step()
-
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [
-            torch.optim.Adam(self.generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-            torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-        ]
 
 
 def test_manual_optimisation_with_two_optimizers(make_trainer: Any) -> None:
