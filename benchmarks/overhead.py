@@ -1,14 +1,22 @@
-"""Wall-time overhead of the sanity callbacks, and their cost at scale.
+"""CPU-time overhead of the sanity callbacks, split into a fixed cost per fit and a per-step cost.
 
-    python benchmarks/overhead.py              # full table (a few minutes on 2 CPU cores)
+    python benchmarks/overhead.py              # the README table (about 10 minutes on 2 CPU cores)
     python benchmarks/overhead.py --repeats 1  # quick look
 
-1. The same seeded fit of a small CNN (~0.5M parameters, 32x32 inputs, batch 128, written the
-   common way: ``validation_step`` computes ``self(x)`` and logs the loss) without callbacks, with
-   ``default_callbacks()``, and with each callback alone, alternating in one process; the median
-   of the per-repeat ratios is reported.
-2. A 50,000-class head: ConfusionCallback's state stays O(C) (elements held by its metrics).
-3. A deep 100-layer MLP: GradientFlowCallback's time per optimizer step.
+Each program is fitted, with the same seed, for ``E1`` and ``E2`` epochs, without callbacks and with
+``default_callbacks()``, alternating in one process. A fit costs ``fixed + epochs * per_epoch`` of
+process CPU time (``time.process_time``: what the machine spends, independent of other load), so
+
+    per_epoch = (T(E2) - T(E1)) / (E2 - E1)         fixed = T(E1) - E1 * per_epoch
+
+and the pack's fixed cost is ``fixed_with - fixed_without`` (seconds the user waits once per fit:
+one-time checks, pipeline inspection, figures, the report), its per-step cost
+``per_epoch_with / per_epoch_without - 1`` (what it adds to every training and validation step).
+Both are medians over ``--repeats``. Programs log to a ``CSVLogger`` (so figures are rendered and
+the report files written, as in a real run) and use one torch thread, for repeatable numbers.
+
+The script also measures two scale properties: ConfusionCallback's state on a 50,000-class head and
+GradientFlowCallback's per-step cost on a 100-layer MLP.
 """
 
 from __future__ import annotations
@@ -19,85 +27,145 @@ import io
 import logging
 import platform
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision import transforms as T
 
 import lightning_sanity as ls
-from lightning_sanity.demos import Classifier
+from lightning_sanity.demos import Classifier, DigitImages, SmallCNN
+
+MEAN, STD = (0.1, 0.1, 0.1), (0.25, 0.25, 0.25)
 
 
-def small_cnn(num_classes: int = 10) -> nn.Sequential:
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+@dataclass
+class Program:
+    """A typical training program: how to build its model and its train/val loaders."""
 
-    return nn.Sequential(
-        *block(3, 64), *block(64, 128), *block(128, 256), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Dropout(0.2), nn.Linear(256, num_classes),
-    )  # fmt: skip
+    name: str
+    model: Callable[[], pl.LightningModule]
+    loaders: Callable[[], tuple[DataLoader, DataLoader]]
+    train_batches: int
 
 
-def loaders(batches: int, batch_size: int = 128, num_classes: int = 10, features: tuple = (3, 32, 32)) -> tuple:
+def synthetic(batches: int, batch_size: int, num_classes: int, features: tuple[int, ...]) -> tuple[DataLoader, ...]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batches * batch_size, *features, generator=generator)
     y = torch.randint(0, num_classes, (batches * batch_size,), generator=generator)
-    val = batches // 4 * batch_size
+    val = max(batches // 4, 1) * batch_size
     return (
         DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True),
         DataLoader(TensorDataset(x[:val], y[:val]), batch_size=batch_size),
     )
 
 
-def timed_fit(model_fn: Callable[[], pl.LightningModule], callbacks: list, train: DataLoader, val: DataLoader) -> float:
-    pl.seed_everything(0, verbose=False)
-    trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, num_sanity_val_steps=2, callbacks=callbacks,
+def digit_loaders() -> tuple[DataLoader, DataLoader]:
+    train = T.Compose([T.RandomRotation(10), T.ToTensor(), T.Normalize(MEAN, STD)])
+    val = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+    return (
+        DataLoader(DigitImages(train, "train"), batch_size=32, shuffle=True),
+        DataLoader(DigitImages(val, "val"), batch_size=64),
+    )
+
+
+def conv_net() -> nn.Sequential:
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+
+    return nn.Sequential(
+        *block(3, 64), *block(64, 128), *block(128, 256), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Dropout(0.2), nn.Linear(256, 10),
     )  # fmt: skip
-    model = model_fn()
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # the run report
-        trainer.fit(model, train, val)
-    return time.perf_counter() - start
 
 
-def overhead_table(repeats: int) -> None:
-    train, val = loaders(batches=16)
-    model_fn = lambda: Classifier(small_cnn(), lr=1e-3)  # noqa: E731
-    params = sum(p.numel() for p in model_fn().parameters())
-    variants: dict[str, Callable[[], list]] = {
-        "default_callbacks()": ls.default_callbacks,
-        **{cls.__name__: (lambda cls=cls: [cls()]) for cls in ls.defaults.DEFAULT_CALLBACKS},
-    }
-    ratios: dict[str, list[float]] = {name: [] for name in variants}
-    baseline_times = []
-    timed_fit(model_fn, [], train, val)  # warm-up
+PROGRAMS = (
+    Program(
+        "digits, SmallCNN, torchvision transforms on PIL, batch 32",
+        lambda: Classifier(SmallCNN(), lr=1e-3),
+        digit_loaders,
+        train_batches=43,
+    ),
+    Program(
+        "conv net 0.37M params, 32x32, batch 128",
+        lambda: Classifier(conv_net(), lr=1e-3),
+        lambda: synthetic(16, 128, 10, (3, 32, 32)),
+        train_batches=16,
+    ),
+    Program(
+        "torchvision ResNet-18 (11M params), 32x32, batch 32",
+        lambda: Classifier(torchvision.models.resnet18(num_classes=10), lr=1e-3),
+        lambda: synthetic(8, 32, 10, (3, 32, 32)),
+        train_batches=8,
+    ),
+)
+
+
+def cpu_seconds_of_fit(program: Program, epochs: int, with_pack: bool) -> float:
+    pl.seed_everything(0, verbose=False)
+    train, val = program.loaders()
+    model = program.model()
+    with tempfile.TemporaryDirectory() as log_dir:
+        trainer = pl.Trainer(
+            accelerator="cpu", max_epochs=epochs, logger=pl.loggers.CSVLogger(log_dir), enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=2,
+            callbacks=ls.default_callbacks() if with_pack else [],
+        )  # fmt: skip
+        start = time.process_time()
+        with contextlib.redirect_stdout(io.StringIO()):  # the run report
+            trainer.fit(model, train, val)
+        return time.process_time() - start
+
+
+def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
+    times: dict[tuple[bool, int], list[float]] = {(pack, e): [] for pack in (False, True) for e in (short, long)}
+    cpu_seconds_of_fit(program, short, with_pack=False)  # warm-up: imports, allocator, dataset caches
     for _ in range(repeats):
-        for name, make in variants.items():
-            baseline = timed_fit(model_fn, [], train, val)
-            baseline_times.append(baseline)
-            ratios[name].append(timed_fit(model_fn, make(), train, val) / baseline)
-    print(f"\n### Overhead: small CNN, {params / 1e6:.2f}M parameters, 32x32 inputs, batch 128, 2 epochs")
-    print(f"median fit time without callbacks: {statistics.median(baseline_times):.2f} s, {repeats} repeats\n")
-    print("| callbacks | median wall-time ratio | min | max |\n|---|---|---|---|")
-    for name, values in ratios.items():
-        print(f"| {name} | {statistics.median(values):.3f}x | {min(values):.3f}x | {max(values):.3f}x |")
+        for key in times:
+            times[key].append(cpu_seconds_of_fit(program, key[1], with_pack=key[0]))
+    median = {key: statistics.median(values) for key, values in times.items()}
+    per_epoch = {pack: (median[pack, long] - median[pack, short]) / (long - short) for pack in (False, True)}
+    fixed = {pack: median[pack, short] - short * per_epoch[pack] for pack in (False, True)}
+    extra_fixed = fixed[True] - fixed[False]
+    per_step = per_epoch[True] / per_epoch[False] - 1
+    step_ms = (per_epoch[True] - per_epoch[False]) / program.train_batches * 1e3
+    return (
+        f"| {program.name} | {median[False, long]:.1f} s | {extra_fixed:+.2f} s | {per_step:+.1%} ({step_ms:+.2f} ms) |"
+    )
+
+
+def overhead_table(repeats: int, short: int, long: int) -> None:
+    print(f"\n### Overhead of default_callbacks(): CPU time, fits of {short} and {long} epochs, {repeats} repeats")
+    print(f"| program | fit of {long} epochs without the pack | fixed cost per fit | per-step cost |")
+    print("|---|---|---|---|")
+    for program in PROGRAMS:
+        print(overhead_row(program, short, long, repeats), flush=True)
 
 
 def confusion_at_scale(num_classes: int = 50_000) -> None:
-    train, val = loaders(batches=4, batch_size=64, num_classes=num_classes, features=(32,))
+    train, val = synthetic(4, 64, num_classes, (32,))
     callback = ls.ConfusionCallback()
-    model_fn = lambda: Classifier(nn.Linear(32, num_classes), lr=1e-3)  # noqa: E731
-    seconds = timed_fit(model_fn, [callback], train, val)
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, callbacks=[callback],
+    )  # fmt: skip
+    start = time.process_time()
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.fit(Classifier(nn.Linear(32, num_classes), lr=1e-3), train, val)
+    seconds = time.process_time() - start
     held = sum(getattr(counts, state).numel() for counts in callback._counts.values() for state in counts._defaults)
     print(f"\n### ConfusionCallback with a {num_classes:,}-class head")
-    print(f"metric state elements held: {held:,} (C = {num_classes:,}, C² = {num_classes**2:,}); fit {seconds:.1f} s")
+    print(f"metric state elements held: {held:,} (C = {num_classes:,}, C² = {num_classes**2:,})")
+    print(f"fit: {seconds:.1f} s CPU")
 
 
 class DeepMLP(Classifier):
@@ -113,27 +181,26 @@ class DeepMLP(Classifier):
 
 
 def gradient_flow_deep_mlp() -> None:
-    train, val = loaders(batches=32, batch_size=64, features=(32,))
-    without = statistics.median(timed_fit(DeepMLP, [], train, val) for _ in range(3))
-    with_callback = statistics.median(timed_fit(DeepMLP, [ls.GradientFlowCallback()], train, val) for _ in range(3))
-    steps = 2 * len(train)
-    print("\n### GradientFlowCallback on a 100-layer MLP (LayerNorm + ReLU, 64 wide)")
-    print(f"fit without: {without:.2f} s, with: {with_callback:.2f} s, ratio {with_callback / without:.3f}x, ")
-    print(f"extra per optimizer step: {(with_callback - without) / steps * 1e3:.2f} ms (median of 3)")
+    program = Program("100-layer MLP", DeepMLP, lambda: synthetic(32, 64, 10, (32,)), train_batches=32)
+    print("\n### GradientFlowCallback's share on a 100-layer MLP (LayerNorm + ReLU, 64 wide), whole pack")
+    print("| program | fit without | fixed cost per fit | per-step cost |\n|---|---|---|---|")
+    print(overhead_row(program, 1, 3, repeats=3))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, nargs=2, default=(1, 4), metavar=("E1", "E2"))
     parser.add_argument("--skip-overhead", action="store_true", help="only the scale measurements")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning_sanity").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
     cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"machine: {cpu}, 1 torch thread, torch {torch.__version__}, lightning {pl.__version__}")
     if not args.skip_overhead:
-        overhead_table(args.repeats)
+        overhead_table(args.repeats, *args.epochs)
     confusion_at_scale()
     gradient_flow_deep_mlp()
 
