@@ -40,7 +40,7 @@ from lightning_sanity.rng import forked_rng
 log = logging.getLogger("lightning_sanity")
 
 # Thresholds; the calibration behind each number is in docs/findings.md (ModelChecksCallback section).
-MATCH_TOLERANCE = 1e-4
+MATCH_TOLERANCE = 2e-5
 """Relative distance between the returned loss and a recomputed standard loss that counts as the same loss (fp32)."""
 MATCH_TOLERANCE_HALF = 1e-2
 """The same for outputs in bf16/fp16."""
@@ -763,6 +763,8 @@ class ModelChecksCallback(SanityCallback):
 
     def _check_dependence(self, trainer: pl.Trainer, pl_module: pl.LightningModule, call: ForwardCall) -> None:
         modes = {module: module.training for module in pl_module.modules()}
+        # A forward may update buffers even in eval mode (queues, counters, caches): put them back afterwards.
+        buffers = [(buffer, buffer.detach().clone()) for buffer in pl_module.buffers()]
         first: Probe | None = None
         mixing: Probe | None = None
         try:
@@ -783,6 +785,10 @@ class ModelChecksCallback(SanityCallback):
         finally:
             for module, training in modes.items():
                 module.train(training)
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    if not torch.equal(buffer, saved):  # an unneeded write would break a graph that saved it
+                        buffer.copy_(saved)
         culprit = call.name or type(pl_module).__name__
         if first is not None and first.input_independent:
             self._report_input_independent(trainer, first, culprit)
