@@ -110,7 +110,8 @@ class LossContext:
 def _is_probability_rows(scores: Tensor, tolerance: float) -> bool:
     """Non-negative rows summing to 1 over at least 2 classes: softmax outputs."""
     return (
-        scores.shape[1] >= 2
+        len(scores) > 0
+        and scores.shape[1] >= 2
         and bool((scores >= 0).all())
         and bool(torch.allclose(scores.sum(dim=1), torch.ones(len(scores), dtype=scores.dtype), atol=tolerance))
     )
@@ -528,6 +529,11 @@ def _try_probe(call: ForwardCall, batch_dim: int, samples: int) -> Probe | None:
         return None
 
 
+def _mixes_by_design(module: nn.Module) -> bool:
+    """BatchNorm without running statistics normalises with the batch's statistics in eval mode too, on purpose."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in module.modules())
+
+
 def _is_compiled(module: nn.Module) -> bool:
     return getattr(module, "_compiler_ctx", None) is not None or any(
         type(m).__name__ == "OptimizedModule" for m in module.modules()
@@ -652,8 +658,10 @@ class ModelChecksCallback(SanityCallback):
         calls = [c for c in observer.calls if c.returned and c.name == ""] or [c for c in observer.calls if c.returned]
         for call in reversed(calls):
             output = output_tensor(call.output)
-            if output is None or not output.is_floating_point():
+            if output is None or not output.is_floating_point() or output.ndim == 0:
                 continue
+            if parts.targets.ndim == 0 or output.shape[0] != parts.targets.shape[0]:
+                continue  # not one output per sample: a loss module's result, or a flattened (N*L, C) view
             reading = read_loss(output, parts.targets, loss, context)
             if reading is not None:
                 self._judge_reading(trainer, reading, loss, call.name or type(pl_module).__name__)
@@ -778,13 +786,13 @@ class ModelChecksCallback(SanityCallback):
                         first = probe
                         if probe.input_independent:
                             break
-                    if not probe.mixes or self.allow_batch_mixing:
+                    if not probe.mixes or self.allow_batch_mixing or _mixes_by_design(call.module):
                         mixing = None
                         break
                     mixing = mixing or probe
         finally:
             for module, training in modes.items():
-                module.train(training)
+                module.training = training  # the exact flags, without running user overrides of train()
             with torch.no_grad():
                 for buffer, saved in buffers:
                     if not torch.equal(buffer, saved):  # an unneeded write would break a graph that saved it

@@ -464,3 +464,48 @@ def test_observer_removes_its_hooks_when_the_step_raises() -> None:
     with pytest.raises(RuntimeError), StepObserver(model):
         model(torch.randn(2, 5))
     assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+def test_batchnorm_without_running_statistics_mixes_by_design(make_trainer: Any) -> None:
+    net = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32, track_running_stats=False), nn.ReLU(), nn.Linear(32, 10))
+    quiet(fit(make_trainer, Net(net), digits()))
+
+
+class SequenceFirst(nn.Module):
+    """Takes ``(seq, batch, feat)`` inputs, as a sequence-first collate (``pad_sequence``) produces them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64), 1, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, rows: Tensor) -> Tensor:
+        return self.head(self.encoder(self.embed(rows)).mean(dim=0))
+
+
+def test_sequence_first_inputs_are_healthy(make_trainer: Any) -> None:
+    features, labels = digits_tensors()
+
+    def collate(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        x = torch.stack([item[0] for item in items]).view(-1, 8, 8).transpose(0, 1)
+        return x, torch.stack([item[1] for item in items])
+
+    loader = DataLoader(TensorDataset(features, labels), batch_size=32, shuffle=True, collate_fn=collate)
+    quiet(fit(make_trainer, Net(SequenceFirst()), loader))
+
+
+def test_lightning_demo_transformer_with_token_ids_runs_quietly(make_trainer: Any) -> None:
+    from lightning.pytorch.demos import LightningTransformer
+
+    class Offline(LightningTransformer):
+        def prepare_data(self) -> None:  # the demo downloads WikiText2 here; this test brings its own tokens
+            pass
+
+    from_digits = token_digits().dataset.tensors[0][:, :16]  # type: ignore[attr-defined]
+    loader = DataLoader(TensorDataset(from_digits[:, :-1], from_digits[:, 1:]), batch_size=16, shuffle=True)
+    pl.seed_everything(0)
+    callback = ModelChecksCallback()
+    trainer = make_trainer(callbacks=[callback], max_steps=1, limit_val_batches=0)
+    trainer.fit(Offline(vocab_size=17), loader)
+    assert [f.code for f in callback.findings] == []
