@@ -338,6 +338,10 @@ class Probe:
     output_spread: float = 0.0
     inputs_differ: bool = False
     parameter_gradients_identical: bool | None = None
+    mixes_after: str | None = None
+    """The last layer whose output gradient still leaks across samples: the mixing happens after it..."""
+    mixes_before: str | None = None
+    """...and before this layer, the first afterwards whose output gradient stays within the sample."""
 
     @property
     def mixes(self) -> bool:
@@ -415,8 +419,12 @@ def probe_call(call: ForwardCall, batch_dim: int, samples: int) -> Probe | None:
     samples = min(samples, batch_size)
     index = torch.arange(samples)
     sliced = _Sliced(call, batch_size, batch_dim, index)
-    with torch.enable_grad():
-        output = output_tensor(call.run(sliced.args, sliced.kwargs))
+    activations = _Activations(call.module, samples)
+    try:
+        with torch.enable_grad():
+            output = output_tensor(call.run(sliced.args, sliced.kwargs))
+    finally:
+        activations.remove()
     if output is None or not output.is_floating_point() or output.ndim == 0:
         return None
     output_dim = _output_dim(output, samples, batch_dim)
@@ -432,6 +440,8 @@ def probe_call(call: ForwardCall, batch_dim: int, samples: int) -> Probe | None:
         probe.input_gradient = max((float(g.abs().max()) for g in gradients if g is not None), default=0.0)
         if probe.input_gradient > 0 and not probe.pairwise:
             _measure_leak(probe, output, weights, sliced)
+            if probe.leak > 0:
+                _locate_mixing(probe, output, weights, activations)
     if sliced.discrete and not probe.pairwise:
         probe.substitution_change = _substitution_change(call, sliced, output.detach(), output_dim)
     if probe.input_gradient == 0 and probe.output_spread <= SAME_OUTPUT_TOLERANCE and probe.inputs_differ:
@@ -458,6 +468,54 @@ def _measure_leak(probe: Probe, output: Tensor, weights: Tensor, sliced: _Sliced
         share = other / (own + other) if own + other > 0 else 0.0
         if share > probe.leak:
             probe.leak, probe.leaking_sample = share, sample
+
+
+class _Activations:
+    """Outputs of every layer of ``root`` during one pass that carry the ``samples`` samples along dim 0 or 1."""
+
+    def __init__(self, root: nn.Module, samples: int) -> None:
+        self.samples = samples
+        self.recorded: list[tuple[str, Tensor, int]] = []
+        self.handles = [
+            module.register_forward_hook(self._recorder(name)) for name, module in root.named_modules() if name
+        ]
+
+    def _recorder(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def record(module: nn.Module, args: Any, output: Any) -> None:
+            if isinstance(output, Tensor) and output.is_floating_point() and output.requires_grad:
+                dim = next((d for d in (0, 1) if output.ndim > d and output.shape[d] == self.samples), None)
+                if dim is not None:
+                    self.recorded.append((name, output, dim))
+
+        return record
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def _locate_mixing(probe: Probe, output: Tensor, weights: Tensor, activations: _Activations) -> None:
+    """Name the layers around the mixing: after the last layer whose output gradient (from the leaking sample's
+    outputs) reaches other samples, before the next one whose output gradient stays within the sample."""
+    if probe.leaking_sample is None or probe.output_dim is None or not activations.recorded:
+        return
+    own_output = (output * weights).select(probe.output_dim, probe.leaking_sample).sum()
+    tensors = [tensor for _, tensor, _ in activations.recorded]
+    gradients = torch.autograd.grad(own_output, tensors, allow_unused=True, retain_graph=True)
+    leaky: list[bool] = []
+    for (_, _, dim), gradient in zip(activations.recorded, gradients, strict=True):
+        if gradient is None:
+            leaky.append(False)
+            continue
+        others = gradient.detach().abs().clone()
+        others.select(dim, probe.leaking_sample).zero_()
+        leaky.append(bool(others.sum() > 0))
+    names = [name for name, _, _ in activations.recorded]
+    last = max((i for i, is_leaky in enumerate(leaky) if is_leaky), default=None)
+    start = 0 if last is None else last + 1
+    probe.mixes_after = None if last is None else names[last]
+    probe.mixes_before = next((names[i] for i in range(start, len(names)) if not leaky[i]), None)
 
 
 def _substitution_change(call: ForwardCall, sliced: _Sliced, output: Tensor, output_dim: int) -> float:
@@ -824,6 +882,13 @@ class ModelChecksCallback(SanityCallback):
         )
 
     def _report_mixing(self, trainer: pl.Trainer, probe: Probe, culprit: str) -> None:
+        where = ""
+        if probe.mixes_after and probe.mixes_before:
+            where = f", after `{probe.mixes_after}` and before `{probe.mixes_before}`"
+        elif probe.mixes_after:
+            where = f", after `{probe.mixes_after}`"
+        elif probe.mixes_before:
+            where = f", before `{probe.mixes_before}`"
         how = (
             f"{probe.leak:.1%} of the input gradient of sample {probe.leaking_sample}'s outputs lands on the other "
             "samples' inputs"
@@ -835,8 +900,8 @@ class ModelChecksCallback(SanityCallback):
             trainer,
             "model.batch_mixing",
             Severity.ERROR,
-            f"At step 0, in eval mode, the samples of a batch leak into each other's outputs in `{culprit}`: {how} "
-            "(it must be exactly zero).",
+            f"At step 0, in eval mode, the samples of a batch leak into each other's outputs in `{culprit}`{where}: "
+            f"{how} (it must be exactly zero).",
             "Look for a view/reshape that moves the batch dimension ((seq, batch, feat) flattened as (batch, seq, "
             "feat): use permute/transpose), a mean/softmax/normalisation over dim 0, an attention mask without the "
             "batch dimension, or batch_first=False on batch-first inputs. A model that mixes samples by design (set "
@@ -848,5 +913,7 @@ class ModelChecksCallback(SanityCallback):
                 "leaked_gradient_share": probe.leak,
                 "leaking_sample": probe.leaking_sample,
                 "substitution_change": probe.substitution_change,
+                "mixes_after": probe.mixes_after,
+                "mixes_before": probe.mixes_before,
             },
         )

@@ -231,6 +231,7 @@ def test_scrambled_batch_and_sequence_dims_are_caught(make_trainer: Any) -> None
     finding = only(fit(make_trainer, model, digits()), "model.batch_mixing")
     assert finding.severity is Severity.ERROR and finding.evidence["leaked_gradient_share"] > 0
     assert "`Net`" in finding.message
+    assert finding.evidence["mixes_after"] == "net.encoder" and finding.evidence["mixes_before"] == "net.head"
 
 
 def test_transformers_over_sequences_are_healthy(make_trainer: Any) -> None:
@@ -250,7 +251,8 @@ class BatchCentred(nn.Module):
 
 
 def test_mean_over_the_batch_axis_is_caught_and_set_models_can_opt_out(make_trainer: Any) -> None:
-    only(fit(make_trainer, Net(BatchCentred()), digits()), "model.batch_mixing")
+    finding = only(fit(make_trainer, Net(BatchCentred()), digits()), "model.batch_mixing")
+    assert finding.evidence["mixes_after"] is None and finding.evidence["mixes_before"] == "net.net.0"
     quiet(fit(make_trainer, Net(BatchCentred()), digits(), allow_batch_mixing=True))
 
 
