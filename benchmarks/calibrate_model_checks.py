@@ -12,6 +12,8 @@ the largest value over healthy variants and the smallest over broken ones (or th
 - ``leak``: share of one sample's input gradient landing on the other samples (``model.batch_mixing`` above 0).
 - ``spread``: relative spread of the outputs of 4 different samples (``model.input_independent`` at 0, with zero
   input gradient and identical parameter gradients).
+- ``layout ratio``: roughness of a batch of images read as channels-last over read as they are, for correctly
+  permuted and for reshaped channels-last arrays (``input.layout_scrambled`` below ``LAYOUT_RATIO``).
 
 It also measures the one-time CPU cost of the callback (``time.process_time``) on a small CNN and a ~0.8M-parameter
 model.
@@ -43,10 +45,13 @@ from lightning_sanity import ModelChecksCallback
 from lightning_sanity.demos import DigitImages, SmallCNN, digits_tensors, wine_tensors
 from lightning_sanity.model_checks import (
     INIT_LOSS_RATIO,
+    LAYOUT_RATIO,
+    LAYOUT_SAMPLES,
     MATCH_TOLERANCE,
     LossContext,
     class_candidates,
     elementwise_candidates,
+    layout_ratio,
     probe_call,
     read_loss,
 )
@@ -461,6 +466,74 @@ class Step(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+# ---- image layout -------------------------------------------------------------------------------------------------
+
+
+def _photo_crops(seed: int, size: int, source: int | None, count: int = LAYOUT_SAMPLES) -> Tensor:
+    """``count`` crops (channels-last, ImageNet-normalised) of scikit-learn's two natural photos, resized from
+    ``source`` pixels to ``size`` when given."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos, crops = load_sample_images().images, []
+    for _ in range(count):
+        photo, side = photos[rng.integers(2)], source or size
+        top, left = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
+        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((size, size), Image.BILINEAR)
+        crops.append(np.asarray(crop, dtype=np.float32) / 255)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    return torch.from_numpy((np.stack(crops) - mean) / std)
+
+
+def _digit_arrays(seed: int, size: int) -> Tensor:
+    data = DigitImages(T.ToTensor(), size=size)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:LAYOUT_SAMPLES]
+    return torch.stack([data[int(i)][0] for i in order]).permute(0, 2, 3, 1)
+
+
+def _stripes(seed: int) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    time_axis, frequency = torch.linspace(0, 20, 32), torch.linspace(0, 5, 32)
+    base = torch.sin(torch.outer(frequency, time_axis)).abs()[None, :, :, None]
+    gains = 0.5 + torch.rand(LAYOUT_SAMPLES, 1, 1, 3, generator=generator)
+    return base * gains + 0.05 * torch.randn(LAYOUT_SAMPLES, 32, 32, 3, generator=generator)
+
+
+def _noise(seed: int, smooth: bool) -> Tensor:
+    noise = torch.randn(LAYOUT_SAMPLES, 32, 32, 3, generator=torch.Generator().manual_seed(seed))
+    return noise.cumsum(1).cumsum(2) if smooth else noise
+
+
+LAYOUTS: list[tuple[str, Callable[[int], Tensor]]] = [
+    ("photo crops 32 px, native", lambda seed: _photo_crops(seed, 32, None)),
+    ("photo crops 32 px from 200", lambda seed: _photo_crops(seed, 32, 200)),
+    ("photo crops 64 px, native", lambda seed: _photo_crops(seed, 64, None)),
+    ("photo crops 224 px, native", lambda seed: _photo_crops(seed, 224, None)),
+    ("photo crops 224 px from 400", lambda seed: _photo_crops(seed, 224, 400)),
+    ("digits RGB 32 px (PIL)", lambda seed: _digit_arrays(seed, 32)),
+    ("digits RGB 8 px (PIL)", lambda seed: _digit_arrays(seed, 8)),
+    ("3-channel spectrogram-like stripes", _stripes),
+    ("white noise", lambda seed: _noise(seed, smooth=False)),
+    ("smooth noise (random walk)", lambda seed: _noise(seed, smooth=True)),
+]
+
+
+def layout_table() -> list[tuple[str, float, float]]:
+    """Per image kind: the smallest ratio of correctly permuted batches and the largest of reshaped ones."""
+    rows = []
+    for name, build in LAYOUTS:
+        healthy, broken = [], []
+        for seed in SEEDS:
+            channels_last = build(seed).contiguous()
+            batch, height, width, channels = channels_last.shape
+            healthy.append(layout_ratio(channels_last.permute(0, 3, 1, 2)))
+            broken.append(layout_ratio(channels_last.reshape(batch, channels, height, width)))
+        rows.append((name, min(r for r in healthy if r is not None), max(r for r in broken if r is not None)))
+    return rows
+
+
 def cost() -> list[tuple[str, int, float, float]]:
     rows = []
     for name, build, data in (
@@ -542,6 +615,16 @@ def main() -> None:
         "| `model.input_independent` | runs where outputs, input gradient (0) and parameter gradients are identical "
         f"for 4 different inputs | {sum(bool(r.ignores_input) for r in healthy_input)}/{len(healthy_input)} | "
         f"{sum(bool(r.ignores_input) for r in broken_input)}/{len(broken_input)} | all three |"
+    )
+    layouts = layout_table()
+    print(f"\n| images ({LAYOUT_SAMPLES} per batch, {len(SEEDS)} batches) | permute: min ratio | reshape: max ratio |")
+    print("|---|---|---|")
+    for name, healthy_min, broken_max in layouts:
+        print(f"| {name} | {healthy_min:.3f} | {broken_max:.3f} |")
+    detectable = [broken for _, _, broken in layouts if broken < 0.8]
+    print(
+        "| `input.layout_scrambled` | channels-last / channels-first roughness | "
+        f"min {min(h for _, h, _ in layouts):.3f} | max {max(detectable):.3f} (where detectable) | < {LAYOUT_RATIO:g} |"
     )
     print("\n| model | parameters | checks CPU s (once) | whole 1-step fit without checks, CPU s |")
     print("|---|---|---|---|")

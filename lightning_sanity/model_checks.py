@@ -13,6 +13,8 @@ and, when the step's loss is about to be backpropagated, before any parameter ch
    so no parameter ``.grad`` and no optimizer is touched) and backpropagates each sample's outputs to the inputs:
    a gradient reaching another sample's input is ``model.batch_mixing``; outputs, input gradients and parameter
    gradients identical for different inputs are ``model.input_independent``.
+3. compares the images the model receives read as channels-first (as they are) and as channels-last: far smoother
+   as channels-last is ``input.layout_scrambled`` (a channels-last array turned channels-first with ``reshape``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ SMOOTHINGS = (0.05, 0.1, 0.15, 0.2, 0.3)
 """Label smoothing values tried besides the ones set on a ``CrossEntropyLoss`` module of the model."""
 MIN_SIGMOID_VALUES = 16
 """Outputs needed before "all in [0, 1]" reads as a sigmoid (a few raw logits may fall there by chance)."""
+LAYOUT_RATIO = 0.5
+"""Images whose channels-last reading is this much smoother than their channels-first reading were reshaped from
+channels-last arrays."""
+LAYOUT_SAMPLES = 16
+"""Images of the first batch compared for the layout check."""
 
 
 @dataclass(frozen=True)
@@ -316,6 +323,46 @@ def _reading(
         plain = _safe(lambda: _elementwise("bce_with_logits", output.reshape(targets.shape), targets.float()).mean())
         return make("ok", init_loss=plain, init_expected=math.log(2), prior_entropy=entropy, num_classes=2)
     return make("ok")
+
+
+# ---- image layout ---------------------------------------------------------------------------------------------
+
+
+def _roughness(images: Tensor) -> float:
+    """Mean absolute difference between neighbouring pixels after standardising each channel over the batch."""
+    images = images.float()
+    standard = (images - images.mean((0, 2, 3), keepdim=True)) / (images.std((0, 2, 3), keepdim=True) + 1e-6)
+    horizontal = (standard[..., :, 1:] - standard[..., :, :-1]).abs().mean()
+    vertical = (standard[..., 1:, :] - standard[..., :-1, :]).abs().mean()
+    return float(horizontal + vertical)
+
+
+def layout_ratio(images: Tensor) -> float | None:
+    """How much smoother ``[N, C, H, W]`` images get when their memory is read as channels-last ``[N, H, W, C]``.
+
+    A channels-last array turned channels-first with ``reshape`` instead of ``permute`` puts interleaved R, G, B values
+    of a band of rows in each "channel"; reading the memory back as channels-last restores the real image, which is
+    far smoother (ratio well below 1). For correctly laid-out images that reading scrambles them (ratio >= 1), for
+    noise or feature maps without spatial structure both readings are alike (ratio about 1). ``None`` when the tensor
+    is not a batch of 3- or 4-channel images of at least 8x8.
+
+    Example::
+
+        >>> rgb = torch.linspace(0, 1, 32).repeat(4, 32, 1)[..., None].expand(4, 32, 32, 3)
+        >>> layout_ratio(rgb.permute(0, 3, 1, 2)) > 1, layout_ratio(rgb.reshape(4, 3, 32, 32)) < 0.5
+        (True, True)
+    """
+    if images.ndim != 4 or not images.is_floating_point() or images.shape[1] not in (3, 4) or len(images) < 2:
+        return None
+    batch, channels, height, width = images.shape
+    if height < 8 or width < 8:
+        return None
+    images = images.detach()[:LAYOUT_SAMPLES]
+    observed = _roughness(images)
+    if not math.isfinite(observed) or observed == 0:
+        return None
+    channels_last = images.reshape(len(images), height, width, channels).permute(0, 3, 1, 2)
+    return _roughness(channels_last) / observed
 
 
 # ---- dependence on the input, and across samples ------------------------------------------------------------------
@@ -603,10 +650,11 @@ class ModelChecksCallback(SanityCallback):
     reads outputs and targets, the loss at initialisation, samples mixing inside a batch, outputs ignoring the input.
 
     Findings: ``output.activated`` (warning), ``target.shape`` (warning), ``loss.init_high`` (warning),
-    ``model.batch_mixing`` (error), ``model.input_independent`` (error). The extra work is a bounded number of passes
-    on ``samples`` samples in eval mode: 1 forward + (1 + ``samples``) backward (to the inputs), 1 more forward with
-    integer inputs, 2 parameter-gradient backward passes only when outputs look input-independent, and the same again
-    along dim 1 only when dim 0 mixes (sequence-first inputs). With manual optimisation the loss is not read.
+    ``input.layout_scrambled`` (warning), ``model.batch_mixing`` (error), ``model.input_independent`` (error). The
+    extra work is a bounded number of passes on ``samples`` samples in eval mode: 1 forward + (1 + ``samples``)
+    backward (to the inputs), 1 more forward with integer inputs, 2 parameter-gradient backward passes only when
+    outputs look input-independent, 1 backward to locate mixing when found, and the same again along dim 1 only when
+    dim 0 mixes (sequence-first inputs). With manual optimisation the loss is not read.
 
     Args:
         samples: How many samples of the first batch to re-run (2-16).
@@ -697,9 +745,36 @@ class ModelChecksCallback(SanityCallback):
             return
         if observer.loss is not None and pl_module.automatic_optimization:
             self._check_loss(trainer, pl_module, observer, observer.loss)
+        self._check_layout(trainer, pl_module, call)
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or _is_compiled(pl_module):
             return  # sharded strategies run collectives in forward; a compiled model would recompile for the sample
         self._check_dependence(trainer, pl_module, call)
+
+    # ---- the image layout ------------------------------------------------------------------------------------------
+
+    def _check_layout(self, trainer: pl.Trainer, pl_module: pl.LightningModule, call: ForwardCall) -> None:
+        images = next((t for t in call.tensors() if t.ndim == 4 and t.is_floating_point()), None)
+        ratio = None if images is None else layout_ratio(images)
+        if images is None or ratio is None or ratio >= LAYOUT_RATIO:
+            return
+        channels, height, width = images.shape[1:]
+        self.record(
+            trainer,
+            "input.layout_scrambled",
+            Severity.WARNING,
+            f"At step 0, the {tuple(images.shape)} images given to `{call.name or type(pl_module).__name__}` are "
+            f"{1 / ratio:.1f}x smoother read as channels-last ({height}, {width}, {channels}) arrays than as the "
+            f"channels-first tensor they are: they were turned channels-first with reshape/view instead of permute, "
+            "so each channel holds interleaved R, G, B values of a band of rows.",
+            "Use array.transpose(2, 0, 1) / tensor.permute(0, 3, 1, 2) (or transforms.ToTensor()) to move the channel "
+            "axis; reshape/view only relabels the memory.",
+            subject="inputs",
+            evidence={
+                "roughness_ratio": ratio,
+                "shape": list(images.shape),
+                "samples": min(len(images), LAYOUT_SAMPLES),
+            },
+        )
 
     # ---- the loss -------------------------------------------------------------------------------------------------
 

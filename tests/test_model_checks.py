@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -511,3 +512,49 @@ def test_lightning_demo_transformer_with_token_ids_runs_quietly(make_trainer: An
     trainer = make_trainer(callbacks=[callback], max_steps=1, limit_val_batches=0)
     trainer.fit(Offline(vocab_size=17), loader)
     assert [f.code for f in callback.findings] == []
+
+
+# ---- input.layout_scrambled --------------------------------------------------------------------------------------
+
+
+def reshaped_not_permuted(image: Any) -> Tensor:
+    """The bug: a channels-last (H, W, C) array made channels-first with reshape instead of permute."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).reshape(array.shape[2], array.shape[0], array.shape[1])
+
+
+def test_channels_last_arrays_reshaped_to_channels_first_are_caught(make_trainer: Any) -> None:
+    loader = DataLoader(DigitImages(reshaped_not_permuted), batch_size=32, shuffle=True)
+    finding = only(fit(make_trainer, Net(SmallCNN(10, width=8)), loader), "input.layout_scrambled")
+    assert finding.severity is Severity.WARNING and finding.evidence["roughness_ratio"] < 0.5
+    assert finding.evidence["shape"] == [32, 3, 32, 32]
+
+
+class Photos(torch.utils.data.Dataset):
+    """Random crops of scikit-learn's two bundled natural photos (china, flower), labelled by photo."""
+
+    def __init__(self, transform: Callable[[Any], Tensor]) -> None:
+        from PIL import Image
+        from sklearn.datasets import load_sample_images
+
+        self.photos = [Image.fromarray(image) for image in load_sample_images().images]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return 128
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.transform(self.photos[index % 2]), index % 2
+
+
+def test_natural_photos_and_permuted_arrays_are_healthy(make_trainer: Any) -> None:
+    crops = T.Compose([T.RandomResizedCrop(32, scale=(0.01, 0.3)), T.ToTensor(), T.Normalize([0.5] * 3, [0.25] * 3)])
+    quiet(fit(make_trainer, Net(SmallCNN(2, width=8)), DataLoader(Photos(crops), batch_size=16, shuffle=True)))
+    native = T.Compose([T.RandomCrop(48), lambda image: torch.from_numpy(np.asarray(image, np.float32) / 255)])
+    permuted = T.Compose([native, lambda array: array.permute(2, 0, 1)])
+    quiet(fit(make_trainer, Net(SmallCNN(2, width=8)), DataLoader(Photos(permuted), batch_size=16, shuffle=True)))
+    scrambled = T.Compose([native, lambda array: array.reshape(3, 48, 48)])
+    only(
+        fit(make_trainer, Net(SmallCNN(2, width=8)), DataLoader(Photos(scrambled), batch_size=16)),
+        "input.layout_scrambled",
+    )
