@@ -107,7 +107,10 @@ class LossContext:
                 ignore = getattr(sub, "ignore_index", -100)
                 if ignore not in ignores:
                     ignores.append(int(ignore))
-        named = [*module.named_buffers()] + [(k, v) for k, v in vars(module).items() if isinstance(v, Tensor)]
+        # The module's own buffers and tensor attributes only: normalisation statistics of its layers are no weights.
+        named = [*module.named_buffers(recurse=False)] + [
+            (k, v) for k, v in vars(module).items() if isinstance(v, Tensor)
+        ]
         for name, tensor in named:
             if tensor.ndim == 1 and tensor.is_floating_point() and len(tensor) >= 2 and bool((tensor >= 0).all()):
                 weights.append((name, tensor.detach()))
@@ -187,6 +190,11 @@ def _safe_elementwise(name: str, output: Tensor, target: Tensor) -> Tensor | Non
         return None
 
 
+def _is_vector(tensor: Tensor) -> bool:
+    """One value per sample: ``(N,)``, ``(N, 1)``, ``(N, 1, 1)``..."""
+    return tensor.ndim >= 1 and tensor.shape[0] == tensor.numel()
+
+
 def elementwise_candidates(output: Tensor, targets: Tensor) -> list[LossCandidate]:
     """BCE (with logits), MSE, L1 and smooth-L1 readings, on aligned shapes and, when they differ, as broadcast."""
     found: list[LossCandidate] = []
@@ -201,6 +209,10 @@ def elementwise_candidates(output: Tensor, targets: Tensor) -> list[LossCandidat
             shape = None
         if shape is not None:
             pairs.append((output, target, shape))
+    elif _is_vector(output) and _is_vector(target) and output.numel() > 1:
+        # Equal shapes in the batch, but the step may reshape one side: (N,) meeting (N, 1) inside training_step.
+        count = output.numel()
+        pairs.append((output.reshape(1, count), target.reshape(count, 1), (count, count)))
     probability_targets = bool(((target >= 0) & (target <= 1)).all())
     probability_outputs = bool(((output >= 0) & (output <= 1)).all())
     for out, tgt, shape in pairs:
@@ -854,7 +866,10 @@ class ModelChecksCallback(SanityCallback):
         assert reading.matched.broadcast_shape is not None
         evidence.update(broadcast_shape=list(reading.matched.broadcast_shape), aligned_value=reading.correct_value)
         output_shape, target_shape = reading.output_shape, reading.target_shape
-        if math.prod(output_shape) == math.prod(target_shape):
+        if output_shape == target_shape:
+            expected = f"outputs and targets of the same shape {output_shape}"
+            effect = "every output is compared with every target: the step reshaped one side, so that (N,) met (N, 1)"
+        elif math.prod(output_shape) == math.prod(target_shape):
             expected = f"outputs and targets of the same shape {output_shape}"
             effect = f"every output is compared with every target ({reading.matched.broadcast_shape})"
         else:

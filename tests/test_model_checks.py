@@ -171,6 +171,15 @@ def test_class_indices_regressed_by_every_output_are_caught(make_trainer: Any) -
     assert finding.evidence["output_shape"] == [32, 10] and finding.evidence["target_shape"] == [32, 1]
 
 
+def test_targets_reshaped_inside_the_step_are_caught(make_trainer: Any) -> None:
+    def column_targets_mse(output: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(output, target.view(-1, 1))  # the batch's shapes agree; the step breaks them
+
+    model = Net(mlp(12, 1, nn.Flatten(0)), column_targets_mse)
+    finding = only(fit(make_trainer, model, wine_regression(target_column=False)), "target.shape")
+    assert finding.evidence["broadcast_shape"] == [16, 16] and "reshaped one side" in finding.message
+
+
 def test_matching_regression_shapes_are_healthy(make_trainer: Any) -> None:
     quiet(fit(make_trainer, Net(mlp(12, 1), F.mse_loss), wine_regression(target_column=True)))
     quiet(fit(make_trainer, Net(mlp(12, 1, nn.Flatten(0)), F.smooth_l1_loss), wine_regression(target_column=False)))
