@@ -86,6 +86,7 @@ class ForwardCall:
         args: Private (cloned, detached) copies of the positional arguments.
         kwargs: Private copies of the keyword arguments.
         output: What the call returned, tensors detached; ``None`` until the call returned (or if it raised).
+        returned: Whether the call has finished.
     """
 
     module: nn.Module
@@ -135,10 +136,6 @@ class StepObserver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @property
-    def open(self) -> bool:
-        return bool(self._handles)
 
     @property
     def model_call(self) -> ForwardCall | None:

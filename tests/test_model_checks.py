@@ -567,3 +567,32 @@ def test_natural_photos_and_permuted_arrays_are_healthy(make_trainer: Any) -> No
         fit(make_trainer, Net(SmallCNN(2, width=8)), DataLoader(Photos(scrambled), batch_size=16)),
         "input.layout_scrambled",
     )
+
+
+class RaisesAfterForward(Net):
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self(batch[0])
+        raise RuntimeError("the user's step fails")
+
+
+def test_hooks_are_removed_when_the_users_step_raises(make_trainer: Any) -> None:
+    model = RaisesAfterForward(mlp())
+    trainer = make_trainer(callbacks=[ModelChecksCallback()], max_steps=1, limit_val_batches=0)
+    with pytest.raises(RuntimeError, match="the user's step fails"):
+        trainer.fit(model, digits())
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.children())
+
+
+def test_observer_keeps_keyword_arguments() -> None:
+    class Keywords(nn.Module):
+        def forward(self, *, image: Tensor, scale: float) -> Tensor:
+            return image * scale
+
+    holder = NoForward(Keywords())
+    with StepObserver(holder) as observer:
+        holder.model(image=torch.ones(2, 3), scale=2.0)
+    call = observer.model_call
+    assert call is not None and call.name == "model" and call.args == ()
+    assert call.kwargs["scale"] == 2.0 and torch.equal(call.kwargs["image"], torch.ones(2, 3))
+    assert torch.equal(call.run(), torch.full((2, 3), 2.0))
