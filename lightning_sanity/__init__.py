@@ -18,6 +18,7 @@ from lightning_sanity.defaults import default_callbacks
 from lightning_sanity.findings import Finding, SanityError, SanityWarning, Severity
 from lightning_sanity.gradient_flow import GradientFlowCallback
 from lightning_sanity.mode_guard import ModeGuardCallback
+from lightning_sanity.model_checks import ModelChecksCallback
 from lightning_sanity.report import SanityReport
 from lightning_sanity.transform_parity import TransformParityCallback
 
@@ -29,6 +30,7 @@ __all__ = [
     "Finding",
     "GradientFlowCallback",
     "ModeGuardCallback",
+    "ModelChecksCallback",
     "SanityCallback",
     "SanityError",
     "SanityReport",

@@ -11,6 +11,7 @@ from lightning_sanity.batch_stats import BatchStatsCallback
 from lightning_sanity.confusion import ConfusionCallback
 from lightning_sanity.gradient_flow import GradientFlowCallback
 from lightning_sanity.mode_guard import ModeGuardCallback
+from lightning_sanity.model_checks import ModelChecksCallback
 from lightning_sanity.transform_parity import TransformParityCallback
 
 DEFAULT_CALLBACKS: tuple[type[SanityCallback], ...] = (
@@ -19,15 +20,17 @@ DEFAULT_CALLBACKS: tuple[type[SanityCallback], ...] = (
     GradientFlowCallback,
     ConfusionCallback,
     ModeGuardCallback,
+    ModelChecksCallback,
 )
 _SHARED_OPTIONS = ("strict", "batch_adapter")
 
 
 def default_callbacks(**overrides: Any) -> list[Callback]:
-    """The five sanity callbacks with their defaults.
+    """The six sanity callbacks with their defaults.
 
     Keyword arguments ``strict`` and ``batch_adapter`` go to every callback. A callback's short
-    name (``transform_parity``, ``batch_stats``, ``gradient_flow``, ``confusion``, ``mode_guard``)
+    name (``transform_parity``, ``batch_stats``, ``gradient_flow``, ``confusion``, ``mode_guard``,
+    ``model_checks``)
     takes a dict of its constructor arguments, or ``False`` to leave it out.
 
     Example::

@@ -193,6 +193,7 @@ def test_public_api_is_constructible_without_arguments() -> None:
         ls.GradientFlowCallback,
         ls.ConfusionCallback,
         ls.ModeGuardCallback,
+        ls.ModelChecksCallback,
     ):
         assert cls().findings == []
     assert [type(cb) for cb in ls.default_callbacks()] == [
@@ -201,13 +202,14 @@ def test_public_api_is_constructible_without_arguments() -> None:
         ls.GradientFlowCallback,
         ls.ConfusionCallback,
         ls.ModeGuardCallback,
+        ls.ModelChecksCallback,
     ]
     assert issubclass(ls.SanityWarning, UserWarning)
 
 
 def test_default_callbacks_overrides() -> None:
     callbacks = ls.default_callbacks(strict=True, mode_guard=False)
-    assert len(callbacks) == 4
+    assert len(callbacks) == len(DEFAULT_CALLBACKS) - 1
     assert all(cb.strict for cb in callbacks)
     with pytest.raises(ValueError, match="unknown option"):
         ls.default_callbacks(colour="red")

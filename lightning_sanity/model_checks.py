@@ -1,0 +1,1009 @@
+"""Step-zero model checks: the first checks of a careful training recipe, run once before the first optimizer step.
+
+On the first training batch the callback watches the user's own step (:class:`~lightning_sanity.observe.StepObserver`)
+and, when the step's loss is about to be backpropagated, before any parameter changed:
+
+1. identifies which standard loss produced the returned loss from the captured outputs and targets (cross-entropy on
+   the outputs as logits, NLL on them or on their log, BCE with logits, BCE, MSE, L1, smooth L1; label smoothing,
+   class weights found on the module, sum reduction). Logits losses computed on probabilities are
+   ``output.activated``; elementwise losses whose outputs and targets broadcast to a bigger shape are
+   ``target.shape``; a class loss far above ln(C) is ``loss.init_high``. When no candidate matches (custom losses),
+   nothing is said.
+2. re-runs the called module on a few samples in eval mode (forked RNG, modes restored, ``torch.autograd.grad`` only,
+   so no parameter ``.grad`` and no optimizer is touched) and backpropagates each sample's outputs to the inputs:
+   a gradient reaching another sample's input is ``model.batch_mixing``; outputs, input gradients and parameter
+   gradients identical for different inputs are ``model.input_independent``.
+3. compares the images the model receives read as channels-first (as they are) and as channels-last: far smoother
+   as channels-last is ``input.layout_scrambled`` (a channels-last array turned channels-first with ``reshape``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_sanity.base import SanityCallback, is_int, require
+from lightning_sanity.confusion import NotClassification, class_scores, output_tensor
+from lightning_sanity.findings import Severity
+from lightning_sanity.observe import ForwardCall, StepObserver, map_tensors
+from lightning_sanity.rng import forked_rng
+
+log = logging.getLogger("lightning_sanity")
+
+# Thresholds; the calibration behind each number is in docs/findings.md (ModelChecksCallback section).
+MATCH_TOLERANCE = 2e-5
+"""Relative distance between the returned loss and a recomputed standard loss that counts as the same loss (fp32)."""
+MATCH_TOLERANCE_HALF = 1e-2
+"""The same for outputs in bf16/fp16."""
+INIT_LOSS_RATIO = 2.0
+"""A class loss at step 0 this many times ln(C) (ln 2 per binary output) is far above an untrained model's."""
+SAME_OUTPUT_TOLERANCE = 1e-6
+"""Relative difference under which two samples' outputs (or parameter gradients) count as identical."""
+SMOOTHINGS = (0.05, 0.1, 0.15, 0.2, 0.3)
+"""Label smoothing values tried besides the ones set on a ``CrossEntropyLoss`` module of the model."""
+MIN_SIGMOID_VALUES = 16
+"""Outputs needed before "all in [0, 1]" reads as a sigmoid (a few raw logits may fall there by chance)."""
+LAYOUT_RATIO = 0.5
+"""Images whose channels-last reading is this much smoother than their channels-first reading were reshaped from
+channels-last arrays."""
+LAYOUT_SAMPLES = 16
+"""Images of the first batch compared for the layout check."""
+
+
+@dataclass(frozen=True)
+class LossCandidate:
+    """A standard loss recomputed from a step's outputs and targets.
+
+    Attributes:
+        name: ``cross_entropy``, ``nll``, ``nll_of_log``, ``bce_with_logits``, ``bce``, ``mse``, ``l1``, ``smooth_l1``.
+        value: Its value.
+        variant: How it was computed besides the defaults, e.g. ``"label_smoothing=0.1"``, ``"sum"``.
+        broadcast_shape: For an elementwise loss on outputs and targets of different shapes, the shape they
+            broadcast to; ``None`` when they were aligned.
+    """
+
+    name: str
+    value: float
+    variant: str = ""
+    broadcast_shape: tuple[int, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}({self.variant})" if self.variant else self.name
+
+
+@dataclass
+class LossContext:
+    """What the model sets for its loss: class weights, label smoothing and ignore indices found on it."""
+
+    weights: list[tuple[str, Tensor]] = field(default_factory=list)
+    smoothings: tuple[float, ...] = SMOOTHINGS
+    ignore_indices: tuple[int, ...] = (-100,)
+
+    @classmethod
+    def of(cls, module: nn.Module) -> LossContext:
+        """Collect them from loss modules and from float ``[C]`` buffers / tensor attributes (e.g. class weights)."""
+        weights: list[tuple[str, Tensor]] = []
+        smoothings, ignores = list(SMOOTHINGS), [-100]
+        for name, sub in module.named_modules():
+            if isinstance(sub, nn.modules.loss._Loss):
+                weight = getattr(sub, "weight", None)
+                if isinstance(weight, Tensor) and weight.ndim == 1:
+                    weights.append((f"{name}.weight", weight.detach()))
+                smoothing = getattr(sub, "label_smoothing", 0.0)
+                if smoothing and smoothing not in smoothings:
+                    smoothings.append(float(smoothing))
+                ignore = getattr(sub, "ignore_index", -100)
+                if ignore not in ignores:
+                    ignores.append(int(ignore))
+        # The module's own buffers and tensor attributes only: normalisation statistics of its layers are no weights.
+        named = [*module.named_buffers(recurse=False)] + [
+            (k, v) for k, v in vars(module).items() if isinstance(v, Tensor)
+        ]
+        for name, tensor in named:
+            if tensor.ndim == 1 and tensor.is_floating_point() and len(tensor) >= 2 and bool((tensor >= 0).all()):
+                weights.append((name, tensor.detach()))
+        return cls(weights, tuple(smoothings), tuple(ignores))
+
+
+def _is_probability_rows(scores: Tensor, tolerance: float) -> bool:
+    """Non-negative rows summing to 1 over at least 2 classes: softmax outputs."""
+    return (
+        len(scores) > 0
+        and scores.shape[1] >= 2
+        and bool((scores >= 0).all())
+        and bool(torch.allclose(scores.sum(dim=1), torch.ones(len(scores), dtype=scores.dtype), atol=tolerance))
+    )
+
+
+def _is_log_probability_rows(scores: Tensor, tolerance: float) -> bool:
+    return scores.shape[1] >= 2 and bool((scores <= 0).all()) and _is_probability_rows(scores.exp(), tolerance)
+
+
+def _safe(compute: Callable[[], Tensor]) -> float | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = float(compute())
+    except (RuntimeError, ValueError, IndexError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def class_candidates(scores: Tensor, flat: Tensor, context: LossContext) -> list[LossCandidate]:
+    """Cross-entropy / NLL readings of ``[M, C]`` scores against ``[M]`` class indices."""
+    found: list[LossCandidate] = []
+    classes = scores.shape[1]
+    weights = [("", None)] + [(name, w.to(scores)) for name, w in context.weights if len(w) == classes]
+
+    def add(name: str, variant: str, loss_fn: Callable[..., Tensor], inputs: Tensor, **options: Any) -> None:
+        value = _safe(lambda: loss_fn(inputs, flat, **options))
+        if value is not None:
+            found.append(LossCandidate(name, value, variant))
+
+    log_scores = scores.clamp_min(1e-12).log() if bool((scores >= 0).all()) else None
+    for ignore in context.ignore_indices:
+        extra = "" if ignore == -100 else f"ignore_index={ignore}"
+        for weight_name, weight in weights:
+            variant = ",".join(v for v in (extra, f"weight={weight_name}" if weight_name else "") if v)
+            add("cross_entropy", variant, F.cross_entropy, scores, weight=weight, ignore_index=ignore)
+            add("nll", variant, F.nll_loss, scores, weight=weight, ignore_index=ignore)
+            if log_scores is not None:
+                add("nll_of_log", variant, F.nll_loss, log_scores, weight=weight, ignore_index=ignore)
+            for smoothing in context.smoothings:
+                smoothed = ",".join(v for v in (variant, f"label_smoothing={smoothing:g}") if v)
+                options = {"weight": weight, "ignore_index": ignore, "label_smoothing": smoothing}
+                add("cross_entropy", smoothed, F.cross_entropy, scores, **options)
+        summed = ",".join(v for v in (extra, "sum") if v)
+        add("cross_entropy", summed, F.cross_entropy, scores, ignore_index=ignore, reduction="sum")
+    return found
+
+
+def _elementwise(name: str, output: Tensor, target: Tensor) -> Tensor:
+    if name == "bce_with_logits":
+        return output.clamp_min(0) - output * target + torch.log1p(torch.exp(-output.abs()))
+    if name == "bce":
+        return -(target * output.log().clamp_min(-100) + (1 - target) * (1 - output).log().clamp_min(-100))
+    if name == "mse":
+        return (output - target) ** 2
+    if name == "l1":
+        return (output - target).abs()
+    difference = (output - target).abs()  # smooth_l1 with beta=1 (= Huber with delta=1)
+    return torch.where(difference < 1, 0.5 * difference**2, difference - 0.5)
+
+
+def _safe_elementwise(name: str, output: Tensor, target: Tensor) -> Tensor | None:
+    try:
+        return _elementwise(name, output, target)
+    except RuntimeError:
+        return None
+
+
+def _is_vector(tensor: Tensor) -> bool:
+    """One value per sample: ``(N,)``, ``(N, 1)``, ``(N, 1, 1)``..."""
+    return tensor.ndim >= 1 and tensor.shape[0] == tensor.numel()
+
+
+def elementwise_candidates(output: Tensor, targets: Tensor) -> list[LossCandidate]:
+    """BCE (with logits), MSE, L1 and smooth-L1 readings, on aligned shapes and, when they differ, as broadcast."""
+    found: list[LossCandidate] = []
+    target = targets.to(output.dtype)
+    pairs: list[tuple[Tensor, Tensor, tuple[int, ...] | None]] = []
+    if output.numel() == target.numel():
+        pairs.append((output.reshape(target.shape), target, None))
+    if output.shape != target.shape:
+        try:
+            shape = tuple(torch.broadcast_shapes(output.shape, target.shape))
+        except RuntimeError:
+            shape = None
+        if shape is not None:
+            pairs.append((output, target, shape))
+    elif _is_vector(output) and _is_vector(target) and output.numel() > 1:
+        # Equal shapes in the batch, but the step may reshape one side: (N,) meeting (N, 1) inside training_step.
+        count = output.numel()
+        pairs.append((output.reshape(1, count), target.reshape(count, 1), (count, count)))
+    probability_targets = bool(((target >= 0) & (target <= 1)).all())
+    probability_outputs = bool(((output >= 0) & (output <= 1)).all())
+    for out, tgt, shape in pairs:
+        names = ["mse", "l1", "smooth_l1"]
+        if probability_targets:
+            names.append("bce_with_logits")
+            if probability_outputs:
+                names.append("bce")
+        for name in names:
+            losses = _safe_elementwise(name, out, tgt)
+            if losses is None:
+                continue
+            for reduction, value in (("", losses.mean()), ("sum", losses.sum())):
+                if math.isfinite(float(value)):
+                    found.append(LossCandidate(name, float(value), reduction, shape))
+    return found
+
+
+def matching(candidates: Sequence[LossCandidate], loss: float, tolerance: float) -> list[LossCandidate]:
+    """The candidates equal to ``loss`` within ``tolerance`` (relative, at least 1e-6 absolute)."""
+    return [c for c in candidates if abs(c.value - loss) <= tolerance * max(abs(loss), 1e-2)]
+
+
+@dataclass(frozen=True)
+class LossReading:
+    """What the step's returned loss is, read from its outputs and targets."""
+
+    verdict: str
+    """``activated`` (a logits loss on probabilities), ``nll_of_probabilities``, ``broadcast`` or ``ok``."""
+    matched: LossCandidate
+    output_shape: tuple[int, ...]
+    target_shape: tuple[int, ...]
+    probabilities: str = ""
+    """``softmax`` or ``sigmoid`` when the outputs are probabilities."""
+    correct_value: float | None = None
+    """What the intended loss gives on the same outputs (NLL of their log / BCE / aligned shapes)."""
+    init_loss: float | None = None
+    """For a class loss read as intended: the mean negative log-likelihood of the targets..."""
+    init_expected: float | None = None
+    """...and what an untrained model gives: ln(C), or ln 2 per binary output."""
+    prior_entropy: float | None = None
+    num_classes: int | None = None
+
+
+def read_loss(output: Tensor, targets: Tensor, loss: float, context: LossContext) -> LossReading | None:
+    """Identify the standard loss that gave ``loss`` on ``output`` and ``targets`` and judge how it reads them.
+
+    ``None`` when no standard loss matches, or several do with different verdicts.
+    """
+    output = output.detach()
+    tolerance = MATCH_TOLERANCE_HALF if output.dtype in (torch.float16, torch.bfloat16) else MATCH_TOLERANCE
+    output, targets = output.float(), targets.detach()
+    class_pair: tuple[Tensor, Tensor] | None = None
+    candidates: list[LossCandidate] = []
+    if not targets.is_floating_point() and targets.dtype != torch.bool:
+        try:
+            class_pair = class_scores(output, targets)
+        except NotClassification:
+            class_pair = None
+        if class_pair is not None and class_pair[0].shape[1] >= 2:
+            candidates += class_candidates(class_pair[0], class_pair[1].long(), context)
+        else:
+            class_pair = None
+    candidates += elementwise_candidates(output, targets.float() if targets.dtype == torch.bool else targets)
+    matches = matching(candidates, loss, tolerance)
+    readings = {_reading(m, output, targets, class_pair, tolerance) for m in matches}
+    verdicts = {reading.verdict for reading in readings}
+    if len(verdicts) != 1:
+        return None
+    return min(readings, key=lambda r: abs(r.matched.value - loss))
+
+
+def _reading(
+    matched: LossCandidate, output: Tensor, targets: Tensor, class_pair: tuple[Tensor, Tensor] | None, tolerance: float
+) -> LossReading:
+    def make(verdict: str, **details: Any) -> LossReading:
+        return LossReading(verdict, matched, tuple(output.shape), tuple(targets.shape), **details)
+
+    if matched.broadcast_shape is not None and math.prod(matched.broadcast_shape) > min(
+        output.numel(), targets.numel()
+    ):
+        aligned = None
+        if output.numel() == targets.numel():
+            aligned = _safe(lambda: _elementwise(matched.name, output.reshape(targets.shape), targets.float()).mean())
+        return make("broadcast", correct_value=aligned)
+    if class_pair is not None and matched.name in ("cross_entropy", "nll", "nll_of_log"):
+        scores, flat = class_pair
+        valid = (flat >= 0) & (flat < scores.shape[1])
+        scores, flat = scores[valid], flat[valid].long()
+        probabilities = _is_probability_rows(scores, 10 * tolerance)
+        as_probabilities = _safe(lambda: F.nll_loss(scores.clamp_min(1e-12).log(), flat)) if probabilities else None
+        if probabilities and matched.name == "cross_entropy":
+            return make("activated", probabilities="softmax", correct_value=as_probabilities)
+        if probabilities and matched.name == "nll":
+            return make("nll_of_probabilities", probabilities="softmax", correct_value=as_probabilities)
+        if matched.name == "nll" and not _is_log_probability_rows(scores, 10 * tolerance):
+            return make("ok")  # NLL on raw scores: not a loss we judge at init
+        log_likelihood = {
+            "cross_entropy": lambda: F.cross_entropy(scores, flat),
+            "nll": lambda: F.nll_loss(scores, flat),
+            "nll_of_log": lambda: F.nll_loss(scores.clamp_min(1e-12).log(), flat),
+        }[matched.name]
+        classes = scores.shape[1]
+        prior = torch.bincount(flat, minlength=classes).float() / max(len(flat), 1)
+        entropy = float(-(prior[prior > 0] * prior[prior > 0].log()).sum())
+        return make(
+            "ok",
+            init_loss=_safe(log_likelihood),
+            init_expected=math.log(classes),
+            prior_entropy=entropy,
+            num_classes=classes,
+        )
+    if matched.name == "bce_with_logits":
+        if output.numel() >= MIN_SIGMOID_VALUES and bool(((output >= 0) & (output <= 1)).all()):
+            squashed = output.reshape(targets.shape)
+            correct = _safe(lambda: _elementwise("bce", squashed, targets.float()).mean())
+            return make("activated", probabilities="sigmoid", correct_value=correct)
+        rate = float(targets.float().mean().clamp(1e-6, 1 - 1e-6))
+        entropy = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+        plain = _safe(lambda: _elementwise("bce_with_logits", output.reshape(targets.shape), targets.float()).mean())
+        return make("ok", init_loss=plain, init_expected=math.log(2), prior_entropy=entropy, num_classes=2)
+    return make("ok")
+
+
+# ---- image layout ---------------------------------------------------------------------------------------------
+
+
+def _roughness(images: Tensor) -> float:
+    """Mean absolute difference between neighbouring pixels after standardising each channel over the batch."""
+    images = images.float()
+    standard = (images - images.mean((0, 2, 3), keepdim=True)) / (images.std((0, 2, 3), keepdim=True) + 1e-6)
+    horizontal = (standard[..., :, 1:] - standard[..., :, :-1]).abs().mean()
+    vertical = (standard[..., 1:, :] - standard[..., :-1, :]).abs().mean()
+    return float(horizontal + vertical)
+
+
+def layout_ratio(images: Tensor) -> float | None:
+    """How much smoother ``[N, C, H, W]`` images get when their memory is read as channels-last ``[N, H, W, C]``.
+
+    A channels-last array turned channels-first with ``reshape`` instead of ``permute`` puts interleaved R, G, B values
+    of a band of rows in each "channel"; reading the memory back as channels-last restores the real image, which is
+    far smoother (ratio well below 1). For correctly laid-out images that reading scrambles them (ratio >= 1), for
+    noise or feature maps without spatial structure both readings are alike (ratio about 1). ``None`` when the tensor
+    is not a batch of 3- or 4-channel images of at least 8x8.
+
+    Example::
+
+        >>> rgb = torch.linspace(0, 1, 32).repeat(4, 32, 1)[..., None].expand(4, 32, 32, 3)
+        >>> layout_ratio(rgb.permute(0, 3, 1, 2)) > 1, layout_ratio(rgb.reshape(4, 3, 32, 32)) < 0.5
+        (True, True)
+    """
+    if images.ndim != 4 or not images.is_floating_point() or images.shape[1] not in (3, 4) or len(images) < 2:
+        return None
+    batch, channels, height, width = images.shape
+    if height < 8 or width < 8:
+        return None
+    images = images.detach()[:LAYOUT_SAMPLES]
+    observed = _roughness(images)
+    if not math.isfinite(observed) or observed == 0:
+        return None
+    channels_last = images.reshape(len(images), height, width, channels).permute(0, 3, 1, 2)
+    return _roughness(channels_last) / observed
+
+
+# ---- dependence on the input, and across samples ------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """One re-run of the called module on ``samples`` samples, sliced along ``batch_dim`` of its inputs."""
+
+    batch_dim: int
+    samples: int
+    output_dim: int | None = None
+    pairwise: bool = False
+    leak: float = 0.0
+    """Largest share of one sample's input-gradient mass that reached the other samples' inputs."""
+    leaking_sample: int | None = None
+    substitution_change: float = 0.0
+    """Relative change of other samples' outputs when one sample's integer/bool inputs are replaced."""
+    input_gradient: float = 0.0
+    output_spread: float = 0.0
+    inputs_differ: bool = False
+    parameter_gradients_identical: bool | None = None
+    mixes_after: str | None = None
+    """The last layer whose output gradient still leaks across samples: the mixing happens after it..."""
+    mixes_before: str | None = None
+    """...and before this layer, the first afterwards whose output gradient stays within the sample."""
+
+    @property
+    def mixes(self) -> bool:
+        return not self.pairwise and (self.leak > 0 or self.substitution_change > SAME_OUTPUT_TOLERANCE)
+
+    @property
+    def input_independent(self) -> bool:
+        return (
+            self.inputs_differ
+            and self.input_gradient == 0
+            and self.output_spread <= SAME_OUTPUT_TOLERANCE
+            and self.parameter_gradients_identical is not False
+        )
+
+
+class _Sliced:
+    """The recorded call's arguments cut to a few samples; float batch tensors become leaves requiring grad."""
+
+    def __init__(self, call: ForwardCall, batch_size: int, batch_dim: int, index: Tensor) -> None:
+        self.leaves: list[tuple[Tensor, int]] = []
+        self.discrete: list[tuple[Tensor, int]] = []
+        self.batch_size, self.batch_dim, self.index = batch_size, batch_dim, index
+        self.args, self.kwargs = map_tensors((call.args, call.kwargs), self._cut)
+
+    def _dim_of(self, tensor: Tensor) -> int | None:
+        for dim in (self.batch_dim, 0):
+            if tensor.ndim > dim and tensor.shape[dim] == self.batch_size:
+                return dim
+        return None
+
+    def _cut(self, tensor: Tensor) -> Tensor:
+        dim = self._dim_of(tensor)
+        if dim is None:
+            return tensor
+        cut = tensor.index_select(dim, self.index.to(tensor.device))
+        if cut.is_floating_point() or cut.is_complex():
+            cut = cut.detach().requires_grad_(True)
+            self.leaves.append((cut, dim))
+        else:
+            self.discrete.append((cut, dim))
+        return cut
+
+    def inputs_differ(self) -> bool:
+        for tensor, dim in self.leaves + self.discrete:
+            first = tensor.select(dim, 0)
+            if any(not torch.equal(first, tensor.select(dim, i)) for i in range(1, tensor.shape[dim])):
+                return True
+        return False
+
+
+def _output_dim(output: Tensor, samples: int, batch_dim: int) -> int | None:
+    for dim in (batch_dim, 0):
+        if output.ndim > dim and output.shape[dim] == samples:
+            return dim
+    return None
+
+
+def _relative_spread(output: Tensor, dim: int) -> float:
+    first = output.select(dim, 0).unsqueeze(dim)
+    scale = float(output.abs().max()) + 1e-12
+    return float((output - first).abs().max()) / scale
+
+
+def probe_call(call: ForwardCall, batch_dim: int, samples: int) -> Probe | None:
+    """Re-run ``call`` on ``samples`` samples and measure mixing across them and dependence on the input.
+
+    Run it in eval mode inside a forked RNG; parameter ``.grad`` is never written (``torch.autograd.grad`` only).
+    ``None`` when the call has no batch along ``batch_dim`` or its output has no matching batch dimension.
+    """
+    tensors = call.tensors()
+    first = next((t for t in tensors if t.ndim > batch_dim), None)
+    if first is None or first.shape[batch_dim] < 2:
+        return None
+    batch_size = first.shape[batch_dim]
+    samples = min(samples, batch_size)
+    index = torch.arange(samples)
+    sliced = _Sliced(call, batch_size, batch_dim, index)
+    activations = _Activations(call.module, samples)
+    try:
+        with torch.enable_grad():
+            output = output_tensor(call.run(sliced.args, sliced.kwargs))
+    finally:
+        activations.remove()
+    if output is None or not output.is_floating_point() or output.ndim == 0:
+        return None
+    output_dim = _output_dim(output, samples, batch_dim)
+    if output_dim is None:
+        return None
+    probe = Probe(batch_dim, samples, output_dim, pairwise=output.ndim >= 2 and output.shape[:2] == (samples, samples))
+    probe.inputs_differ = sliced.inputs_differ()
+    probe.output_spread = _relative_spread(output.detach().float(), output_dim)
+    weights = torch.randn(output.shape, dtype=output.dtype, device=output.device)
+    leaves = [leaf for leaf, _ in sliced.leaves]
+    if leaves and output.requires_grad:
+        gradients = torch.autograd.grad((output * weights).sum(), leaves, allow_unused=True, retain_graph=True)
+        probe.input_gradient = max((float(g.abs().max()) for g in gradients if g is not None), default=0.0)
+        if probe.input_gradient > 0 and not probe.pairwise:
+            _measure_leak(probe, output, weights, sliced)
+            if probe.leak > 0:
+                _locate_mixing(probe, output, weights, activations)
+    if sliced.discrete and not probe.pairwise:
+        probe.substitution_change = _substitution_change(call, sliced, output.detach(), output_dim)
+    if probe.input_gradient == 0 and probe.output_spread <= SAME_OUTPUT_TOLERANCE and probe.inputs_differ:
+        probe.parameter_gradients_identical = _parameter_gradients_identical(call.module, output, weights, output_dim)
+    return probe
+
+
+def _measure_leak(probe: Probe, output: Tensor, weights: Tensor, sliced: _Sliced) -> None:
+    assert probe.output_dim is not None
+    leaves = [leaf for leaf, _ in sliced.leaves]
+    for sample in range(probe.samples):
+        own_output = (output * weights).select(probe.output_dim, sample).sum()
+        if not own_output.requires_grad:
+            continue
+        gradients = torch.autograd.grad(own_output, leaves, allow_unused=True, retain_graph=True)
+        own = other = 0.0
+        for gradient, (_, dim) in zip(gradients, sliced.leaves, strict=True):
+            if gradient is None:
+                continue
+            magnitude = gradient.detach().abs().float()
+            own += float(magnitude.select(dim, sample).sum())
+            magnitude.select(dim, sample).zero_()  # not total - own: its rounding error would look like a leak
+            other += float(magnitude.sum())
+        share = other / (own + other) if own + other > 0 else 0.0
+        if share > probe.leak:
+            probe.leak, probe.leaking_sample = share, sample
+
+
+class _Activations:
+    """Outputs of every layer of ``root`` during one pass that carry the ``samples`` samples along dim 0 or 1."""
+
+    def __init__(self, root: nn.Module, samples: int) -> None:
+        self.samples = samples
+        self.recorded: list[tuple[str, Tensor, int]] = []
+        self.handles = [
+            module.register_forward_hook(self._recorder(name)) for name, module in root.named_modules() if name
+        ]
+
+    def _recorder(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def record(module: nn.Module, args: Any, output: Any) -> None:
+            if isinstance(output, Tensor) and output.is_floating_point() and output.requires_grad:
+                dim = next((d for d in (0, 1) if output.ndim > d and output.shape[d] == self.samples), None)
+                if dim is not None:
+                    self.recorded.append((name, output, dim))
+
+        return record
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def _locate_mixing(probe: Probe, output: Tensor, weights: Tensor, activations: _Activations) -> None:
+    """Name the layers around the mixing: after the last layer whose output gradient (from the leaking sample's
+    outputs) reaches other samples, before the next one whose output gradient stays within the sample."""
+    if probe.leaking_sample is None or probe.output_dim is None or not activations.recorded:
+        return
+    own_output = (output * weights).select(probe.output_dim, probe.leaking_sample).sum()
+    tensors = [tensor for _, tensor, _ in activations.recorded]
+    gradients = torch.autograd.grad(own_output, tensors, allow_unused=True, retain_graph=True)
+    leaky: list[bool] = []
+    for (_, _, dim), gradient in zip(activations.recorded, gradients, strict=True):
+        if gradient is None:
+            leaky.append(False)
+            continue
+        others = gradient.detach().abs().clone()
+        others.select(dim, probe.leaking_sample).zero_()
+        leaky.append(bool(others.sum() > 0))
+    names = [name for name, _, _ in activations.recorded]
+    last = max((i for i, is_leaky in enumerate(leaky) if is_leaky), default=None)
+    start = 0 if last is None else last + 1
+    probe.mixes_after = None if last is None else names[last]
+    probe.mixes_before = next((names[i] for i in range(start, len(names)) if not leaky[i]), None)
+
+
+def _substitution_change(call: ForwardCall, sliced: _Sliced, output: Tensor, output_dim: int) -> float:
+    """Replace sample 0's integer/bool inputs by another sample's and measure how much the other outputs move."""
+    donor = next(
+        (
+            i
+            for i in range(1, sliced.index.numel())
+            if any(not torch.equal(t.select(d, 0), t.select(d, i)) for t, d in sliced.discrete)
+        ),
+        None,
+    )
+    if donor is None:
+        return 0.0
+    replaced = {id(t): _replace_first(t, d, donor) for t, d in sliced.discrete}
+    args, kwargs = map_tensors((sliced.args, sliced.kwargs), lambda t: replaced.get(id(t), t))
+    with torch.no_grad():
+        changed = output_tensor(call.run(args, kwargs))
+    if changed is None or changed.shape != output.shape:
+        return 0.0
+    others = torch.arange(1, output.shape[output_dim], device=output.device)
+    before, after = output.index_select(output_dim, others).float(), changed.index_select(output_dim, others).float()
+    return float((after - before).abs().max()) / (float(before.abs().max()) + 1e-12)
+
+
+def _replace_first(tensor: Tensor, dim: int, donor: int) -> Tensor:
+    replaced = tensor.clone()
+    replaced.select(dim, 0).copy_(tensor.select(dim, donor))
+    return replaced
+
+
+def _parameter_gradients_identical(module: nn.Module, output: Tensor, weights: Tensor, dim: int) -> bool | None:
+    """Do samples 0 and 1 give the same parameter gradients (same output weights)? ``None`` without trainable ones.
+
+    A zero-initialised head makes every output equal at step 0, but its weight gradient still carries each sample's
+    features: the model does use its input and learns to show it.
+    """
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    if not parameters or not output.requires_grad:
+        return None
+    first_weights = weights.select(dim, 0)
+    gradients = [
+        torch.autograd.grad(
+            (output.select(dim, sample) * first_weights).sum(), parameters, allow_unused=True, retain_graph=True
+        )
+        for sample in (0, 1)
+    ]
+    scale = max((float(g.abs().max()) for g in gradients[0] if g is not None), default=0.0) + 1e-12
+    for first, second in zip(*gradients, strict=True):
+        if (first is None) != (second is None):
+            return False
+        if (
+            first is not None
+            and second is not None
+            and float((first - second).abs().max()) / scale > SAME_OUTPUT_TOLERANCE
+        ):
+            return False
+    return True
+
+
+def _try_probe(call: ForwardCall, batch_dim: int, samples: int) -> Probe | None:
+    """:func:`probe_call`, or ``None`` when the model cannot run on the cut inputs (e.g. dim 1 is not a batch)."""
+    try:
+        return probe_call(call, batch_dim, samples)
+    except Exception:  # the user's forward on inputs cut along a dimension it does not accept
+        log.debug(
+            "ModelChecksCallback: re-running %s on inputs cut along dim %d failed", call.name, batch_dim, exc_info=True
+        )
+        return None
+
+
+def _mixes_by_design(module: nn.Module) -> bool:
+    """BatchNorm without running statistics normalises with the batch's statistics in eval mode too, on purpose."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in module.modules())
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    return getattr(module, "_compiler_ctx", None) is not None or any(
+        type(m).__name__ == "OptimizedModule" for m in module.modules()
+    )
+
+
+class ModelChecksCallback(SanityCallback):
+    """Check the model once, at step zero, before the first optimizer step: which loss is really optimised and how it
+    reads outputs and targets, the loss at initialisation, samples mixing inside a batch, outputs ignoring the input.
+
+    Findings: ``output.activated`` (warning), ``target.shape`` (warning), ``loss.init_high`` (warning),
+    ``input.layout_scrambled`` (warning), ``model.batch_mixing`` (error), ``model.input_independent`` (error). The
+    extra work is a bounded number of passes on ``samples`` samples in eval mode: 1 forward + (1 + ``samples``)
+    backward (to the inputs), 1 more forward with integer inputs, 2 parameter-gradient backward passes only when
+    outputs look input-independent, 1 backward to locate mixing when found, and the same again along dim 1 only when
+    dim 0 mixes (sequence-first inputs). With manual optimisation the loss is not read.
+
+    Args:
+        samples: How many samples of the first batch to re-run (2-16).
+        allow_batch_mixing: The model mixes samples in ``forward`` by design (set models, batch-level attention):
+            skip ``model.batch_mixing``.
+        strict: Raise on the first ERROR finding.
+        batch_adapter: ``batch -> (inputs, targets)`` for batches we cannot read (targets feed the loss reading).
+
+    Example::
+
+        trainer = Trainer(callbacks=[ModelChecksCallback(allow_batch_mixing=True)])
+        trainer.fit(model, datamodule)
+    """
+
+    name: ClassVar[str] = "model_checks"
+
+    def __init__(
+        self,
+        *,
+        samples: int = 4,
+        allow_batch_mixing: bool = False,
+        strict: bool = False,
+        batch_adapter: Callable[[Any], Any] | None = None,
+        figure_every_n_epochs: int = 5,
+        save_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
+        )
+        require(is_int(samples) and 2 <= samples <= 16, "samples", "an int in [2, 16]", samples)
+        require(isinstance(allow_batch_mixing, bool), "allow_batch_mixing", "a bool", allow_batch_mixing)
+        self.samples = samples
+        self.allow_batch_mixing = allow_batch_mixing
+        self._observer: StepObserver | None = None
+        self._batch: Any = None
+        self._done = False
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._done = False
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._close()
+        if not self._done and trainer.global_step == 0:
+            self._observer = StepObserver(pl_module)
+            self._batch = batch
+
+    @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        observer = self._observer
+        if observer is None:
+            return
+        observer.close()
+        observer.note_loss(trainer, loss)
+        self._done = True
+        try:
+            self._check(trainer, pl_module, observer)
+        finally:
+            self._close()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._close()  # a step without backward (it returned None): try the next batch while no step was taken
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._close()
+        super().teardown(trainer, pl_module, stage)
+
+    def _close(self) -> None:
+        if self._observer is not None:
+            self._observer.close()
+        self._observer, self._batch = None, None
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, observer: StepObserver) -> None:
+        call = observer.model_call
+        if call is None:
+            log.debug("ModelChecksCallback: the first training step called no module we watch; skipped")
+            return
+        if observer.loss is not None and pl_module.automatic_optimization:
+            self._check_loss(trainer, pl_module, observer, observer.loss)
+        self._check_layout(trainer, pl_module, call)
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or _is_compiled(pl_module):
+            return  # sharded strategies run collectives in forward; a compiled model would recompile for the sample
+        self._check_dependence(trainer, pl_module, call)
+
+    # ---- the image layout ------------------------------------------------------------------------------------------
+
+    def _check_layout(self, trainer: pl.Trainer, pl_module: pl.LightningModule, call: ForwardCall) -> None:
+        images = next((t for t in call.tensors() if t.ndim == 4 and t.is_floating_point()), None)
+        ratio = None if images is None else layout_ratio(images)
+        if images is None or ratio is None or ratio >= LAYOUT_RATIO:
+            return
+        channels, height, width = images.shape[1:]
+        self.record(
+            trainer,
+            "input.layout_scrambled",
+            Severity.WARNING,
+            f"At step 0, the {tuple(images.shape)} images given to `{call.name or type(pl_module).__name__}` are "
+            f"{1 / ratio:.1f}x smoother read as channels-last ({height}, {width}, {channels}) arrays than as the "
+            f"channels-first tensor they are: they were turned channels-first with reshape/view instead of permute, "
+            "so each channel holds interleaved R, G, B values of a band of rows.",
+            "Use array.transpose(2, 0, 1) / tensor.permute(0, 3, 1, 2) (or transforms.ToTensor()) to move the channel "
+            "axis; reshape/view only relabels the memory.",
+            subject="inputs",
+            evidence={
+                "roughness_ratio": ratio,
+                "shape": list(images.shape),
+                "samples": min(len(images), LAYOUT_SAMPLES),
+            },
+        )
+
+    # ---- the loss -------------------------------------------------------------------------------------------------
+
+    def _check_loss(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, observer: StepObserver, loss_tensor: Tensor
+    ) -> None:
+        parts = self.split_batch(trainer, self._batch)
+        if parts is None or parts.targets is None:
+            return
+        loss = float(loss_tensor)
+        if not math.isfinite(loss):
+            return
+        context = LossContext.of(pl_module)
+        calls = [c for c in observer.calls if c.returned and c.name == ""] or [c for c in observer.calls if c.returned]
+        for call in reversed(calls):
+            output = output_tensor(call.output)
+            if output is None or not output.is_floating_point() or output.ndim == 0:
+                continue
+            if parts.targets.ndim == 0 or output.shape[0] != parts.targets.shape[0]:
+                continue  # not one output per sample: a loss module's result, or a flattened (N*L, C) view
+            reading = read_loss(output, parts.targets, loss, context)
+            if reading is not None:
+                self._judge_reading(trainer, reading, loss, call.name or type(pl_module).__name__)
+                return
+
+    def _judge_reading(self, trainer: pl.Trainer, reading: LossReading, loss: float, culprit: str) -> None:
+        evidence: dict[str, Any] = {
+            "returned_loss": loss,
+            "identified_loss": reading.matched.label,
+            "identified_value": reading.matched.value,
+            "output_shape": list(reading.output_shape),
+            "target_shape": list(reading.target_shape),
+        }
+        if reading.verdict in ("activated", "nll_of_probabilities"):
+            self._report_activated(trainer, reading, evidence, culprit)
+        elif reading.verdict == "broadcast":
+            self._report_broadcast(trainer, reading, evidence)
+        elif reading.init_loss is not None and reading.init_expected is not None:
+            self._judge_init(trainer, reading, evidence)
+
+    def _report_activated(
+        self, trainer: pl.Trainer, reading: LossReading, evidence: dict[str, Any], culprit: str
+    ) -> None:
+        evidence["as_probabilities"] = reading.correct_value
+        correct = f"{reading.correct_value:.4f}" if reading.correct_value is not None else "n/a"
+        if reading.verdict == "nll_of_probabilities":
+            what = (
+                f"the loss {evidence['returned_loss']:.4f} is NLL computed directly on the `{culprit}` outputs, which "
+                "are probabilities (non-negative, rows sum to 1): NLL expects log-probabilities (NLL of their log: "
+                f"{correct})"
+            )
+            hint = "Take the log before NLLLoss (torch.log(probs) or log_softmax in forward), or return logits and use "
+            hint += "cross_entropy."
+        else:
+            loss_name = "cross_entropy" if reading.probabilities == "softmax" else "binary_cross_entropy_with_logits"
+            reading_name = "NLL of their log" if reading.probabilities == "softmax" else "BCE on them"
+            what = (
+                f"the loss {evidence['returned_loss']:.4f} equals {loss_name} on the `{culprit}` outputs as logits "
+                f"({reading.matched.value:.4f}), but those outputs are already {reading.probabilities} probabilities "
+                f"({reading_name}: {correct}): the {reading.probabilities} is applied twice and gradients are squashed"
+            )
+            hint = (
+                "Return raw logits from forward (remove the final softmax/sigmoid) and keep the loss, or keep the "
+                "probabilities and use NLL of their log / binary_cross_entropy."
+            )
+        self.record(
+            trainer,
+            "output.activated",
+            Severity.WARNING,
+            f"At step 0, {what}.",
+            hint,
+            subject="train_step",
+            evidence=evidence,
+        )
+
+    def _report_broadcast(self, trainer: pl.Trainer, reading: LossReading, evidence: dict[str, Any]) -> None:
+        assert reading.matched.broadcast_shape is not None
+        evidence.update(broadcast_shape=list(reading.matched.broadcast_shape), aligned_value=reading.correct_value)
+        output_shape, target_shape = reading.output_shape, reading.target_shape
+        if output_shape == target_shape:
+            expected = f"outputs and targets of the same shape {output_shape}"
+            effect = "every output is compared with every target: the step reshaped one side, so that (N,) met (N, 1)"
+        elif math.prod(output_shape) == math.prod(target_shape):
+            expected = f"outputs and targets of the same shape {output_shape}"
+            effect = f"every output is compared with every target ({reading.matched.broadcast_shape})"
+        else:
+            expected = f"targets shaped like the outputs {output_shape} (one value per output)"
+            effect = f"each target is compared with all {output_shape[-1]} outputs of its row"
+        self.record(
+            trainer,
+            "target.shape",
+            Severity.WARNING,
+            f"At step 0, the loss is {reading.matched.name} on outputs {output_shape} and targets {target_shape}, "
+            f"which broadcast to {reading.matched.broadcast_shape}: {effect}; {reading.matched.name} expects "
+            f"{expected}. A regressor trained like this learns only the mean.",
+            "Make the shapes equal before the loss: target.view_as(output) / output.squeeze(-1); for class indices "
+            "use cross_entropy on C logits instead of a regression loss.",
+            subject="loss",
+            evidence=evidence,
+        )
+
+    def _judge_init(self, trainer: pl.Trainer, reading: LossReading, evidence: dict[str, Any]) -> None:
+        assert reading.init_loss is not None and reading.init_expected is not None
+        ratio = reading.init_loss / reading.init_expected
+        if ratio <= INIT_LOSS_RATIO:
+            return
+        evidence.update(
+            initial_loss=reading.init_loss,
+            expected_at_init=reading.init_expected,
+            prior_entropy=reading.prior_entropy,
+            ratio=ratio,
+            num_classes=reading.num_classes,
+        )
+        per = "ln(C)" if reading.num_classes and reading.matched.name != "bce_with_logits" else "ln 2 per output"
+        self.record(
+            trainer,
+            "loss.init_high",
+            Severity.WARNING,
+            f"At step 0 the loss ({reading.matched.name}) is {reading.init_loss:.3f}, {ratio:.1f}x what an untrained "
+            f"model gives ({per} = {reading.init_expected:.3f}; class-prior entropy {reading.prior_entropy:.3f}): "
+            "the initial outputs are confidently wrong.",
+            "Check the initialisation (no normal_(std=1) on every layer: keep PyTorch's defaults or use "
+            "kaiming/xavier; a small or zero-initialised last layer), any scale factor on the logits, and that the "
+            "targets match the inputs.",
+            subject="loss",
+            evidence=evidence,
+        )
+
+    # ---- dependence on the input -----------------------------------------------------------------------------
+
+    def _check_dependence(self, trainer: pl.Trainer, pl_module: pl.LightningModule, call: ForwardCall) -> None:
+        modes = {module: module.training for module in pl_module.modules()}
+        # A forward may update buffers even in eval mode (queues, counters, caches): put them back afterwards.
+        buffers = [(buffer, buffer.detach().clone()) for buffer in pl_module.buffers()]
+        first: Probe | None = None
+        mixing: Probe | None = None
+        try:
+            pl_module.eval()
+            with forked_rng():
+                for batch_dim in (0, 1):
+                    probe = _try_probe(call, batch_dim, self.samples)
+                    if probe is None:
+                        continue
+                    if first is None:
+                        first = probe
+                        if probe.input_independent:
+                            break
+                    if not probe.mixes or self.allow_batch_mixing or _mixes_by_design(call.module):
+                        mixing = None
+                        break
+                    mixing = mixing or probe
+        finally:
+            for module, training in modes.items():
+                module.training = training  # the exact flags, without running user overrides of train()
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    if not torch.equal(buffer, saved):  # an unneeded write would break a graph that saved it
+                        buffer.copy_(saved)
+        culprit = call.name or type(pl_module).__name__
+        if first is not None and first.input_independent:
+            self._report_input_independent(trainer, first, culprit)
+        elif mixing is not None:
+            self._report_mixing(trainer, mixing, culprit)
+
+    def _report_input_independent(self, trainer: pl.Trainer, probe: Probe, culprit: str) -> None:
+        self.record(
+            trainer,
+            "model.input_independent",
+            Severity.ERROR,
+            f"At step 0, `{culprit}` gives the same outputs for {probe.samples} different inputs: the gradient of its "
+            "outputs with respect to the inputs is exactly zero and every parameter gets the same gradient from each "
+            "sample, so the model cannot learn to use its input.",
+            "Find where forward drops the input: an input multiplied by 0 or replaced by a constant/buffer, "
+            "x.detach()/torch.no_grad() around the first layers, a wrong variable passed on; or every unit dead "
+            "(e.g. ReLU after a huge negative bias).",
+            subject=culprit,
+            evidence={
+                "samples": probe.samples,
+                "input_gradient_abs_max": probe.input_gradient,
+                "output_relative_spread": probe.output_spread,
+                "parameter_gradients_identical": probe.parameter_gradients_identical,
+            },
+        )
+
+    def _report_mixing(self, trainer: pl.Trainer, probe: Probe, culprit: str) -> None:
+        where = ""
+        if probe.mixes_after and probe.mixes_before:
+            where = f", after `{probe.mixes_after}` and before `{probe.mixes_before}`"
+        elif probe.mixes_after:
+            where = f", after `{probe.mixes_after}`"
+        elif probe.mixes_before:
+            where = f", before `{probe.mixes_before}`"
+        how = (
+            f"{probe.leak:.1%} of the input gradient of sample {probe.leaking_sample}'s outputs lands on the other "
+            "samples' inputs"
+            if probe.leak > 0
+            else f"replacing one sample's integer inputs changes the other samples' outputs by "
+            f"{probe.substitution_change:.3g} (relative)"
+        )
+        self.record(
+            trainer,
+            "model.batch_mixing",
+            Severity.ERROR,
+            f"At step 0, in eval mode, the samples of a batch leak into each other's outputs in `{culprit}`{where}: "
+            f"{how} (it must be exactly zero).",
+            "Look for a view/reshape that moves the batch dimension ((seq, batch, feat) flattened as (batch, seq, "
+            "feat): use permute/transpose), a mean/softmax/normalisation over dim 0, an attention mask without the "
+            "batch dimension, or batch_first=False on batch-first inputs. A model that mixes samples by design (set "
+            "models): ModelChecksCallback(allow_batch_mixing=True).",
+            subject=culprit,
+            evidence={
+                "samples": probe.samples,
+                "batch_dim": probe.batch_dim,
+                "leaked_gradient_share": probe.leak,
+                "leaking_sample": probe.leaking_sample,
+                "substitution_change": probe.substitution_change,
+                "mixes_after": probe.mixes_after,
+                "mixes_before": probe.mixes_before,
+            },
+        )

@@ -1,0 +1,182 @@
+"""What the user's own step passed to the model and what the model returned: the shared observation layer.
+
+A :class:`StepObserver` watches one training/evaluation step. It records the top-level forward calls the step makes:
+calls of the LightningModule itself, or, for a LightningModule without its own ``forward`` whose step calls
+``self.model(...)``, calls of its direct children. For each call it keeps a private copy of the arguments (positional
+and keyword), the detached output, and which module was called. Extra forward passes that a sanity check runs itself
+are wrapped in :func:`own_forward` and never recorded. Hooks live only while the observer is open: :meth:`close` (or
+leaving the ``with`` block) removes them, also when the step raised.
+
+Callbacks that need a step's model inputs/outputs reuse this instead of registering their own forward hooks.
+
+Example::
+
+    observer = StepObserver(pl_module)  # in on_train_batch_start
+    ...  # the user's training_step runs self(x)
+    observer.close()  # in on_before_backward / on_train_batch_end / on_exception
+    call = observer.model_call
+    if call is not None:
+        print(call.name, [tuple(t.shape) for t in call.tensors()], type(call.output))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from torchmetrics import Metric
+
+_own_depth = 0
+
+
+@contextmanager
+def own_forward() -> Iterator[None]:
+    """Mark the forward passes run inside this block as the pack's own: no :class:`StepObserver` records them.
+
+    Example::
+
+        with own_forward(), torch.no_grad():
+            outputs = pl_module(sample)
+    """
+    global _own_depth
+    _own_depth += 1
+    try:
+        yield
+    finally:
+        _own_depth -= 1
+
+
+def is_own_forward() -> bool:
+    """Is a forward pass of the pack itself running (inside :func:`own_forward`)?"""
+    return _own_depth > 0
+
+
+def map_tensors(value: Any, fn: Callable[[Tensor], Any]) -> Any:
+    """Apply ``fn`` to every tensor in nested tuples, lists and mappings; other values are kept as they are."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {key: map_tensors(item, fn) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(map_tensors(item, fn) for item in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(item, fn) for item in value)
+    return value
+
+
+def tensors_in(value: Any) -> list[Tensor]:
+    """Every tensor in nested tuples, lists and mappings, in order."""
+    found: list[Tensor] = []
+    map_tensors(value, found.append)
+    return found
+
+
+@dataclass
+class ForwardCall:
+    """One top-level forward call made by the user's step.
+
+    Attributes:
+        module: The module that was called (the LightningModule or one of its direct children).
+        name: Its attribute name: ``""`` for the LightningModule itself, e.g. ``"model"`` for a child.
+        args: Private (cloned, detached) copies of the positional arguments.
+        kwargs: Private copies of the keyword arguments.
+        output: What the call returned, tensors detached; ``None`` until the call returned (or if it raised).
+        returned: Whether the call has finished.
+    """
+
+    module: nn.Module
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Any = None
+    returned: bool = False
+
+    def tensors(self) -> list[Tensor]:
+        """The tensors among the arguments, positional first."""
+        return tensors_in((self.args, self.kwargs))
+
+    def run(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
+        """Call the module again (as the pack's own pass) with these arguments, by default the recorded ones."""
+        with own_forward():
+            return self.module(*(self.args if args is None else args), **(self.kwargs if kwargs is None else kwargs))
+
+
+class StepObserver:
+    """Record the top-level forward calls of one step of ``pl_module`` (see the module docstring).
+
+    Args:
+        pl_module: The LightningModule whose step is watched.
+        max_calls: Keep at most this many top-level calls (a step calls its model once or a few times).
+    """
+
+    def __init__(self, pl_module: pl.LightningModule, max_calls: int = 4) -> None:
+        self.max_calls = max_calls
+        self.calls: list[ForwardCall] = []
+        self.loss: Tensor | None = None
+        """The loss ``training_step`` returned (detached), once :meth:`note_loss` was given it."""
+        self._names: dict[int, str] = {id(pl_module): ""}
+        self._depth = 0
+        self._handles: list[RemovableHandle] = []
+        watched: list[nn.Module] = [pl_module]
+        for name, child in pl_module.named_children():
+            if not isinstance(child, (Metric, nn.modules.loss._Loss)):
+                self._names[id(child)] = name
+                watched.append(child)
+        for module in watched:
+            self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._after, with_kwargs=True, always_call=True))
+
+    def __enter__(self) -> StepObserver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def model_call(self) -> ForwardCall | None:
+        """The call that received the batch: the first call of the LightningModule, else the first child call."""
+        returned = [call for call in self.calls if call.returned]
+        return next((call for call in returned if call.name == ""), returned[0] if returned else None)
+
+    def note_loss(self, trainer: pl.Trainer, loss: Tensor) -> None:
+        """Keep the loss ``training_step`` returned, from the tensor ``on_before_backward`` receives.
+
+        Automatic optimisation divides the loss by ``accumulate_grad_batches`` before backward, which is undone here.
+        Under a gradient scaler (fp16) the tensor is scaled by an unknown factor and no loss is kept.
+        """
+        if getattr(trainer.precision_plugin, "scaler", None) is not None or loss.numel() != 1:
+            return
+        automatic = trainer.lightning_module.automatic_optimization
+        self.loss = loss.detach() * (trainer.accumulate_grad_batches if automatic else 1)
+
+    def close(self) -> None:
+        """Remove every hook; safe to call more than once."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _before(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if is_own_forward():
+            return
+        self._depth += 1
+        if self._depth == 1 and len(self.calls) < self.max_calls:
+            copy = _private_copy
+            self.calls.append(ForwardCall(module, self._names[id(module)], copy(args), copy(kwargs)))
+
+    def _after(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if is_own_forward() or self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self.calls and self.calls[-1].module is module and not self.calls[-1].returned:
+            self.calls[-1].output = map_tensors(output, Tensor.detach)
+            self.calls[-1].returned = True
+
+
+def _private_copy(value: Any) -> Any:
+    """Detached clones, so in-place edits by the user's forward do not change what we replay."""
+    return map_tensors(value, lambda tensor: tensor.detach().clone())
