@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_sanity.base import SanityCallback, require
+from lightning_sanity.base import SanityCallback, require, stage_of
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.findings import Severity
 from lightning_sanity.pipelines import (
@@ -549,7 +549,7 @@ class TransformParityCallback(SanityCallback):
             "Fine to report training accuracy next to test accuracy; report generalisation from a dataloader over a "
             "disjoint split.",
             subject=f"{train.label}|{other.label}",
-            evidence={"dataset": type(other.dataset).__name__, "stage": trainer.state.fn.value},
+            evidence={"dataset": type(other.dataset).__name__, "stage": stage_of(trainer)},
         )
 
 
