@@ -8,15 +8,72 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
+import torch
 from support import codes, problems, sanity_warnings
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_sanity import Finding, Severity, TransformParityCallback, collect_findings
-from lightning_sanity.demos import Classifier, mlp, wine_tensors
+from lightning_sanity import ConfusionCallback, Finding, Severity, TransformParityCallback, collect_findings
+from lightning_sanity.demos import Classifier, digits_tensors, mlp, wine_tensors
 
 
 def findings_of(trainer: pl.Trainer, code: str) -> list[Finding]:
     return [f for f in collect_findings(trainer) if f.code == code]
+
+
+# ---------------------------------------------------------------- 1: a per-batch metric averaged over the epoch
+
+
+class PerBatchAccuracy(Classifier):
+    """Logs a torchmetrics accuracy as the tensor returned per batch (averaged by Lightning) or as the object."""
+
+    def __init__(self, average: str, as_object: bool) -> None:
+        super().__init__(mlp(64, 10), lr=1e-2)
+        self.accuracy = MulticlassAccuracy(num_classes=10, average=average)  # type: ignore[arg-type]
+        self.as_object = as_object
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        preds = self(x).argmax(dim=1)
+        acc = self.accuracy(preds, y)
+        self.log("val_acc", self.accuracy if self.as_object else acc, on_epoch=True)
+
+
+def unshuffled_digits_by_class() -> tuple[DataLoader, DataLoader]:
+    """Training data shuffled; the eval loader unshuffled over class-sorted data, so most batches hold one class."""
+    x, y = digits_tensors("val")
+    order = torch.argsort(y, stable=True)
+    train = DataLoader(TensorDataset(*digits_tensors("train")), batch_size=32, shuffle=True)
+    return train, DataLoader(TensorDataset(x[order], y[order]), batch_size=32)
+
+
+def fit_accuracy_logging(make_trainer: Any, average: str, as_object: bool) -> tuple[pl.Trainer, ConfusionCallback]:
+    pl.seed_everything(0, verbose=False)
+    callback = ConfusionCallback()
+    trainer = make_trainer(callbacks=[callback], max_epochs=3)
+    with sanity_warnings():
+        trainer.fit(PerBatchAccuracy(average, as_object), *unshuffled_digits_by_class())
+    return trainer, callback
+
+
+def test_per_batch_macro_accuracy_averaged_over_the_epoch_is_a_metric_mismatch(make_trainer: Any) -> None:
+    trainer, callback = fit_accuracy_logging(make_trainer, "macro", as_object=False)
+    [finding] = [f for f in callback.findings if f.code == "eval.metric_mismatch"]
+    assert finding.severity is Severity.ERROR and finding.subject == "val:val_acc"
+    assert finding.evidence["closest_reading"].startswith("per-batch mean (macro")
+    assert finding.evidence["accumulated_accuracy"] - finding.evidence["logged"] > 0.15
+    assert "per-batch" in finding.message and "self.log(key, self.acc)" in finding.hint
+
+
+@pytest.mark.parametrize(("average", "as_object"), [("macro", True), ("micro", True), ("micro", False)])
+def test_metric_objects_and_per_batch_micro_accuracy_stay_quiet(
+    make_trainer: Any, average: str, as_object: bool
+) -> None:
+    trainer, callback = fit_accuracy_logging(make_trainer, average, as_object)
+    assert problems(trainer) == []
+    assert callback.summaries["val"].accuracy > 0.85
 
 
 # ---------------------------------------------------------------- 7: trainer.test on the training loader
