@@ -10,6 +10,9 @@ against the broken minimum that the threshold sits between. The tables are in do
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import sys
 import warnings
 from collections.abc import Callable
@@ -27,12 +30,22 @@ from lightning_sanity.demos import Classifier, digits_tensors, mlp, wine_tensors
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore")
+for name in ("lightning.pytorch", "lightning.fabric", "lightning_sanity"):
+    logging.getLogger(name).setLevel(logging.ERROR)
 
 SEEDS = (0, 1, 2)
 
 
+class QuietTrainer(pl.Trainer):
+    """A Trainer whose ``fit`` prints nothing (the run report goes to stdout)."""
+
+    def fit(self, *args: Any, **kwargs: Any) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            super().fit(*args, **kwargs)
+
+
 def trainer(callbacks: list[Any], epochs: int = 2, **options: Any) -> pl.Trainer:
-    return pl.Trainer(
+    return QuietTrainer(
         accelerator="cpu",
         max_epochs=epochs,
         logger=False,
@@ -114,7 +127,71 @@ def metric_runs() -> None:
     table("eval.metric_mismatch: |logged - closest accumulated accuracy| (2 seeds each)", rows, "distance")
 
 
-FAMILIES: dict[str, Callable[[], None]] = {"metric": metric_runs}
+# ---------------------------------------------------------------- grad.not_reset: gradients never zeroed
+
+
+class ManualSteps(Classifier):
+    """Manual optimisation stepping every ``k`` batches; ``zero=False`` is the bug (no ``zero_grad``)."""
+
+    def __init__(self, features: int, classes: int, k: int, zero: bool) -> None:
+        super().__init__(mlp(features, classes), lr=1e-3)
+        self.automatic_optimization = False
+        self.k, self.zero = k, zero
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        opt = self.optimizers()
+        x, y = batch
+        self.manual_backward(F.cross_entropy(self(x), y) / self.k)
+        if (batch_idx + 1) % self.k == 0:
+            opt.step()  # type: ignore[union-attr]
+            if self.zero:
+                opt.zero_grad()  # type: ignore[union-attr]
+
+
+class NoOpZeroGrad(Classifier):
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        pass
+
+
+def grad_runs() -> None:
+    from lightning_sanity import GradientFlowCallback, collect_findings
+
+    rows: list[tuple[str, str, float]] = []
+    for name, tensors, features, classes in (("digits", digits_tensors, 64, 10), ("wine", wine_tensors, 13, 3)):
+        for batch_size in (16, 64):
+            variants: list[tuple[str, str, Callable[[int, int], pl.LightningModule], dict[str, Any]]] = [
+                ("manual, zero_grad every step", "healthy", lambda f, c: ManualSteps(f, c, 1, True), {}),
+                ("manual accumulation k=2", "healthy", lambda f, c: ManualSteps(f, c, 2, True), {}),
+                ("manual accumulation k=4", "healthy", lambda f, c: ManualSteps(f, c, 4, True), {}),
+                ("automatic", "healthy", lambda f, c: Classifier(mlp(f, c), lr=1e-3), {}),
+                (
+                    "automatic accumulate_grad_batches=3",
+                    "healthy",
+                    lambda f, c: Classifier(mlp(f, c), lr=1e-3),
+                    {"accumulate_grad_batches": 3},
+                ),
+                ("manual, no zero_grad", "broken", lambda f, c: ManualSteps(f, c, 1, False), {}),
+                ("no-op optimizer_zero_grad", "broken", lambda f, c: NoOpZeroGrad(mlp(f, c), lr=1e-3), {}),
+            ]
+            for variant, kind, build, options in variants:
+                for seed in SEEDS:
+                    pl.seed_everything(seed, verbose=False)
+                    callback = GradientFlowCallback()
+                    run = trainer([callback], epochs=3, num_sanity_val_steps=0, **options)
+                    model = build(features, classes)
+                    run.fit(model, DataLoader(TensorDataset(*tensors("train")), batch_size=batch_size, shuffle=True))
+                    watch = callback._watches.get(0)
+                    held = list(watch.kept_gradient) if watch is not None else []
+                    if not held:
+                        continue  # fewer optimizer steps than watched windows (k=4 on 3 batches per epoch)
+                    kept = sum(1 for norm in held if norm is not None and float(norm) > 0) / max(len(held), 1)
+                    fired = any(f.code == "grad.not_reset" for f in collect_findings(run))
+                    group = f"{name} bs{batch_size} {variant}"
+                    rows.append((group + (" [fired]" if fired else ""), kind, kept))
+    table("grad.not_reset: share of watched steps whose previous gradient was still in .grad", rows, "share")
+
+
+FAMILIES: dict[str, Callable[[], None]] = {"metric": metric_runs, "grad": grad_runs}
 
 
 def main(names: list[str]) -> None:

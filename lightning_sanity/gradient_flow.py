@@ -42,6 +42,8 @@ _SCALER_SKIPS = 5
 _VISIBLE_STEP = 1e-6
 """A plain gradient step smaller than this fraction of the weights' RMS may vanish in float32 rounding."""
 _NAMES_SHOWN = 5
+_RESET_PROBES = 2
+"""Parameters per optimizer (its largest) whose gradient is watched for a reset between optimizer steps."""
 
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
@@ -121,6 +123,18 @@ class _Watch:
     nonfinite_streak: int = 0
     peak_lrs: list[float] = field(default_factory=list)
     last_lrs: list[float] = field(default_factory=list)
+    reset_window: _ResetWindow | None = None
+    kept_gradient: list[Tensor | None] = field(default_factory=list)
+    """Per closed window: the smallest norm a probe's gradient had when a new one arrived, or ``None`` if reset."""
+    reset_judged: bool = False
+
+
+@dataclass
+class _ResetWindow:
+    """What the probes' ``.grad`` held whenever a new gradient arrived between two steps of one optimizer."""
+
+    saw_reset: bool = False
+    held_norms: list[Tensor] = field(default_factory=list)
 
 
 class GradientFlowCallback(SanityCallback):
@@ -214,6 +228,7 @@ class GradientFlowCallback(SanityCallback):
         self._watches: dict[int, _Watch] = {}
         self._pending: list[_PendingCheck] = []
         self._orphans: list[Tensor] = []
+        self._probe_handles: list[Any] = []
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -225,6 +240,7 @@ class GradientFlowCallback(SanityCallback):
             id(p) for optimizer in trainer.optimizers for group in optimizer.param_groups for p in group["params"]
         }
         self._orphans = [p for p in pl_module.parameters() if p.requires_grad and id(p) not in optimized]
+        self._watch_gradient_resets(trainer)
 
     @override
     def on_before_optimizer_step(
@@ -233,8 +249,11 @@ class GradientFlowCallback(SanityCallback):
         index = _optimizer_index(trainer, optimizer)
         watch = self._watches.setdefault(index, _Watch())
         step, watch.steps = watch.steps, watch.steps + 1
+        self._close_reset_window(watch)
         if is_check_step(step, self.dense_steps, self.every_n_steps):
             self._pending.append(self._measure_gradients(index, step, optimizer))
+            if self._probe_handles and not watch.reset_judged:
+                watch.reset_window = _ResetWindow()  # watches the gradients arriving until this optimizer's next step
 
     @override
     def on_train_batch_end(
@@ -244,6 +263,7 @@ class GradientFlowCallback(SanityCallback):
             return
         pending, self._pending = self._pending, []
         numbers = _read_to_host(pending)
+        self._judge_resets(trainer)
         if self._orphans:
             self._judge_orphans(trainer)
         for check, stats in zip(pending, numbers, strict=True):
@@ -264,6 +284,7 @@ class GradientFlowCallback(SanityCallback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._pending = []
         self._orphans = []
+        self._remove_probes()
         super().teardown(trainer, pl_module, stage)
 
     def _measure_gradients(self, index: int, step: int, optimizer: Optimizer) -> _PendingCheck:
@@ -304,6 +325,75 @@ class GradientFlowCallback(SanityCallback):
         return _PendingCheck(
             index, step, infos, params, lrs, group_lrs, _group_peaks(optimizer), grad_stats, snapshot, without_grad
         )
+
+    def _watch_gradient_resets(self, trainer: pl.Trainer) -> None:
+        """Hook each optimizer's largest parameters: a hook on a leaf runs before the new gradient is added to
+        ``.grad``, so it sees whether the gradient of the last step was reset (``None`` or zeroed) or is kept."""
+        self._remove_probes()
+        for index, optimizer in enumerate(trainer.optimizers):
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+            for param in sorted(params, key=lambda p: -p.numel())[:_RESET_PROBES]:
+                self._probe_handles.append(param.register_hook(self._reset_probe(index, param)))
+
+    def _reset_probe(self, index: int, param: Tensor) -> Any:
+        def note_held_gradient(grad: Tensor) -> None:
+            watch = self._watches.get(index)
+            window = watch.reset_window if watch is not None else None
+            if window is None or window.saw_reset:
+                return
+            held = param.grad
+            if held is None:
+                window.saw_reset = True
+            else:
+                window.held_norms.append(torch.linalg.vector_norm(held.detach(), dtype=torch.float32))
+
+        return note_held_gradient
+
+    def _remove_probes(self) -> None:
+        for handle in self._probe_handles:
+            handle.remove()
+        self._probe_handles = []
+
+    @staticmethod
+    def _close_reset_window(watch: _Watch) -> None:
+        window, watch.reset_window = watch.reset_window, None
+        if window is None or (not window.saw_reset and not window.held_norms):
+            return  # no gradient reached the probes between the two steps: no evidence either way
+        watch.kept_gradient.append(None if window.saw_reset else torch.stack(window.held_norms).min())
+
+    def _judge_resets(self, trainer: pl.Trainer) -> None:
+        """``grad.not_reset``: at every watched step, the gradient of the previous step was still in ``.grad``."""
+        for index, watch in self._watches.items():
+            if watch.reset_judged or len(watch.kept_gradient) < _MIN_CHECKS:
+                continue
+            watch.reset_judged = True
+            held = [None if norm is None else float(norm) for norm in watch.kept_gradient]
+            if any(norm is None or norm == 0.0 for norm in held):
+                continue  # reset (set to None or zeroed) at least once: plain steps or accumulation over k batches
+            norms = [s.total_grad_norm for s in self.summaries if s.optimizer_index == index]
+            growth = norms[-1] / norms[0] if len(norms) >= 2 and norms[0] > 0 else math.nan
+            self.record(
+                trainer,
+                "grad.not_reset",
+                Severity.ERROR,
+                f"Gradients of optimizer {index} are never reset between its steps: in all {len(held)} watched "
+                f"steps the gradient of the previous step was still in .grad when the next backward added to it, so "
+                f"every step uses the sum of all past gradients (total gradient norm grew {growth:.3g}x over the "
+                "checks).",
+                "Call optimizer.zero_grad() after each optimizer.step() in manual optimisation (or reset every k "
+                "steps when accumulating on purpose); do not override optimizer_zero_grad with a no-op.",
+                subject=f"optimizer{index}",
+                evidence={
+                    "watched_steps": len(held),
+                    "held_gradient_norms": held,
+                    "grad_norm_first_check": norms[0] if norms else None,
+                    "grad_norm_last_check": norms[-1] if norms else None,
+                    "manual_optimization": not trainer.lightning_module.automatic_optimization,
+                },
+            )
+        watches = self._watches.values()
+        if len(watches) >= len(trainer.optimizers) and all(watch.reset_judged for watch in watches):
+            self._remove_probes()  # judged for every optimizer: no hook runs for the rest of training
 
     def _judge_orphans(self, trainer: pl.Trainer) -> None:
         """Trainable parameters in no optimizer: a bug when the loss gives them gradients, else unused on purpose."""

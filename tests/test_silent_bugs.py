@@ -10,13 +10,21 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from support import codes, problems, sanity_warnings
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_sanity import ConfusionCallback, Finding, Severity, TransformParityCallback, collect_findings
-from lightning_sanity.demos import Classifier, digits_tensors, mlp, wine_tensors
+from lightning_sanity import (
+    ConfusionCallback,
+    Finding,
+    GradientFlowCallback,
+    Severity,
+    TransformParityCallback,
+    collect_findings,
+)
+from lightning_sanity.demos import GAN, Classifier, digits_tensors, mlp, wine_tensors
 
 
 def findings_of(trainer: pl.Trainer, code: str) -> list[Finding]:
@@ -116,3 +124,74 @@ def test_validating_during_fit_on_a_new_loader_of_the_training_dataset_stays_an_
     with sanity_warnings():
         trainer.fit(Classifier(mlp(13, 3)), DataLoader(train_set, batch_size=16), DataLoader(train_set, batch_size=32))
     assert findings_of(trainer, "data.split_overlap")[0].severity is Severity.ERROR
+
+
+# ---------------------------------------------------------------- 2: manual optimisation that never zeroes gradients
+
+
+class ManualOptimization(Classifier):
+    """Manual optimisation on digits: steps every ``step_every`` batches, resets after a step unless ``zero`` is off."""
+
+    def __init__(self, zero: bool = True, step_every: int = 1) -> None:
+        super().__init__(mlp(64, 10), lr=1e-3)
+        self.automatic_optimization = False
+        self.zero = zero
+        self.step_every = step_every
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        opt = self.optimizers()
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.manual_backward(loss / self.step_every)
+        if (batch_idx + 1) % self.step_every == 0:
+            opt.step()  # type: ignore[union-attr]
+            if self.zero:
+                opt.zero_grad()  # type: ignore[union-attr]
+
+
+def digits_loaders() -> tuple[DataLoader, DataLoader]:
+    train = DataLoader(TensorDataset(*digits_tensors("train")), batch_size=32, shuffle=True)
+    return train, DataLoader(TensorDataset(*digits_tensors("val")), batch_size=128)
+
+
+def fit_gradient_flow(make_trainer: Any, model: pl.LightningModule, **options: Any) -> pl.Trainer:
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(callbacks=[GradientFlowCallback()], **{"max_epochs": 1, **options})
+    with sanity_warnings():
+        trainer.fit(model, *digits_loaders())
+    return trainer
+
+
+def test_manual_optimization_without_zero_grad_is_grad_not_reset(make_trainer: Any) -> None:
+    trainer = fit_gradient_flow(make_trainer, ManualOptimization(zero=False))
+    [finding] = findings_of(trainer, "grad.not_reset")
+    assert finding.severity is Severity.ERROR and finding.subject == "optimizer0"
+    assert finding.evidence["watched_steps"] >= 3 and min(finding.evidence["held_gradient_norms"]) > 0
+    assert finding.evidence["grad_norm_last_check"] > 2 * finding.evidence["grad_norm_first_check"]
+    assert "zero_grad()" in finding.hint
+
+
+@pytest.mark.parametrize("step_every", [1, 4])
+def test_manual_steps_and_accumulation_over_k_batches_stay_quiet(make_trainer: Any, step_every: int) -> None:
+    trainer = fit_gradient_flow(make_trainer, ManualOptimization(zero=True, step_every=step_every))
+    assert "grad.not_reset" not in codes(trainer) and problems(trainer) == []
+
+
+def test_automatic_optimization_with_accumulation_and_a_gan_stay_quiet(make_trainer: Any) -> None:
+    trainer = fit_gradient_flow(make_trainer, Classifier(mlp(64, 10)), accumulate_grad_batches=3)
+    assert problems(trainer) == []
+    pl.seed_everything(0, verbose=False)
+    gan = make_trainer(callbacks=[GradientFlowCallback()], max_epochs=2)
+    with sanity_warnings():
+        gan.fit(GAN(), DataLoader(TensorDataset(*wine_tensors("train")), batch_size=16, shuffle=True))
+    assert "grad.not_reset" not in codes(gan)
+
+
+class NoOpZeroGrad(Classifier):
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        pass  # the bug: a "speed-up" that never resets the gradients
+
+
+def test_automatic_optimization_with_a_no_op_optimizer_zero_grad_is_grad_not_reset(make_trainer: Any) -> None:
+    trainer = fit_gradient_flow(make_trainer, NoOpZeroGrad(mlp(64, 10), lr=1e-3))
+    assert findings_of(trainer, "grad.not_reset")[0].evidence["manual_optimization"] is False
