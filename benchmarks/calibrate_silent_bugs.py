@@ -191,7 +191,81 @@ def grad_runs() -> None:
     table("grad.not_reset: share of watched steps whose previous gradient was still in .grad", rows, "share")
 
 
-FAMILIES: dict[str, Callable[[], None]] = {"metric": metric_runs, "grad": grad_runs}
+# ---------------------------------------------------------------- param.plain_tensor: tensors that are not state
+
+
+class Gate(torch.nn.Module):
+    """``x * sigmoid(x) + alpha * x * (1 - sigmoid(x))`` with ``alpha`` held as ``how`` says."""
+
+    def __init__(self, size: int, how: str, fill: float) -> None:
+        super().__init__()
+        alpha = torch.full((size,), fill)
+        if how == "parameter":
+            self.alpha = torch.nn.Parameter(alpha)
+        elif how == "buffer":
+            self.register_buffer("alpha", alpha)
+        elif how == "requires_grad":
+            self.alpha = alpha.requires_grad_()
+        else:
+            self.alpha = alpha
+        self.causal = torch.tril(torch.ones(size, size))  # a constant mask: should be a buffer (INFO)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = torch.sigmoid(x)
+        self.cached = gate.detach()  # made in forward: never reported
+        return gate * x + self.alpha * (1 - gate) * x
+
+
+class Standardize(torch.nn.Module):
+    def __init__(self, x: Tensor) -> None:
+        super().__init__()
+        self.mean, self.std = x.mean(0), x.std(0) + 1e-6  # constants kept as plain tensors (INFO)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def plain_runs() -> None:
+    from lightning_sanity import GradientFlowCallback, Severity
+    from lightning_sanity.demos import GAN, SmallCNN
+
+    rank = {None: 0.0, Severity.INFO: 1.0, Severity.WARNING: 2.0, Severity.ERROR: 3.0}
+    x, y = digits_tensors("train")
+
+    def gated(how: str, fill: float) -> pl.LightningModule:
+        return Classifier(torch.nn.Sequential(torch.nn.Linear(64, 32), Gate(32, how, fill), torch.nn.Linear(32, 10)))
+
+    variants: list[tuple[str, str, Callable[[], pl.LightningModule]]] = [
+        ("demos mlp", "healthy", lambda: Classifier(mlp(64, 10))),
+        ("demos mlp + torchmetrics", "healthy", lambda: PerBatchLogging(64, 10, "macro", True)),
+        ("standardize constants", "healthy", lambda: Classifier(torch.nn.Sequential(Standardize(x), mlp(64, 10)))),
+        ("gate alpha parameter (0)", "healthy", lambda: gated("parameter", 0.0)),
+        ("gate alpha buffer (0.25)", "healthy", lambda: gated("buffer", 0.25)),
+        ("gate alpha plain zeros", "broken", lambda: gated("plain", 0.0)),
+        ("gate alpha plain ones", "broken", lambda: gated("plain", 1.0)),
+        ("gate alpha plain requires_grad", "broken", lambda: gated("requires_grad", 0.25)),
+    ]
+    rows: list[tuple[str, str, float]] = []
+    for variant, kind, build in variants:
+        for seed in SEEDS[:2]:
+            pl.seed_everything(seed, verbose=False)
+            callback = GradientFlowCallback()
+            run = trainer([callback], epochs=1, num_sanity_val_steps=0, limit_train_batches=5)
+            run.fit(build(), DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True))
+            worst = max((f.severity for f in callback.findings if f.code == "param.plain_tensor"), default=None)
+            rows.append((variant, kind, rank[worst]))
+    images = DataLoader(TensorDataset(torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))), batch_size=16)
+    for variant, build_image, data in (("SmallCNN", lambda: Classifier(SmallCNN(10)), images), ("GAN", GAN, None)):
+        callback = GradientFlowCallback()
+        run = trainer([callback], epochs=1, num_sanity_val_steps=0, limit_train_batches=4)
+        loader = data or DataLoader(TensorDataset(*wine_tensors("train")), batch_size=16)
+        run.fit(build_image(), loader)
+        worst = max((f.severity for f in callback.findings if f.code == "param.plain_tensor"), default=None)
+        rows.append((f"demos {variant}", "healthy", rank[worst]))
+    table("param.plain_tensor: worst severity (0 none, 1 info, 2 warning, 3 error)", rows, "severity")
+
+
+FAMILIES: dict[str, Callable[[], None]] = {"metric": metric_runs, "grad": grad_runs, "plain": plain_runs}
 
 
 def main(names: list[str]) -> None:

@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity.base import SanityCallback, is_int, is_number, require
@@ -46,6 +47,28 @@ _RESET_PROBES = 2
 """Parameters per optimizer (its largest) whose gradient is watched for a reset between optimizer steps."""
 
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_LIGHTNING_TENSOR_ATTRIBUTES = frozenset({"_example_input_array"})
+"""Tensors Lightning itself keeps on a LightningModule (not model state)."""
+
+
+@dataclass(frozen=True)
+class PlainTensor:
+    """A tensor held as a plain attribute of a module: neither a parameter nor a buffer.
+
+    Attributes:
+        name: ``module.attribute`` path from the LightningModule.
+        module_type: Class name of the owning module.
+        kind: ``"requires_grad"`` (meant to be learned), ``"uniform"`` (a 1-D float vector filled with one value, how
+            learnable scales/offsets are initialised) or ``"constant"`` (anything else: should be a buffer).
+    """
+
+    name: str
+    module_type: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    device: str
+    tensor: Tensor = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -229,6 +252,11 @@ class GradientFlowCallback(SanityCallback):
         self._pending: list[_PendingCheck] = []
         self._orphans: list[Tensor] = []
         self._probe_handles: list[Any] = []
+        self._plain_tensors: list[PlainTensor] = []
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._plain_tensors = plain_tensor_attributes(pl_module)  # before any forward can cache tensors on modules
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -259,6 +287,8 @@ class GradientFlowCallback(SanityCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._plain_tensors:
+            self._judge_plain_tensors(trainer, pl_module)
         if not self._pending:
             return
         pending, self._pending = self._pending, []
@@ -394,6 +424,57 @@ class GradientFlowCallback(SanityCallback):
         watches = self._watches.values()
         if len(watches) >= len(trainer.optimizers) and all(watch.reset_judged for watch in watches):
             self._remove_probes()  # judged for every optimizer: no hook runs for the rest of training
+
+    def _judge_plain_tensors(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Judged after the first training step: a tensor ``forward`` replaced is its product, not model state."""
+        found, self._plain_tensors = self._plain_tensors, []
+        held = {p.name: p.tensor for p in plain_tensor_attributes(pl_module)}
+        kept = [p for p in found if held.get(p.name) is p.tensor]
+        parameter_device = next((str(p.device) for p in pl_module.parameters()), None)
+        grading = {
+            "requires_grad": (
+                Severity.ERROR,
+                "require gradients but are plain attributes, not nn.Parameter: no optimizer sees them, so they never "
+                "train",
+            ),
+            "uniform": (
+                Severity.WARNING,
+                "are 1-D float vectors filled with one value (how learnable scales and offsets are initialised) held "
+                "as plain attributes: if meant to be learned they never train",
+            ),
+            "constant": (Severity.INFO, "are plain tensor attributes, neither parameters nor buffers"),
+        }
+        for kind, (severity, what) in grading.items():
+            tensors = [p for p in kept if p.kind == kind]
+            if not tensors:
+                continue
+            names = [p.name for p in tensors]
+            elsewhere = [p.name for p in tensors if parameter_device is not None and p.device != parameter_device]
+            self.record(
+                trainer,
+                "param.plain_tensor",
+                severity,
+                f"{len(tensors)} tensor(s) {what}; they are also missing from state_dict (checkpoints), not moved by "
+                f".to()/the Trainer's device placement and not synchronised by DDP: "
+                + ", ".join(f"{p.name} ({p.module_type}, {list(p.shape)})" for p in tensors[:_NAMES_SHOWN])
+                + (f" and {len(tensors) - _NAMES_SHOWN} more" if len(tensors) > _NAMES_SHOWN else "")
+                + (
+                    f"; {len(elsewhere)} of them are not on the parameters' device {parameter_device}"
+                    if elsewhere
+                    else ""
+                )
+                + ".",
+                "Wrap values to learn in nn.Parameter(...) (e.g. self.alpha = nn.Parameter(torch.zeros(n))); register "
+                "constants with self.register_buffer(name, tensor) (persistent=False to keep them out of checkpoints).",
+                subject=kind,
+                evidence={
+                    "tensors": names,
+                    "shapes": [list(p.shape) for p in tensors],
+                    "dtypes": [p.dtype for p in tensors],
+                    "devices": [p.device for p in tensors],
+                    "parameter_device": parameter_device,
+                },
+            )
 
     def _judge_orphans(self, trainer: pl.Trainer) -> None:
         """Trainable parameters in no optimizer: a bug when the loss gives them gradients, else unused on purpose."""
@@ -806,6 +887,56 @@ def _describe_parameters(pl_module: pl.LightningModule) -> dict[int, _ParamInfo]
                 is_layer_weight=param.ndim >= 2 and not isinstance(module, _EMBEDDINGS),
             )
     return infos
+
+
+def plain_tensor_attributes(root: nn.Module) -> list[PlainTensor]:
+    """Tensors held as plain attributes of ``root``'s modules (torchmetrics metric states and aliases of a parameter
+    or buffer excepted): ``nn.Module.__setattr__`` files parameters and buffers away, so what is left in a module's
+    ``__dict__`` is neither.
+
+    Example::
+
+        for tensor in plain_tensor_attributes(model):
+            print(tensor.name, tensor.kind)  # e.g. "act.alpha uniform"
+    """
+    registered = {t.untyped_storage().data_ptr() for t in (*root.parameters(), *root.buffers()) if t.numel()}
+    skipped: list[str] = []
+    found: list[PlainTensor] = []
+    for module_name, module in root.named_modules():
+        if any(module_name == s or module_name.startswith(f"{s}.") for s in skipped):
+            continue
+        if isinstance(module, Metric):
+            skipped.append(module_name)  # metric states are plain attributes by design (add_state)
+            continue
+        for attribute, value in vars(module).items():
+            if not isinstance(value, Tensor) or isinstance(value, nn.Parameter) or value.is_meta:
+                continue
+            if attribute in _LIGHTNING_TENSOR_ATTRIBUTES or value.grad_fn is not None:
+                continue
+            if value.numel() and value.untyped_storage().data_ptr() in registered:
+                continue  # a view of a registered tensor (e.g. self.w = self.linear.weight.data)
+            found.append(
+                PlainTensor(
+                    name=f"{module_name}.{attribute}" if module_name else attribute,
+                    module_type=type(module).__name__,
+                    kind=_plain_tensor_kind(value),
+                    shape=tuple(value.shape),
+                    dtype=str(value.dtype).removeprefix("torch."),
+                    device=str(value.device),
+                    tensor=value,
+                )
+            )
+    return found
+
+
+def _plain_tensor_kind(tensor: Tensor) -> str:
+    if tensor.requires_grad:
+        return "requires_grad"
+    if tensor.is_floating_point() and tensor.ndim == 1 and tensor.numel() > 1:
+        with torch.no_grad():
+            if bool((tensor == tensor[0]).all()):  # once per fit, on a small vector
+                return "uniform"
+    return "constant"
 
 
 def _anonymous(param: Tensor, number: int) -> _ParamInfo:

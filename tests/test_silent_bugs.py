@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from support import codes, problems, sanity_warnings
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -195,3 +195,67 @@ class NoOpZeroGrad(Classifier):
 def test_automatic_optimization_with_a_no_op_optimizer_zero_grad_is_grad_not_reset(make_trainer: Any) -> None:
     trainer = fit_gradient_flow(make_trainer, NoOpZeroGrad(mlp(64, 10), lr=1e-3))
     assert findings_of(trainer, "grad.not_reset")[0].evidence["manual_optimization"] is False
+
+
+# ---------------------------------------------------------------- 3: a learnable value stored as a plain tensor
+
+
+class Dice(nn.Module):
+    """A data-adaptive activation with a per-feature ``alpha``, stored the way ``how`` says."""
+
+    def __init__(self, emb_size: int, how: str) -> None:
+        super().__init__()
+        alpha = torch.zeros(emb_size)
+        if how == "parameter":
+            self.alpha = nn.Parameter(alpha)
+        elif how == "buffer":
+            self.register_buffer("alpha", alpha)
+        elif how == "requires_grad":
+            self.alpha = alpha.requires_grad_()  # still a plain tensor: no optimizer sees it
+        else:
+            self.alpha = alpha.to("cpu")  # the reported bug: torch.zeros(emb_size).to(device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = torch.sigmoid(x)
+        self.last_gate_mean = gate.detach().mean(0)  # a tensor made in forward: not model state
+        return gate * x + self.alpha * (1 - gate) * x
+
+
+def dice_classifier(how: str) -> Classifier:
+    return Classifier(nn.Sequential(nn.Linear(64, 32), Dice(32, how), nn.Linear(32, 10)), lr=1e-2)
+
+
+@pytest.mark.parametrize(("how", "severity"), [("plain", Severity.WARNING), ("requires_grad", Severity.ERROR)])
+def test_learnable_alpha_held_as_a_plain_tensor_is_reported(make_trainer: Any, how: str, severity: Severity) -> None:
+    trainer = fit_gradient_flow(make_trainer, dice_classifier(how))
+    [finding] = findings_of(trainer, "param.plain_tensor")
+    assert finding.severity is severity
+    assert finding.evidence["tensors"] == ["net.1.alpha"] and finding.evidence["shapes"] == [[32]]
+    assert "net.1.alpha (Dice, [32])" in finding.message and "nn.Parameter" in finding.hint
+
+
+@pytest.mark.parametrize("how", ["parameter", "buffer"])
+def test_parameters_buffers_and_tensors_made_in_forward_are_not_reported(make_trainer: Any, how: str) -> None:
+    model = dice_classifier(how)
+    trainer = fit_gradient_flow(make_trainer, model)
+    again = fit_gradient_flow(make_trainer, model)  # forward has now left last_gate_mean on the module
+    assert "param.plain_tensor" not in codes(trainer) | codes(again)
+
+
+class NormalizingClassifier(Classifier):
+    """Input statistics kept as plain tensors: a constant that should be a buffer (not moved, not saved)."""
+
+    def __init__(self) -> None:
+        super().__init__(mlp(64, 10), lr=1e-2)
+        self.mean = torch.linspace(0.0, 1.0, 64)
+        self.std = torch.full((64,), 2.0).reshape(1, 64)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def test_a_constant_held_as_a_plain_tensor_is_only_info(make_trainer: Any) -> None:
+    trainer = fit_gradient_flow(make_trainer, NormalizingClassifier())
+    [finding] = findings_of(trainer, "param.plain_tensor")
+    assert finding.severity is Severity.INFO and finding.evidence["tensors"] == ["mean", "std"]
+    assert problems(trainer) == []
