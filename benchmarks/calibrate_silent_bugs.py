@@ -265,7 +265,63 @@ def plain_runs() -> None:
     table("param.plain_tensor: worst severity (0 none, 1 info, 2 warning, 3 error)", rows, "severity")
 
 
-FAMILIES: dict[str, Callable[[], None]] = {"metric": metric_runs, "grad": grad_runs, "plain": plain_runs}
+# ---------------------------------------------------------------- mode.bn_tiny_batch: BatchNorm on tiny batches
+
+
+def digit_image_tensors(split: str, size: int = 16) -> tuple[Tensor, Tensor]:
+    from torchvision import transforms as T
+
+    from lightning_sanity.demos import DigitImages
+
+    data = DigitImages(T.ToTensor(), split=split, size=size)  # type: ignore[arg-type]
+    return torch.stack([data[i][0] for i in range(len(data))]), torch.as_tensor(data.targets)
+
+
+def batch_mode_accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
+    """Accuracy with BatchNorm normalising each batch of ``batch_size`` by its own statistics (as in training),
+    on a copy so the running statistics are untouched."""
+    import copy
+
+    twin = copy.deepcopy(model).train()
+    with torch.no_grad():
+        correct = sum(
+            int((twin(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+            for i in range(0, len(y), batch_size)
+        )
+    return correct / len(y)
+
+
+def bn_runs() -> None:
+    """Train-mode minus eval-mode validation accuracy of a BatchNorm CNN (1 epoch, Adam 1e-3) against its training
+    batch size: what the running statistics fail to describe of how each batch was normalised in training."""
+    from lightning_sanity.demos import SmallCNN
+
+    train, val = digit_image_tensors("train"), digit_image_tensors("val")
+    rows: list[tuple[str, str, float]] = []
+    accuracy: list[tuple[str, str, float]] = []
+    for batch_size, accumulate in ((1, 1), (1, 8), (2, 1), (2, 4), (4, 1), (8, 1), (16, 1), (32, 1)):
+        for seed in SEEDS[:2]:
+            pl.seed_everything(seed, verbose=False)
+            model = Classifier(SmallCNN(10, width=8), lr=1e-3)
+            run = trainer([], epochs=1, num_sanity_val_steps=0, accumulate_grad_batches=accumulate)
+            run.fit(model, DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True))
+            model.eval()
+            with torch.no_grad():
+                eval_accuracy = float((model(val[0]).argmax(1) == val[1]).float().mean())
+            gap = batch_mode_accuracy(model, *val, batch_size) - eval_accuracy
+            kind = "broken" if batch_size <= 2 else "healthy"
+            rows.append((f"batch {batch_size} accumulate {accumulate}", kind, gap))
+            accuracy.append((f"batch {batch_size} accumulate {accumulate}", kind, eval_accuracy))
+    table("mode.bn_tiny_batch: train-mode minus eval-mode validation accuracy", rows, "gap")
+    table("mode.bn_tiny_batch: eval-mode validation accuracy", accuracy, "accuracy")
+
+
+FAMILIES: dict[str, Callable[[], None]] = {
+    "metric": metric_runs,
+    "grad": grad_runs,
+    "plain": plain_runs,
+    "bn": bn_runs,
+}
 
 
 def main(names: list[str]) -> None:

@@ -15,16 +15,18 @@ from support import codes, problems, sanity_warnings
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision import transforms as T
 
 from lightning_sanity import (
     ConfusionCallback,
     Finding,
     GradientFlowCallback,
+    ModeGuardCallback,
     Severity,
     TransformParityCallback,
     collect_findings,
 )
-from lightning_sanity.demos import GAN, Classifier, digits_tensors, mlp, wine_tensors
+from lightning_sanity.demos import GAN, Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 
 
 def findings_of(trainer: pl.Trainer, code: str) -> list[Finding]:
@@ -259,3 +261,179 @@ def test_a_constant_held_as_a_plain_tensor_is_only_info(make_trainer: Any) -> No
     [finding] = findings_of(trainer, "param.plain_tensor")
     assert finding.severity is Severity.INFO and finding.evidence["tensors"] == ["mean", "std"]
     assert problems(trainer) == []
+
+
+# ---------------------------------------------------------------- 4: BatchNorm trained with batch size 1
+
+
+def digit_images(split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+    return DataLoader(DigitImages(T.ToTensor(), split=split, size=16), batch_size=batch_size, shuffle=shuffle)  # type: ignore[arg-type]
+
+
+def fit_mode_guard(make_trainer: Any, model: pl.LightningModule, train: DataLoader, **options: Any) -> pl.Trainer:
+    pl.seed_everything(0, verbose=False)
+    options = {"max_epochs": 1, "limit_train_batches": 24, "limit_val_batches": 2, **options}
+    trainer = make_trainer(callbacks=[ModeGuardCallback(), GradientFlowCallback()], **options)
+    with sanity_warnings():
+        trainer.fit(model, train, digit_images("val", 64))
+    return trainer
+
+
+def test_batchnorm_trained_with_batch_size_one_is_reported(make_trainer: Any) -> None:
+    trainer = fit_mode_guard(make_trainer, Classifier(SmallCNN(10, width=8)), digit_images("train", 1, shuffle=True))
+    [finding] = findings_of(trainer, "mode.bn_tiny_batch")
+    assert finding.severity is Severity.WARNING
+    assert finding.evidence["batch_sizes"] == {"net.1": 1, "net.5": 1}
+    assert "`net.1`, `net.5`" in finding.message and "GroupNorm" in finding.hint
+
+
+class FrozenBatchNormFineTuning(Classifier):
+    """The legitimate practice: BatchNorm statistics frozen (eval mode), every weight fine-tuned."""
+
+    def on_train_epoch_start(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+
+
+@pytest.mark.parametrize(
+    ("model", "batch_size"),
+    [(Classifier, 32), (Classifier, 8), (FrozenBatchNormFineTuning, 1)],
+    ids=["batch32", "batch8", "frozen-bn-batch1"],
+)
+def test_normal_batches_a_small_last_batch_and_frozen_batchnorm_stay_quiet(
+    make_trainer: Any, model: type[Classifier], batch_size: int
+) -> None:
+    # 1347 training images in batches of 32 leave a last batch of 3; limit_train_batches=None reaches it
+    options = {"limit_train_batches": None} if batch_size == 32 else {}
+    trainer = fit_mode_guard(
+        make_trainer, model(SmallCNN(10, width=8)), digit_images("train", batch_size, shuffle=True), **options
+    )
+    assert "mode.bn_tiny_batch" not in codes(trainer) and problems(trainer) == []
+
+
+# ---------------------------------------------------------------- 5: .eval() used to "freeze" a backbone
+
+
+class FineTuner(pl.LightningModule):
+    """A "pretrained" convolutional backbone and a new head on digit images; ``freeze`` says how it is frozen."""
+
+    def __init__(self, freeze: str) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(*list(SmallCNN(10, width=8).children())[:-2])  # up to the pooled features
+        self.head = nn.Linear(16, 10)
+        self.freeze = freeze
+        if freeze == "requires_grad":
+            self.backbone.requires_grad_(False)
+        if freeze == "bn":
+            for module in self.backbone.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        elif freeze != "none":
+            self.backbone.eval()  # "eval", "own-group" and "requires_grad": the whole backbone in eval mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.freeze == "own-group":
+            return torch.optim.Adam(
+                [{"params": self.backbone.parameters(), "lr": 1e-4}, {"params": self.head.parameters()}], lr=1e-2
+            )
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_backbone_frozen_with_eval_but_still_optimized_is_reported(make_trainer: Any) -> None:
+    trainer = fit_mode_guard(make_trainer, FineTuner("eval"), digit_images("train", 32, shuffle=True))
+    [finding] = findings_of(trainer, "mode.eval_frozen_but_trained")
+    assert finding.severity is Severity.WARNING and finding.subject == "backbone"
+    assert finding.evidence["moved_count"] == finding.evidence["trainable_tensors"] == 4  # two convs: weight, bias
+    assert finding.evidence["relative_norm_change"] > 0.01
+    assert {"backbone.1", "backbone.5"} <= set(finding.evidence["mode_dependent_frozen"])
+    assert "requires_grad_(False)" in finding.hint and "`backbone`" in finding.message
+
+
+def test_backbone_in_eval_with_its_own_param_group_is_info(make_trainer: Any) -> None:
+    trainer = fit_mode_guard(make_trainer, FineTuner("own-group"), digit_images("train", 32, shuffle=True))
+    [finding] = findings_of(trainer, "mode.eval_frozen_but_trained")
+    assert finding.severity is Severity.INFO and finding.evidence["dedicated_param_groups"] is True
+    assert problems(trainer) == []
+
+
+@pytest.mark.parametrize("freeze", ["requires_grad", "bn", "none"])
+def test_backbone_frozen_with_requires_grad_or_frozen_batchnorm_stays_quiet(make_trainer: Any, freeze: str) -> None:
+    trainer = fit_mode_guard(make_trainer, FineTuner(freeze), digit_images("train", 32, shuffle=True))
+    assert "mode.eval_frozen_but_trained" not in codes(trainer) and problems(trainer) == []
+
+
+# ---------------------------------------------------------------- 6: weights re-masked in place inside forward
+
+
+class MaskedConv2d(nn.Conv2d):
+    """PixelCNN's masked convolution as tutorials write it: the weight is re-masked in place in every forward."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 5, padding=2)
+        mask = torch.ones_like(self.weight)
+        mask[:, :, 2, 3:] = 0
+        mask[:, :, 3:] = 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.weight.data *= self.mask
+        return super().forward(x)
+
+
+def masked_cnn() -> nn.Module:
+    return nn.Sequential(
+        MaskedConv2d(3, 8),
+        nn.ReLU(),
+        MaskedConv2d(8, 8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+
+
+class MaskedConvLeakingUpdates(Classifier):
+    """The real bug next to the masking: validation_step nudges a weight the forward does not re-mask."""
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        with torch.no_grad():
+            self.net[0].weight.add_(1e-3)  # also a masked conv: unmasked entries keep the change
+
+
+def test_weights_re_masked_in_forward_stay_quiet(make_trainer: Any) -> None:
+    trainer = fit_mode_guard(
+        make_trainer, Classifier(masked_cnn()), digit_images("train", 32, shuffle=True), max_epochs=2
+    )
+    assert "mode.params_changed_in_eval" not in codes(trainer) and problems(trainer) == []
+
+
+def test_training_leaking_into_eval_next_to_masking_is_still_caught(make_trainer: Any) -> None:
+    trainer = fit_mode_guard(make_trainer, MaskedConvLeakingUpdates(masked_cnn()), digit_images("train", 32, True))
+    [finding] = findings_of(trainer, "mode.params_changed_in_eval")
+    assert finding.severity is Severity.ERROR and "net.0.weight" in finding.evidence["tensors"]
+
+
+class DriftingForward(Classifier):
+    """A forward that moves a weight on every call: not a re-parametrisation, evaluation changes the model."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.net[-1].bias.data += 1e-2
+        return super().forward(x)
+
+
+def test_a_forward_that_drifts_weights_is_still_caught(make_trainer: Any) -> None:
+    trainer = fit_mode_guard(make_trainer, DriftingForward(SmallCNN(10, width=8)), digit_images("train", 32, True))
+    assert findings_of(trainer, "mode.params_changed_in_eval")[0].evidence["tensors"] == ["net.10.bias"]
