@@ -5,7 +5,7 @@ variants over several seeds, sizes, batch sizes and accumulation settings, and t
 against the broken minimum that the threshold sits between. The tables are in docs/findings.md.
 
     python benchmarks/calibrate_silent_bugs.py                 # every family
-    python benchmarks/calibrate_silent_bugs.py metric          # one family: metric, grad, plain, bn, frozen, mask
+    python benchmarks/calibrate_silent_bugs.py mask            # one family: metric, grad, plain, bn, frozen, mask
 """
 
 from __future__ import annotations
@@ -292,28 +292,176 @@ def batch_mode_accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size
 
 
 def bn_runs() -> None:
-    """Train-mode minus eval-mode validation accuracy of a BatchNorm CNN (1 epoch, Adam 1e-3) against its training
-    batch size: what the running statistics fail to describe of how each batch was normalised in training."""
+    """Eval-mode validation accuracy of a BatchNorm CNN (3 epochs) against its training batch size, and train-mode
+    minus eval-mode accuracy: what the running statistics fail to describe of how each batch was normalised."""
     from lightning_sanity.demos import SmallCNN
 
     train, val = digit_image_tensors("train"), digit_image_tensors("val")
     rows: list[tuple[str, str, float]] = []
     accuracy: list[tuple[str, str, float]] = []
-    for batch_size, accumulate in ((1, 1), (1, 8), (2, 1), (2, 4), (4, 1), (8, 1), (16, 1), (32, 1)):
+    for batch_size, accumulate in ((1, 1), (1, 8), (2, 1), (2, 4), (3, 1), (4, 1), (8, 1), (32, 1)):
         for seed in SEEDS[:2]:
             pl.seed_everything(seed, verbose=False)
-            model = Classifier(SmallCNN(10, width=8), lr=1e-3)
-            run = trainer([], epochs=1, num_sanity_val_steps=0, accumulate_grad_batches=accumulate)
+            # Adam at 1e-2 for 32 samples per step, scaled with the square root of the samples per step
+            model = Classifier(SmallCNN(10, width=8), lr=1e-2 * (batch_size * accumulate / 32) ** 0.5)
+            run = trainer([], epochs=3, num_sanity_val_steps=0, accumulate_grad_batches=accumulate)
             run.fit(model, DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True))
             model.eval()
             with torch.no_grad():
                 eval_accuracy = float((model(val[0]).argmax(1) == val[1]).float().mean())
             gap = batch_mode_accuracy(model, *val, batch_size) - eval_accuracy
-            kind = "broken" if batch_size <= 2 else "healthy"
+            kind = "broken" if batch_size == 1 else "small" if batch_size <= 3 else "healthy"
             rows.append((f"batch {batch_size} accumulate {accumulate}", kind, gap))
             accuracy.append((f"batch {batch_size} accumulate {accumulate}", kind, eval_accuracy))
     table("mode.bn_tiny_batch: train-mode minus eval-mode validation accuracy", rows, "gap")
     table("mode.bn_tiny_batch: eval-mode validation accuracy", accuracy, "accuracy")
+
+
+# ---------------------------------------------------------------- mode.eval_frozen_but_trained: .eval() as a freeze
+
+
+class FineTune(pl.LightningModule):
+    """A convolutional backbone and a linear head; ``freeze`` says how the backbone is frozen."""
+
+    def __init__(self, freeze: str, optimizer: str) -> None:
+        from lightning_sanity.demos import SmallCNN
+
+        super().__init__()
+        self.backbone = torch.nn.Sequential(*list(SmallCNN(10, width=8).children())[:-2])
+        self.head = torch.nn.Linear(16, 10)
+        self.freeze, self.optimizer_name = freeze, optimizer
+        if freeze in ("requires_grad", "requires_grad+eval"):
+            self.backbone.requires_grad_(False)
+        if freeze == "bn":
+            for module in self.backbone.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.eval()
+        elif freeze in ("eval", "eval own group", "requires_grad+eval"):
+            self.backbone.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        kind = torch.optim.Adam if self.optimizer_name == "adam" else torch.optim.SGD
+        lr = 1e-2 if self.optimizer_name == "adam" else 5e-2
+        if self.freeze == "eval own group":
+            groups = [{"params": self.backbone.parameters(), "lr": lr / 10}, {"params": self.head.parameters()}]
+            return kind(groups, lr=lr)
+        return kind(self.parameters(), lr=lr)
+
+
+def frozen_runs() -> None:
+    from lightning_sanity import ModeGuardCallback
+
+    train = digit_image_tensors("train")
+    rank = {None: 0.0, "info": 1.0, "warning": 2.0, "error": 3.0}
+    severities: list[tuple[str, str, float]] = []
+    changes: list[tuple[str, str, float]] = []
+    kinds = {
+        "none": "healthy",
+        "requires_grad": "healthy",
+        "requires_grad+eval": "healthy",
+        "bn": "healthy",
+        "eval own group": "deliberate",
+        "eval": "broken",
+    }
+    for freeze, kind in kinds.items():
+        for optimizer in ("adam", "sgd"):
+            for batch_size in (16, 64):
+                for seed in SEEDS[:2]:
+                    pl.seed_everything(seed, verbose=False)
+                    callback = ModeGuardCallback()
+                    model = FineTune(freeze, optimizer)
+                    start = torch.cat([p.detach().flatten().clone() for p in model.backbone.parameters()])
+                    run = trainer([callback], epochs=1, num_sanity_val_steps=0)
+                    run.fit(model, DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True))
+                    end = torch.cat([p.detach().flatten() for p in model.backbone.parameters()])
+                    found = [f for f in callback.findings if f.code == "mode.eval_frozen_but_trained"]
+                    worst = max((f.severity for f in found), default=None)
+                    group = f"{freeze} {optimizer} bs{batch_size}"
+                    severities.append((group, kind, rank[str(worst) if worst is not None else None]))
+                    changes.append((group, kind, float((end - start).norm() / start.norm())))
+    table("mode.eval_frozen_but_trained: worst severity (0 none, 1 info, 2 warning, 3 error)", severities, "severity")
+    table("backbone weights moved, ||W_end - W_start|| / ||W_start|| over one epoch", changes, "relative change")
+
+
+# ---------------------------------------------------------------- mode.params_changed_in_eval: re-masking
+
+
+class MaskedConv(torch.nn.Conv2d):
+    """PixelCNN's masked convolution, re-masked in place in every forward (``how="clamp"``: non-negative weights)."""
+
+    def __init__(self, channels_in: int, channels_out: int, how: str = "mask") -> None:
+        super().__init__(channels_in, channels_out, 5, padding=2)
+        mask = torch.ones_like(self.weight)
+        mask[:, :, 2, 3:] = 0
+        mask[:, :, 3:] = 0
+        self.register_buffer("mask", mask)
+        self.how = how
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.how == "clamp":
+            self.weight.data.clamp_(min=0)
+        else:
+            self.weight.data *= self.mask
+        return super().forward(x)
+
+
+class MaskedNet(Classifier):
+    """``leak``: what else the validation step or forward does to the weights."""
+
+    def __init__(self, how: str, leak: str) -> None:
+        net = torch.nn.Sequential(
+            MaskedConv(3, 8, how),
+            torch.nn.ReLU(),
+            MaskedConv(8, 8, how),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, 10),
+        )
+        super().__init__(net, lr=1e-2)
+        self.leak = leak
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.leak == "drift":
+            self.net[-1].bias.data += 1e-2
+        return super().forward(x)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        with torch.no_grad():
+            if self.leak == "add":
+                self.net[0].weight.add_(1e-3)
+            elif self.leak == "scale" and batch_idx == 1:
+                self.net[0].weight.mul_(0.5)  # keeps masked zeros at zero: only a replay of forward tells
+
+
+def mask_runs() -> None:
+    from lightning_sanity import ModeGuardCallback
+
+    train, val = digit_image_tensors("train"), digit_image_tensors("val")
+    rows: list[tuple[str, str, float]] = []
+    for how, leak, kind in (
+        ("mask", "none", "healthy"),
+        ("clamp", "none", "healthy"),
+        ("mask", "add", "broken"),
+        ("mask", "scale", "broken"),
+        ("mask", "drift", "broken"),
+    ):
+        for seed in SEEDS:
+            pl.seed_everything(seed, verbose=False)
+            callback = ModeGuardCallback()
+            run = trainer([callback], epochs=2, limit_train_batches=20, limit_val_batches=2)
+            loaders = [DataLoader(TensorDataset(*data), batch_size=64, shuffle=data is train) for data in (train, val)]
+            run.fit(MaskedNet(how, leak), *loaders)
+            fired = any(f.code == "mode.params_changed_in_eval" for f in callback.findings)
+            rows.append((f"{how} re-parametrisation, leak {leak}", kind, float(fired)))
+    table("mode.params_changed_in_eval fired (1) or not (0)", rows, "fired")
 
 
 FAMILIES: dict[str, Callable[[], None]] = {
@@ -321,6 +469,8 @@ FAMILIES: dict[str, Callable[[], None]] = {
     "grad": grad_runs,
     "plain": plain_runs,
     "bn": bn_runs,
+    "frozen": frozen_runs,
+    "mask": mask_runs,
 }
 
 
