@@ -277,44 +277,25 @@ def digit_image_tensors(split: str, size: int = 16) -> tuple[Tensor, Tensor]:
     return torch.stack([data[i][0] for i in range(len(data))]), torch.as_tensor(data.targets)
 
 
-def batch_mode_accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
-    """Accuracy with BatchNorm normalising each batch of ``batch_size`` by its own statistics (as in training),
-    on a copy so the running statistics are untouched."""
-    import copy
-
-    twin = copy.deepcopy(model).train()
-    with torch.no_grad():
-        correct = sum(
-            int((twin(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-            for i in range(0, len(y), batch_size)
-        )
-    return correct / len(y)
-
-
 def bn_runs() -> None:
-    """Eval-mode validation accuracy of a BatchNorm CNN (3 epochs) against its training batch size, and train-mode
-    minus eval-mode accuracy: what the running statistics fail to describe of how each batch was normalised."""
+    """Eval-mode validation accuracy of a BatchNorm CNN against the batch size it trained with (4 epochs, Adam at
+    3e-3 for 32 samples per step, scaled with the square root of the samples per step)."""
     from lightning_sanity.demos import SmallCNN
 
     train, val = digit_image_tensors("train"), digit_image_tensors("val")
     rows: list[tuple[str, str, float]] = []
-    accuracy: list[tuple[str, str, float]] = []
-    for batch_size, accumulate in ((1, 1), (1, 8), (2, 1), (2, 4), (3, 1), (4, 1), (8, 1), (32, 1)):
+    for batch_size, accumulate in ((1, 1), (2, 1), (2, 4), (3, 1), (4, 1), (8, 1), (32, 1)):
         for seed in SEEDS[:2]:
             pl.seed_everything(seed, verbose=False)
-            # Adam at 1e-2 for 32 samples per step, scaled with the square root of the samples per step
-            model = Classifier(SmallCNN(10, width=8), lr=1e-2 * (batch_size * accumulate / 32) ** 0.5)
-            run = trainer([], epochs=3, num_sanity_val_steps=0, accumulate_grad_batches=accumulate)
+            model = Classifier(SmallCNN(10, width=8), lr=3e-3 * (batch_size * accumulate / 32) ** 0.5)
+            run = trainer([], epochs=4, num_sanity_val_steps=0, accumulate_grad_batches=accumulate)
             run.fit(model, DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True))
             model.eval()
             with torch.no_grad():
-                eval_accuracy = float((model(val[0]).argmax(1) == val[1]).float().mean())
-            gap = batch_mode_accuracy(model, *val, batch_size) - eval_accuracy
-            kind = "broken" if batch_size == 1 else "small" if batch_size <= 3 else "healthy"
-            rows.append((f"batch {batch_size} accumulate {accumulate}", kind, gap))
-            accuracy.append((f"batch {batch_size} accumulate {accumulate}", kind, eval_accuracy))
-    table("mode.bn_tiny_batch: train-mode minus eval-mode validation accuracy", rows, "gap")
-    table("mode.bn_tiny_batch: eval-mode validation accuracy", accuracy, "accuracy")
+                accuracy = float((model(val[0]).argmax(1) == val[1]).float().mean())
+            kind = "broken" if batch_size <= 2 else "healthy"
+            rows.append((f"batch {batch_size} accumulate {accumulate}", kind, accuracy))
+    table("mode.bn_tiny_batch: eval-mode validation accuracy by training batch size", rows, "accuracy")
 
 
 # ---------------------------------------------------------------- mode.eval_frozen_but_trained: .eval() as a freeze

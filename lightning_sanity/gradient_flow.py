@@ -899,7 +899,11 @@ def plain_tensor_attributes(root: nn.Module) -> list[PlainTensor]:
         for tensor in plain_tensor_attributes(model):
             print(tensor.name, tensor.kind)  # e.g. "act.alpha uniform"
     """
-    registered = {t.untyped_storage().data_ptr() for t in (*root.parameters(), *root.buffers()) if t.numel()}
+    registered = {
+        t.untyped_storage().data_ptr()
+        for t in (*root.parameters(), *root.buffers())
+        if t.numel() and t.layout == torch.strided and not t.is_meta
+    }
     skipped: list[str] = []
     found: list[PlainTensor] = []
     for module_name, module in root.named_modules():
@@ -911,6 +915,8 @@ def plain_tensor_attributes(root: nn.Module) -> list[PlainTensor]:
         for attribute, value in vars(module).items():
             if not isinstance(value, Tensor) or isinstance(value, nn.Parameter) or value.is_meta:
                 continue
+            if value.layout != torch.strided:
+                continue  # sparse/nested tensors: rare, and their storage cannot be compared
             if attribute in _LIGHTNING_TENSOR_ATTRIBUTES or value.grad_fn is not None:
                 continue
             if value.numel() and value.untyped_storage().data_ptr() in registered:
