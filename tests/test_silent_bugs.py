@@ -105,6 +105,17 @@ def test_testing_on_the_training_loader_on_purpose_is_info_not_overlap(make_trai
     assert "training-set metrics" in info.message and info.subject == "train|test"
 
 
+def test_validating_on_the_training_loader_in_fit_or_validate_is_info(make_trainer: Any) -> None:
+    pl.seed_everything(0, verbose=False)
+    train_loader = DataLoader(TensorDataset(*wine_tensors("train")), batch_size=16, shuffle=True)
+    trainer = make_trainer(callbacks=[TransformParityCallback()], max_epochs=1)
+    with sanity_warnings():
+        trainer.fit(Classifier(mlp(13, 3)), train_loader, train_loader)  # the very loader: an overfitting probe
+        trainer.validate(trainer.lightning_module, DataLoader(train_loader.dataset, batch_size=64))
+    assert problems(trainer) == []
+    assert [f.subject for f in findings_of(trainer, "data.eval_on_train")] == ["train|val"]
+
+
 def test_a_test_set_rebuilt_from_the_training_data_is_still_an_overlap_error(make_trainer: Any) -> None:
     pl.seed_everything(0, verbose=False)
     train_loader = DataLoader(TensorDataset(*wine_tensors("train")), batch_size=16, shuffle=True)
