@@ -260,8 +260,8 @@ def accepts_one_input(forward: Callable[..., Any]) -> bool:
     return takes_one and len(required) <= 1 and all(p.kind in positional for p in required)
 
 
-_WRITES_IN_PLACE = re.compile(r"\.data\s*(?:[-+*/]=|\[|\.\w+_\()|\.\w+_\(")
-"""``w.data *= mask``, ``w.data[...] = 0``, ``w.data.clamp_(...)``, ``w.mul_(mask)``: a tensor written in place."""
+_WRITES_IN_PLACE = re.compile(r"\.data\s*(?:[-+*/]?=(?!=)|\[|\.\w+_\()|\.\w+_\(")
+"""Forward rewrites a tensor: ``w.data *= mask``, ``w.data = w * mask``, ``w.data[i] = 0``, ``w.clamp_()``."""
 _WRITES_IN_PLACE_CACHE: dict[type, bool] = {}
 
 

@@ -391,23 +391,27 @@ def test_backbone_frozen_with_requires_grad_or_frozen_batchnorm_stays_quiet(make
 class MaskedConv2d(nn.Conv2d):
     """PixelCNN's masked convolution as tutorials write it: the weight is re-masked in place in every forward."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, assign: bool = False) -> None:
         super().__init__(in_channels, out_channels, 5, padding=2)
+        self.assign = assign
         mask = torch.ones_like(self.weight)
         mask[:, :, 2, 3:] = 0
         mask[:, :, 3:] = 0
         self.register_buffer("mask", mask)
 
     def forward(self, x: Tensor) -> Tensor:
-        self.weight.data *= self.mask
+        if self.assign:
+            self.weight.data = self.weight.data * self.mask
+        else:
+            self.weight.data *= self.mask
         return super().forward(x)
 
 
-def masked_cnn() -> nn.Module:
+def masked_cnn(assign: bool = False) -> nn.Module:
     return nn.Sequential(
-        MaskedConv2d(3, 8),
+        MaskedConv2d(3, 8, assign),
         nn.ReLU(),
-        MaskedConv2d(8, 8),
+        MaskedConv2d(8, 8, assign),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
@@ -424,9 +428,10 @@ class MaskedConvLeakingUpdates(Classifier):
             self.net[0].weight.add_(1e-3)  # also a masked conv: unmasked entries keep the change
 
 
-def test_weights_re_masked_in_forward_stay_quiet(make_trainer: Any) -> None:
+@pytest.mark.parametrize("assign", [False, True], ids=["data-imul", "data-assign"])
+def test_weights_re_masked_in_forward_stay_quiet(make_trainer: Any, assign: bool) -> None:
     trainer = fit_mode_guard(
-        make_trainer, Classifier(masked_cnn()), digit_images("train", 32, shuffle=True), max_epochs=2
+        make_trainer, Classifier(masked_cnn(assign)), digit_images("train", 32, shuffle=True), max_epochs=2
     )
     assert "mode.params_changed_in_eval" not in codes(trainer) and problems(trainer) == []
 
