@@ -60,9 +60,10 @@ _ATTRIBUTION_TOLERANCE = 1e-4
 _CHECKSUM_TOLERANCE = 1e-6
 """Relative change of a parameter/buffer norm that counts as changed (norms of unchanged tensors are bit-equal)."""
 _NAMES_SHOWN = 8
-_TINY_BATCH = 2
-"""Samples per training batch at or below which BatchNorm's batch statistics do not describe the data its running
-statistics estimate (calibration: docs/findings.md, ModeGuardCallback)."""
+_FEW_VALUES = 2
+"""Values per channel in a training batch at or below which BatchNorm's batch statistics are noise (two values
+normalise to +-1); a single sample per batch is also too few however many values it has: its statistics describe
+that sample only (calibration: docs/findings.md, ModeGuardCallback)."""
 _BN_CALLS_WATCHED = 8
 """Training forward calls per BatchNorm layer whose batch size is recorded; the median ignores a small last batch."""
 _NORMALIZATION_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -415,9 +416,9 @@ class ModeGuardCallback(SanityCallback):
     - ``mode.stochastic_eval`` (error): with every mode-dependent module in eval mode, the same inputs
       give different outputs (once per fit/validate/test run, a few samples, RNG forked).
     - ``mode.grad_in_eval`` (info): autograd is enabled while the model runs during evaluation.
-    - ``mode.bn_tiny_batch`` (warning): BatchNorm layers in training mode normalise batches of
-      ``<= 2`` samples (median of their first training calls), so their running statistics do not
-      describe what each batch was normalised with.
+    - ``mode.bn_tiny_batch`` (warning): BatchNorm layers in training mode normalise batches of one
+      sample, or of at most two values per channel (median of their first training calls), so their
+      running statistics do not describe what each batch was normalised with.
     - ``mode.eval_frozen_but_trained`` (warning, info with a dedicated optimizer group): a subtree
       put in eval mode to "freeze" it (not only its normalization layers) whose trainable weights the
       optimizer keeps updating.
@@ -468,7 +469,7 @@ class ModeGuardCallback(SanityCallback):
         self._first_batch_of_epoch = False
         self._run: _EvalRun | None = None
         self._stochastic_checked = False
-        self._batch_sizes: dict[str, list[int]] = {}
+        self._batch_sizes: dict[str, list[tuple[int, int]]] = {}
         self._bn_hooks: list[RemovableHandle] = []
         self._frozen_checked = False
         self._frozen: list[_EvalFrozen] = []
@@ -540,9 +541,11 @@ class ModeGuardCallback(SanityCallback):
             if not (module.training and trainer.training) or not args or not isinstance(args[0], Tensor):
                 return
             sizes = self._batch_sizes.setdefault(entry.name, [])
-            if len(sizes) < _BN_CALLS_WATCHED and args[0].dim() >= 2:
+            inputs = args[0]
+            if len(sizes) < _BN_CALLS_WATCHED and inputs.dim() >= 2 and inputs.shape[1]:
                 sync = trainer.world_size if isinstance(module, nn.SyncBatchNorm) else 1
-                sizes.append(int(args[0].shape[0]) * sync)  # the shape is host metadata: no device sync
+                # shapes are host metadata: no device sync
+                sizes.append((int(inputs.shape[0]) * sync, inputs.numel() // inputs.shape[1] * sync))
 
         return note_batch_size
 
@@ -575,25 +578,31 @@ class ModeGuardCallback(SanityCallback):
 
     def _judge_batch_sizes(self, trainer: pl.Trainer) -> None:
         self._remove_bn_hooks()
-        typical = {name: sorted(sizes)[len(sizes) // 2] for name, sizes in self._batch_sizes.items() if sizes}
-        tiny = [name for name, size in typical.items() if size <= _TINY_BATCH]
+        samples = {name: _median([n for n, _ in calls]) for name, calls in self._batch_sizes.items() if calls}
+        values = {name: _median([v for _, v in calls]) for name, calls in self._batch_sizes.items() if calls}
+        tiny = [name for name in samples if samples[name] <= 1 or values[name] <= _FEW_VALUES]
         if not tiny:
             return
         where = describe_modules(tiny)
-        size = max(typical[name] for name in tiny)
+        size, count = max(samples[name] for name in tiny), max(values[name] for name in tiny)
         self.record(
             trainer,
             "mode.bn_tiny_batch",
             Severity.WARNING,
-            f"BatchNorm layers {where} normalise training batches of {size} sample(s) (median of their first "
-            f"{_BN_CALLS_WATCHED} training calls): each batch is normalised with its own statistics, which the running "
-            "statistics used in eval mode do not describe, so validation in eval mode falls below what training "
-            "shows.",
+            f"BatchNorm layers {where} normalise training batches of {size} sample(s), {count} value(s) per channel "
+            f"(median of their first {_BN_CALLS_WATCHED} training calls): each batch is normalised with statistics "
+            "of itself alone, which the running statistics used in eval mode do not describe, so validation in eval "
+            "mode falls below what training shows.",
             "Use GroupNorm/LayerNorm/InstanceNorm instead of BatchNorm, a larger batch per device (gradient "
             "accumulation does not help BatchNorm; SyncBatchNorm pools devices), or keep BatchNorm frozen in eval "
             "mode when fine-tuning with small batches.",
             subject=where,
-            evidence={"modules": tiny[:_NAMES_SHOWN], "count": len(tiny), "batch_sizes": typical},
+            evidence={
+                "modules": tiny[:_NAMES_SHOWN],
+                "count": len(tiny),
+                "batch_sizes": {name: samples[name] for name in tiny},
+                "values_per_channel": {name: values[name] for name in tiny},
+            },
         )
 
     def _judge_eval_frozen(self, trainer: pl.Trainer, subtree: _EvalFrozen) -> None:
@@ -1060,6 +1069,11 @@ def _is_last_batch(trainer: pl.Trainer, batch_idx: int, dataloader_idx: int) -> 
         return False
     last_loader, batches = with_batches[-1]
     return not math.isinf(batches) and dataloader_idx == last_loader and batch_idx == int(batches) - 1
+
+
+def _median(values: Sequence[int]) -> int:
+    """The median of a few counts (the upper one of an even number): one small last batch does not move it."""
+    return sorted(values)[len(values) // 2]
 
 
 def _kinds(modules: Sequence[ModeDependent]) -> str:

@@ -298,6 +298,27 @@ def test_batchnorm_trained_with_batch_size_one_is_reported(make_trainer: Any) ->
     assert "`net.1`, `net.5`" in finding.message and "GroupNorm" in finding.hint
 
 
+def bn_mlp_fit(make_trainer: Any, batch_size: int) -> pl.Trainer:
+    net = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    train = DataLoader(TensorDataset(*digits_tensors("train")), batch_size=batch_size, shuffle=True, drop_last=True)
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(callbacks=[ModeGuardCallback()], max_epochs=1, limit_train_batches=24)
+    with sanity_warnings():
+        trainer.fit(Classifier(net), train, DataLoader(TensorDataset(*digits_tensors("val")), batch_size=64))
+    return trainer
+
+
+def test_batchnorm1d_on_batches_of_two_values_per_channel_is_reported(make_trainer: Any) -> None:
+    [finding] = findings_of(bn_mlp_fit(make_trainer, 2), "mode.bn_tiny_batch")
+    assert finding.evidence["values_per_channel"] == {"net.1": 2} and "`net.1`" in finding.message
+
+
+def test_batchnorm1d_on_batches_of_eight_and_batchnorm2d_on_pairs_of_images_stay_quiet(make_trainer: Any) -> None:
+    assert "mode.bn_tiny_batch" not in codes(bn_mlp_fit(make_trainer, 8))
+    pairs = fit_mode_guard(make_trainer, Classifier(SmallCNN(10, width=8)), digit_images("train", 2, shuffle=True))
+    assert "mode.bn_tiny_batch" not in codes(pairs)
+
+
 class FrozenBatchNormFineTuning(Classifier):
     """The legitimate practice: BatchNorm statistics frozen (eval mode), every weight fine-tuned."""
 
