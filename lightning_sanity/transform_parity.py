@@ -62,9 +62,10 @@ class TransformParityCallback(SanityCallback):
     exposing ``.dataset``), models the pixel scale through torchvision v1/v2 steps and reports:
     ``Normalize`` constants on the wrong scale for what they receive, a split that normalises
     differently or not at all, differing pixel scaling, random augmentation in val/test, train and
-    val samples of different shape or dtype, and train samples reused in val/test. Where a step is
-    opaque (a ``Lambda``, a custom class) it reads a few items through the pipeline with the RNG
-    forked and measures them instead.
+    val samples of different shape or dtype, and train samples reused in val/test (only noted, as
+    ``data.eval_on_train``, when the evaluation deliberately runs on the training dataloader itself).
+    Where a step is opaque (a ``Lambda``, a custom class) it reads a few items through the pipeline
+    with the RNG forked and measures them instead.
 
     Runs at the start of ``fit`` / ``validate`` / ``test``: single-split checks as soon as a
     dataloader is loaded, train-vs-eval comparisons once both are (before the first optimizer step
