@@ -57,8 +57,9 @@ def trainer(callbacks: list[Any], epochs: int = 2, **options: Any) -> pl.Trainer
     )
 
 
-def table(title: str, rows: list[tuple[str, str, float]], statistic: str) -> None:
-    """Print ``(group, healthy|broken, value)`` rows aggregated per group, then healthy max against broken min."""
+def table(title: str, rows: list[tuple[str, str, float]], statistic: str, higher_is_broken: bool = True) -> None:
+    """Print ``(group, healthy|broken, value)`` rows aggregated per group, then the healthy extreme against the
+    broken one on the side the threshold separates (healthy max vs broken min, or the reverse for accuracies)."""
     groups: dict[tuple[str, str], list[float]] = {}
     for group, kind, value in rows:
         groups.setdefault((group, kind), []).append(value)
@@ -67,7 +68,11 @@ def table(title: str, rows: list[tuple[str, str, float]], statistic: str) -> Non
         print(f"| {group} | {kind} | {len(values)} | {min(values):.4g} | {max(values):.4g} |")
     healthy = [v for _, k, v in rows if k == "healthy"]
     broken = [v for _, k, v in rows if k == "broken"]
-    print(f"\nhealthy max {max(healthy, default=float('nan')):.4g}, broken min {min(broken, default=float('nan')):.4g}")
+    nan = float("nan")
+    if higher_is_broken:
+        print(f"\nhealthy max {max(healthy, default=nan):.4g}, broken min {min(broken, default=nan):.4g}")
+    else:
+        print(f"\nhealthy min {min(healthy, default=nan):.4g}, broken max {max(broken, default=nan):.4g}")
 
 
 # ---------------------------------------------------------------- eval.metric_mismatch: per-batch metrics
@@ -291,7 +296,7 @@ def bn_runs() -> None:
             accuracy = _bn_eval_accuracy(model, images, batch_size, accumulate, seed)
             kind = "broken" if batch_size == 1 else "healthy"
             rows_2d.append((f"CNN batch {batch_size} accumulate {accumulate}", kind, accuracy))
-    table("mode.bn_tiny_batch: BatchNorm2d CNN, eval-mode validation accuracy", rows_2d, "accuracy")
+    table("mode.bn_tiny_batch: BatchNorm2d CNN, eval-mode validation accuracy", rows_2d, "accuracy", False)
     features = digits_tensors("train"), digits_tensors("val")
     rows_1d: list[tuple[str, str, float]] = []
     for batch_size in (2, 3, 4, 8, 32):
@@ -303,7 +308,7 @@ def bn_runs() -> None:
                 Classifier(net, lr=3e-3 * (batch_size / 32) ** 0.5), features, batch_size, 1, seed
             )
             rows_1d.append((f"MLP batch {batch_size}", "broken" if batch_size <= 2 else "healthy", accuracy))
-    table("mode.bn_tiny_batch: BatchNorm1d MLP, eval-mode validation accuracy", rows_1d, "accuracy")
+    table("mode.bn_tiny_batch: BatchNorm1d MLP, eval-mode validation accuracy", rows_1d, "accuracy", False)
 
 
 def _bn_eval_accuracy(
