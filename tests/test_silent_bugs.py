@@ -474,3 +474,48 @@ class DriftingForward(Classifier):
 def test_a_forward_that_drifts_weights_is_still_caught(make_trainer: Any) -> None:
     trainer = fit_mode_guard(make_trainer, DriftingForward(SmallCNN(10, width=8)), digit_images("train", 32, True))
     assert findings_of(trainer, "mode.params_changed_in_eval")[0].evidence["tensors"] == ["net.10.bias"]
+
+
+# ---------------------------------------------------------------- no observer effect from the new checks
+
+
+class MaskedManualNoZeroGrad(Classifier):
+    """Masked convolutions (the eval replay runs), BatchNorm on pairs of samples (the BatchNorm hooks run) and
+    manual optimisation without zero_grad (the gradient-reset hooks run), all in one model."""
+
+    def __init__(self) -> None:
+        net = nn.Sequential(
+            MaskedConv2d(3, 8), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+        )
+        super().__init__(net, lr=1e-3)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.manual_backward(F.cross_entropy(self(x), y))
+        self.optimizers().step()  # type: ignore[union-attr]
+
+
+def test_the_new_checks_leave_the_weights_bit_identical(make_trainer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    replays: list[bool] = []
+    replay = ModeGuardCallback._rewritten_by_forward
+
+    def counted(self: ModeGuardCallback, *args: Any) -> bool:
+        replays.append(replay(self, *args))
+        return replays[-1]
+
+    monkeypatch.setattr(ModeGuardCallback, "_rewritten_by_forward", counted)
+
+    def weights(callbacks: list[pl.Callback]) -> dict[str, Tensor]:
+        pl.seed_everything(3, verbose=False)
+        model = MaskedManualNoZeroGrad()
+        trainer = make_trainer(callbacks=callbacks, max_epochs=2, limit_train_batches=12, limit_val_batches=2)
+        with sanity_warnings():
+            trainer.fit(model, digit_images("train", 2, shuffle=True), digit_images("val", 16))
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    observed_callbacks = [ModeGuardCallback(), GradientFlowCallback()]
+    without, observed = weights([]), weights(observed_callbacks)
+    assert [k for k in without if not torch.equal(without[k], observed[k])] == []
+    assert {"grad.not_reset"} <= {f.code for cb in observed_callbacks for f in cb.findings}
+    assert replays and all(replays)  # the re-masking replay ran, and recognised the masking
