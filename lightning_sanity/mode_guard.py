@@ -337,7 +337,7 @@ class _EvalRun:
     rewritable: list[str] = field(default_factory=list)
     """Parameters of modules whose ``forward`` writes tensors in place (``w.data *= mask``)..."""
     before_rewrite: dict[str, Tensor] = field(default_factory=dict)
-    """...and their values at the start of the first batch, to replay what ``forward`` did to them."""
+    """...and their values at the start of the first batch, to replay what ``forward`` did to them (freed after it)."""
 
 
 @dataclass
@@ -372,7 +372,8 @@ def eval_frozen_subtrees(root: nn.Module, optimizers: Sequence[torch.optim.Optim
             for param_name, param in (
                 (f"{owner_name}.{n}" if owner_name else n, p) for n, p in owner.named_parameters(recurse=False)
             )
-            if param.requires_grad and id(param) in optimized
+            # a gradient at the first step: the optimizer trains it (an EMA copy in eval mode gets none)
+            if param.requires_grad and id(param) in optimized and param.grad is not None
         ]
         if not trainable:
             continue
@@ -842,8 +843,8 @@ class ModeGuardCallback(SanityCallback):
             if changed and self._rewritten_by_forward(trainer, pl_module, changed, batch, run.before_rewrite):
                 # re-masking in forward: compare later batches against the re-parametrised weights
                 run.params = Checksums.of(named_parameters_to_watch(pl_module))
-                run.before_rewrite = _clone_named(pl_module, run.rewritable)
                 changed = []
+            run.before_rewrite = {}  # the first forward has re-masked: later changes are not re-parametrisation
             if changed:
                 self._report_changed(trainer, "mode.params_changed_in_eval", "parameters", changed, run.batches)
         if run.running_stats is not None:

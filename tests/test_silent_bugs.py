@@ -5,6 +5,7 @@ Every test runs a real ``Trainer.fit`` on scikit-learn data with the pack's call
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning.pytorch as pl
@@ -519,3 +520,22 @@ def test_the_new_checks_leave_the_weights_bit_identical(make_trainer: Any, monke
     assert [k for k in without if not torch.equal(without[k], observed[k])] == []
     assert {"grad.not_reset"} <= {f.code for cb in observed_callbacks for f in cb.findings}
     assert replays and all(replays)  # the re-masking replay ran, and recognised the masking
+
+
+class EmaTeacher(Classifier):
+    """An EMA copy kept in eval mode inside the model (its parameters in self.parameters(), never given gradients):
+    its weights move, but by the EMA update, not by the optimizer."""
+
+    def __init__(self) -> None:
+        super().__init__(SmallCNN(10, width=8), lr=1e-2)
+        self.ema = copy.deepcopy(self.net).eval()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():
+            for ema, live in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+                ema.lerp_(live, 0.1)
+
+
+def test_an_ema_copy_in_eval_mode_is_not_a_frozen_backbone(make_trainer: Any) -> None:
+    trainer = fit_mode_guard(make_trainer, EmaTeacher(), digit_images("train", 32, shuffle=True))
+    assert "mode.eval_frozen_but_trained" not in codes(trainer) and problems(trainer) == []
