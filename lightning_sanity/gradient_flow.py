@@ -166,7 +166,10 @@ class GradientFlowCallback(SanityCallback):
     Catches layers that never receive a gradient (a ``.detach()`` or ``torch.no_grad()`` in
     ``forward``, a layer defined and never used), gradients that are exactly zero (dead ReLUs),
     vanish with depth, explode or are NaN/Inf, trainable parameters the optimizer never updates, and
-    learning rates that make updates meaningless or destructive. Frozen parameters
+    learning rates that make updates meaningless or destructive. Also gradients that are never reset
+    between optimizer steps (``grad.not_reset``: manual optimisation without ``zero_grad``), and
+    tensors held as plain module attributes instead of parameters or buffers (``param.plain_tensor``,
+    e.g. ``self.alpha = torch.zeros(n)`` meant to be learned). Frozen parameters
     (``requires_grad=False``) are never flagged; each check is scoped to the optimizer that steps, so
     GANs with several optimizers are fine.
 
