@@ -885,17 +885,14 @@ class ConfusionCallback(SanityCallback):
                     figure = confusion_figure(matrix, self._class_names, title)
                     self.log_figure(trainer, split, f"confusion_matrix{label.removeprefix(split)}", figure)
             self._log_summary(trainer, split, loader, summary)
-            readings = {
-                "accumulated accuracy": summary.accuracy,
-                "accumulated macro accuracy": summary.macro_accuracy,
-                **{
-                    f"per-batch mean ({k.removeprefix('batch_').replace('_', ', ')})": float(values[k])
-                    for k in values
-                    if k.startswith("batch_")
-                },
+            correct = {"accumulated accuracy": summary.accuracy, "accumulated macro accuracy": summary.macro_accuracy}
+            per_batch = {
+                f"per-batch mean ({k.removeprefix('batch_').replace('_', ', ')})": float(values[k])
+                for k in values
+                if k.startswith("batch_")
             }
             for key, value in logged.get(loader, {}).items():
-                self._judge_mismatch(trainer, split, label, key, value, summary, readings)
+                self._judge_mismatch(trainer, split, label, key, value, summary, correct, per_batch)
             if split != "train":
                 self._judge_summary(trainer, split, label, summary)
 
@@ -1054,30 +1051,51 @@ class ConfusionCallback(SanityCallback):
         key: str,
         logged: float,
         summary: ConfusionSummary,
-        readings: Mapping[str, float],
+        correct: Mapping[str, float],
+        per_batch: Mapping[str, float],
     ) -> None:
+        """A logged accuracy must match an accumulated one; a per-batch mean only explains how a wrong value arose."""
         if not math.isfinite(logged):
             return
         tolerance = MISMATCH_TOLERANCE
         if trainer.world_size > 1:
             # a value logged without sync_dist is one rank's: allow its sampling noise
             tolerance += 4 * binomial_noise(0.5, summary.total // trainer.world_size)
-        name, value, distance = closest_reading(logged, readings)
+        _, _, distance = closest_reading(logged, correct)
         if distance <= tolerance:
             return
+        name, value, _ = closest_reading(logged, {**correct, **per_batch})
+        if name in per_batch:
+            explanation = (
+                f"it matches the {name} of the per-batch values ({value:.4f}): a metric computed per batch and "
+                "averaged over the epoch is not the epoch's accuracy"
+            )
+            hint = (
+                "Update a torchmetrics metric in the step and log the metric object itself (`self.acc(preds, y); "
+                "self.log(key, self.acc)`), not the tensor it returns per batch, so Lightning computes it over the "
+                "whole epoch; a per-batch macro average is only right when every batch holds every class."
+            )
+        else:
+            explanation = f"closest correct reading: {name} {value:.4f}"
+            hint = (
+                "The evaluation code miscounts: accumulate with `+=` (not `=`) and reset per epoch, divide by the "
+                "number of samples, or log a torchmetrics Accuracy object (`self.log(key, self.acc)`) that does it "
+                "right."
+            )
         self.record(
             trainer,
             "eval.metric_mismatch",
             Severity.ERROR,
             f"Logged {key!r} = {logged:.4f} but the accuracy accumulated over the same {label} batches is "
-            f"{summary.accuracy:.4f} ({summary.total} samples; closest correct reading: {name} {value:.4f}).",
-            "The evaluation code miscounts: accumulate with `+=` (not `=`) and reset per epoch, divide by the number "
-            "of samples, or log a torchmetrics Accuracy object (`self.log(key, self.acc)`) that does it right.",
+            f"{summary.accuracy:.4f} (macro {summary.macro_accuracy:.4f}, {summary.total} samples); {explanation}.",
+            hint,
             subject=f"{label}:{key}",
             evidence={
                 "key": key,
                 "logged": logged,
                 "accumulated_accuracy": summary.accuracy,
+                "accumulated_macro_accuracy": summary.macro_accuracy,
+                "distance": distance,
                 "closest_reading": name,
                 "closest_value": value,
                 "tolerance": tolerance,

@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity.base import SanityCallback, is_int, is_number, require
@@ -42,8 +43,32 @@ _SCALER_SKIPS = 5
 _VISIBLE_STEP = 1e-6
 """A plain gradient step smaller than this fraction of the weights' RMS may vanish in float32 rounding."""
 _NAMES_SHOWN = 5
+_RESET_PROBES = 2
+"""Parameters per optimizer (its largest) whose gradient is watched for a reset between optimizer steps."""
 
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_LIGHTNING_TENSOR_ATTRIBUTES = frozenset({"_example_input_array"})
+"""Tensors Lightning itself keeps on a LightningModule (not model state)."""
+
+
+@dataclass(frozen=True)
+class PlainTensor:
+    """A tensor held as a plain attribute of a module: neither a parameter nor a buffer.
+
+    Attributes:
+        name: ``module.attribute`` path from the LightningModule.
+        module_type: Class name of the owning module.
+        kind: ``"requires_grad"`` (meant to be learned), ``"uniform"`` (a 1-D float vector filled with one value, how
+            learnable scales/offsets are initialised) or ``"constant"`` (anything else: should be a buffer).
+    """
+
+    name: str
+    module_type: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    device: str
+    tensor: Tensor = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -121,6 +146,18 @@ class _Watch:
     nonfinite_streak: int = 0
     peak_lrs: list[float] = field(default_factory=list)
     last_lrs: list[float] = field(default_factory=list)
+    reset_window: _ResetWindow | None = None
+    kept_gradient: list[Tensor | None] = field(default_factory=list)
+    """Per closed window: the smallest norm a probe's gradient had when a new one arrived, or ``None`` if reset."""
+    reset_judged: bool = False
+
+
+@dataclass
+class _ResetWindow:
+    """What the probes' ``.grad`` held whenever a new gradient arrived between two steps of one optimizer."""
+
+    saw_reset: bool = False
+    held_norms: list[Tensor] = field(default_factory=list)
 
 
 class GradientFlowCallback(SanityCallback):
@@ -129,7 +166,10 @@ class GradientFlowCallback(SanityCallback):
     Catches layers that never receive a gradient (a ``.detach()`` or ``torch.no_grad()`` in
     ``forward``, a layer defined and never used), gradients that are exactly zero (dead ReLUs),
     vanish with depth, explode or are NaN/Inf, trainable parameters the optimizer never updates, and
-    learning rates that make updates meaningless or destructive. Frozen parameters
+    learning rates that make updates meaningless or destructive. Also gradients that are never reset
+    between optimizer steps (``grad.not_reset``: manual optimisation without ``zero_grad``), and
+    tensors held as plain module attributes instead of parameters or buffers (``param.plain_tensor``,
+    e.g. ``self.alpha = torch.zeros(n)`` meant to be learned). Frozen parameters
     (``requires_grad=False``) are never flagged; each check is scoped to the optimizer that steps, so
     GANs with several optimizers are fine.
 
@@ -214,6 +254,12 @@ class GradientFlowCallback(SanityCallback):
         self._watches: dict[int, _Watch] = {}
         self._pending: list[_PendingCheck] = []
         self._orphans: list[Tensor] = []
+        self._probe_handles: list[Any] = []
+        self._plain_tensors: list[PlainTensor] = []
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._plain_tensors = plain_tensor_attributes(pl_module)  # before any forward can cache tensors on modules
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -225,6 +271,7 @@ class GradientFlowCallback(SanityCallback):
             id(p) for optimizer in trainer.optimizers for group in optimizer.param_groups for p in group["params"]
         }
         self._orphans = [p for p in pl_module.parameters() if p.requires_grad and id(p) not in optimized]
+        self._watch_gradient_resets(trainer)
 
     @override
     def on_before_optimizer_step(
@@ -233,17 +280,23 @@ class GradientFlowCallback(SanityCallback):
         index = _optimizer_index(trainer, optimizer)
         watch = self._watches.setdefault(index, _Watch())
         step, watch.steps = watch.steps, watch.steps + 1
+        self._close_reset_window(watch)
         if is_check_step(step, self.dense_steps, self.every_n_steps):
             self._pending.append(self._measure_gradients(index, step, optimizer))
+            if self._probe_handles and not watch.reset_judged:
+                watch.reset_window = _ResetWindow()  # watches the gradients arriving until this optimizer's next step
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._plain_tensors:
+            self._judge_plain_tensors(trainer, pl_module)
         if not self._pending:
             return
         pending, self._pending = self._pending, []
         numbers = _read_to_host(pending)
+        self._judge_resets(trainer)
         if self._orphans:
             self._judge_orphans(trainer)
         for check, stats in zip(pending, numbers, strict=True):
@@ -264,6 +317,7 @@ class GradientFlowCallback(SanityCallback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._pending = []
         self._orphans = []
+        self._remove_probes()
         super().teardown(trainer, pl_module, stage)
 
     def _measure_gradients(self, index: int, step: int, optimizer: Optimizer) -> _PendingCheck:
@@ -304,6 +358,126 @@ class GradientFlowCallback(SanityCallback):
         return _PendingCheck(
             index, step, infos, params, lrs, group_lrs, _group_peaks(optimizer), grad_stats, snapshot, without_grad
         )
+
+    def _watch_gradient_resets(self, trainer: pl.Trainer) -> None:
+        """Hook each optimizer's largest parameters: a hook on a leaf runs before the new gradient is added to
+        ``.grad``, so it sees whether the gradient of the last step was reset (``None`` or zeroed) or is kept."""
+        self._remove_probes()
+        for index, optimizer in enumerate(trainer.optimizers):
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+            for param in sorted(params, key=lambda p: -p.numel())[:_RESET_PROBES]:
+                self._probe_handles.append(param.register_hook(self._reset_probe(index, param)))
+
+    def _reset_probe(self, index: int, param: Tensor) -> Any:
+        def note_held_gradient(grad: Tensor) -> None:
+            watch = self._watches.get(index)
+            window = watch.reset_window if watch is not None else None
+            if window is None or window.saw_reset:
+                return
+            held = param.grad
+            if held is None:
+                window.saw_reset = True
+            else:
+                window.held_norms.append(torch.linalg.vector_norm(held.detach(), dtype=torch.float32))
+
+        return note_held_gradient
+
+    def _remove_probes(self) -> None:
+        for handle in self._probe_handles:
+            handle.remove()
+        self._probe_handles = []
+
+    @staticmethod
+    def _close_reset_window(watch: _Watch) -> None:
+        window, watch.reset_window = watch.reset_window, None
+        if window is None or (not window.saw_reset and not window.held_norms):
+            return  # no gradient reached the probes between the two steps: no evidence either way
+        watch.kept_gradient.append(None if window.saw_reset else torch.stack(window.held_norms).min())
+
+    def _judge_resets(self, trainer: pl.Trainer) -> None:
+        """``grad.not_reset``: at every watched step, the gradient of the previous step was still in ``.grad``."""
+        for index, watch in self._watches.items():
+            if watch.reset_judged or len(watch.kept_gradient) < _MIN_CHECKS:
+                continue
+            watch.reset_judged = True
+            held = [None if norm is None else float(norm) for norm in watch.kept_gradient]
+            if any(norm is None or norm == 0.0 for norm in held):
+                continue  # reset (set to None or zeroed) at least once: plain steps or accumulation over k batches
+            norms = [s.total_grad_norm for s in self.summaries if s.optimizer_index == index]
+            growth = norms[-1] / norms[0] if len(norms) >= 2 and norms[0] > 0 else math.nan
+            self.record(
+                trainer,
+                "grad.not_reset",
+                Severity.ERROR,
+                f"Gradients of optimizer {index} are never reset between its steps: in all {len(held)} watched "
+                f"steps the gradient of the previous step was still in .grad when the next backward added to it, so "
+                f"every step uses the sum of all past gradients (total gradient norm grew {growth:.3g}x over the "
+                "checks).",
+                "Call optimizer.zero_grad() after each optimizer.step() in manual optimisation (or reset every k "
+                "steps when accumulating on purpose); do not override optimizer_zero_grad with a no-op.",
+                subject=f"optimizer{index}",
+                evidence={
+                    "watched_steps": len(held),
+                    "held_gradient_norms": held,
+                    "grad_norm_first_check": norms[0] if norms else None,
+                    "grad_norm_last_check": norms[-1] if norms else None,
+                    "manual_optimization": not trainer.lightning_module.automatic_optimization,
+                },
+            )
+        watches = self._watches.values()
+        if len(watches) >= len(trainer.optimizers) and all(watch.reset_judged for watch in watches):
+            self._remove_probes()  # judged for every optimizer: no hook runs for the rest of training
+
+    def _judge_plain_tensors(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Judged after the first training step: a tensor ``forward`` replaced is its product, not model state."""
+        found, self._plain_tensors = self._plain_tensors, []
+        held = {p.name: p.tensor for p in plain_tensor_attributes(pl_module)}
+        kept = [p for p in found if held.get(p.name) is p.tensor]
+        parameter_device = next((str(p.device) for p in pl_module.parameters()), None)
+        grading = {
+            "requires_grad": (
+                Severity.ERROR,
+                "require gradients but are plain attributes, not nn.Parameter: no optimizer sees them, so they never "
+                "train",
+            ),
+            "uniform": (
+                Severity.WARNING,
+                "are 1-D float vectors filled with one value (how learnable scales and offsets are initialised) held "
+                "as plain attributes: if meant to be learned they never train",
+            ),
+            "constant": (Severity.INFO, "are plain tensor attributes, neither parameters nor buffers"),
+        }
+        for kind, (severity, what) in grading.items():
+            tensors = [p for p in kept if p.kind == kind]
+            if not tensors:
+                continue
+            names = [p.name for p in tensors]
+            elsewhere = [p.name for p in tensors if parameter_device is not None and p.device != parameter_device]
+            self.record(
+                trainer,
+                "param.plain_tensor",
+                severity,
+                f"{len(tensors)} tensor(s) {what}; they are also missing from state_dict (checkpoints), not moved by "
+                f".to()/the Trainer's device placement and not synchronised by DDP: "
+                + ", ".join(f"{p.name} ({p.module_type}, {list(p.shape)})" for p in tensors[:_NAMES_SHOWN])
+                + (f" and {len(tensors) - _NAMES_SHOWN} more" if len(tensors) > _NAMES_SHOWN else "")
+                + (
+                    f"; {len(elsewhere)} of them are not on the parameters' device {parameter_device}"
+                    if elsewhere
+                    else ""
+                )
+                + ".",
+                "Wrap values to learn in nn.Parameter(...) (e.g. self.alpha = nn.Parameter(torch.zeros(n))); register "
+                "constants with self.register_buffer(name, tensor) (persistent=False to keep them out of checkpoints).",
+                subject=kind,
+                evidence={
+                    "tensors": names,
+                    "shapes": [list(p.shape) for p in tensors],
+                    "dtypes": [p.dtype for p in tensors],
+                    "devices": [p.device for p in tensors],
+                    "parameter_device": parameter_device,
+                },
+            )
 
     def _judge_orphans(self, trainer: pl.Trainer) -> None:
         """Trainable parameters in no optimizer: a bug when the loss gives them gradients, else unused on purpose."""
@@ -716,6 +890,62 @@ def _describe_parameters(pl_module: pl.LightningModule) -> dict[int, _ParamInfo]
                 is_layer_weight=param.ndim >= 2 and not isinstance(module, _EMBEDDINGS),
             )
     return infos
+
+
+def plain_tensor_attributes(root: nn.Module) -> list[PlainTensor]:
+    """Tensors held as plain attributes of ``root``'s modules (torchmetrics metric states and aliases of a parameter
+    or buffer excepted): ``nn.Module.__setattr__`` files parameters and buffers away, so what is left in a module's
+    ``__dict__`` is neither.
+
+    Example::
+
+        for tensor in plain_tensor_attributes(model):
+            print(tensor.name, tensor.kind)  # e.g. "act.alpha uniform"
+    """
+    registered = {
+        t.untyped_storage().data_ptr()
+        for t in (*root.parameters(), *root.buffers())
+        if t.numel() and t.layout == torch.strided and not t.is_meta
+    }
+    skipped: list[str] = []
+    found: list[PlainTensor] = []
+    for module_name, module in root.named_modules():
+        if any(module_name == s or module_name.startswith(f"{s}.") for s in skipped):
+            continue
+        if isinstance(module, Metric):
+            skipped.append(module_name)  # metric states are plain attributes by design (add_state)
+            continue
+        for attribute, value in vars(module).items():
+            if not isinstance(value, Tensor) or isinstance(value, nn.Parameter) or value.is_meta:
+                continue
+            if value.layout != torch.strided:
+                continue  # sparse/nested tensors: rare, and their storage cannot be compared
+            if attribute in _LIGHTNING_TENSOR_ATTRIBUTES or value.grad_fn is not None:
+                continue
+            if value.numel() and value.untyped_storage().data_ptr() in registered:
+                continue  # a view of a registered tensor (e.g. self.w = self.linear.weight.data)
+            found.append(
+                PlainTensor(
+                    name=f"{module_name}.{attribute}" if module_name else attribute,
+                    module_type=type(module).__name__,
+                    kind=_plain_tensor_kind(value),
+                    shape=tuple(value.shape),
+                    dtype=str(value.dtype).removeprefix("torch."),
+                    device=str(value.device),
+                    tensor=value,
+                )
+            )
+    return found
+
+
+def _plain_tensor_kind(tensor: Tensor) -> str:
+    if tensor.requires_grad:
+        return "requires_grad"
+    if tensor.is_floating_point() and tensor.ndim == 1 and tensor.numel() > 1:
+        with torch.no_grad():
+            if bool((tensor == tensor[0]).all()):  # once per fit, on a small vector
+                return "uniform"
+    return "constant"
 
 
 def _anonymous(param: Tensor, number: int) -> _ParamInfo:

@@ -23,6 +23,7 @@ import inspect
 import logging
 import math
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -59,6 +60,13 @@ _ATTRIBUTION_TOLERANCE = 1e-4
 _CHECKSUM_TOLERANCE = 1e-6
 """Relative change of a parameter/buffer norm that counts as changed (norms of unchanged tensors are bit-equal)."""
 _NAMES_SHOWN = 8
+_FEW_VALUES = 2
+"""Values per channel in a training batch at or below which BatchNorm's batch statistics are noise (two values
+normalise to +-1); a single sample per batch is also too few however many values it has: its statistics describe
+that sample only (calibration: docs/findings.md, ModeGuardCallback)."""
+_BN_CALLS_WATCHED = 8
+"""Training forward calls per BatchNorm layer whose batch size is recorded; the median ignores a small last batch."""
+_NORMALIZATION_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def mode_kind(module: nn.Module) -> str | None:
@@ -253,6 +261,41 @@ def accepts_one_input(forward: Callable[..., Any]) -> bool:
     return takes_one and len(required) <= 1 and all(p.kind in positional for p in required)
 
 
+_WRITES_IN_PLACE = re.compile(r"\.data\s*(?:[-+*/]?=(?!=)|\[|\.\w+_\()|\.\w+_\(")
+"""Forward rewrites a tensor: ``w.data *= mask``, ``w.data = w * mask``, ``w.data[i] = 0``, ``w.clamp_()``."""
+_WRITES_IN_PLACE_CACHE: dict[type, bool] = {}
+
+
+def _forward_writes_in_place(cls: type) -> bool:
+    """Cached per class: whether the source of a user-defined ``forward`` writes tensors in place."""
+    if cls not in _WRITES_IN_PLACE_CACHE:
+        writes = False
+        if not cls.__module__.startswith(("torch.", "lightning.", "pytorch_lightning.", "torchmetrics.")):
+            try:
+                writes = bool(_WRITES_IN_PLACE.search(inspect.getsource(cls.forward)))  # type: ignore[attr-defined]
+            except (OSError, TypeError, AttributeError):
+                writes = False
+        _WRITES_IN_PLACE_CACHE[cls] = writes
+    return _WRITES_IN_PLACE_CACHE[cls]
+
+
+def rewritable_parameters(root: nn.Module) -> list[str]:
+    """Names of the parameters under modules whose ``forward`` writes tensors in place (re-masking, clamping)."""
+    names: list[str] = []
+    for module_name, module in root.named_modules():
+        if _forward_writes_in_place(type(module)):
+            prefix = f"{module_name}." if module_name else ""
+            names.extend(f"{prefix}{name}" for name, p in module.named_parameters() if p.is_floating_point())
+    return list(dict.fromkeys(names))
+
+
+def _clone_named(root: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
+    if not names:
+        return {}
+    wanted = set(names)
+    return {name: p.detach().clone() for name, p in root.named_parameters() if name in wanted}
+
+
 def _is_compiled(module: nn.Module) -> bool:
     if getattr(module, "_compiler_ctx", None) is not None:
         return True
@@ -291,6 +334,71 @@ class _EvalRun:
     running_stats: Checksums | None = None
     grad_enabled: bool = False
     hooks: list[RemovableHandle] = field(default_factory=list)
+    rewritable: list[str] = field(default_factory=list)
+    """Parameters of modules whose ``forward`` writes tensors in place (``w.data *= mask``)..."""
+    before_rewrite: dict[str, Tensor] = field(default_factory=dict)
+    """...and their values at the start of the first batch, to replay what ``forward`` did to them (freed after it)."""
+
+
+@dataclass
+class _EvalFrozen:
+    """A subtree in eval mode during training whose non-normalization layers have trainable, optimized weights."""
+
+    name: str
+    module_type: str
+    params: list[tuple[str, Tensor]]
+    before: Checksums
+    mode_dependent: list[str]
+    dedicated_groups: bool
+    """Its weights sit in optimizer param groups holding nothing else: the optimizer was built around it."""
+
+
+def eval_frozen_subtrees(root: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> list[_EvalFrozen]:
+    """Topmost modules in eval mode (under a root in training mode) holding trainable, optimized weights of layers
+    that are not normalization layers. A BatchNorm put in eval mode alone (frozen statistics while fine-tuning)
+    is not one: only a ``.eval()`` on a whole block puts its convolutions and linear layers in eval mode."""
+    if not root.training:
+        return []  # the whole model in eval mode: mode.eval_in_train's business
+    groups = [[id(p) for p in group["params"]] for optimizer in optimizers for group in optimizer.param_groups]
+    optimized = {pid for group in groups for pid in group}
+    found: list[_EvalFrozen] = []
+    for name, module in root.named_modules():
+        if module.training or any(name.startswith(f"{f.name}.") for f in found):
+            continue
+        trainable = [
+            (f"{name}.{param_name}", param)
+            for owner_name, owner in module.named_modules()
+            if not isinstance(owner, _NORMALIZATION_TYPES)
+            for param_name, param in (
+                (f"{owner_name}.{n}" if owner_name else n, p) for n, p in owner.named_parameters(recurse=False)
+            )
+            # a gradient at the first step: the optimizer trains it (an EMA copy in eval mode gets none)
+            if param.requires_grad and id(param) in optimized and param.grad is not None
+        ]
+        if not trainable:
+            continue
+        mine = {id(p) for p in module.parameters()}
+        touching = [set(group) for group in groups if mine & set(group)]
+        found.append(
+            _EvalFrozen(
+                name=name,
+                module_type=type(module).__name__,
+                params=trainable,
+                before=Checksums.of(trainable),
+                mode_dependent=[
+                    f"{name}.{m.name}" if m.name else name
+                    for m in mode_dependent_modules(module)
+                    if not m.module.training
+                ],
+                dedicated_groups=all(group <= mine for group in touching),
+            )
+        )
+    return found
+
+
+def _l2_norm(checksums: Checksums) -> float:
+    """The L2 norm of all the tensors summarised by ``checksums`` (one host read)."""
+    return math.sqrt(sum(float(norms[:, 1].square().sum()) for _, norms in checksums.groups))
 
 
 class ModeGuardCallback(SanityCallback):
@@ -309,6 +417,12 @@ class ModeGuardCallback(SanityCallback):
     - ``mode.stochastic_eval`` (error): with every mode-dependent module in eval mode, the same inputs
       give different outputs (once per fit/validate/test run, a few samples, RNG forked).
     - ``mode.grad_in_eval`` (info): autograd is enabled while the model runs during evaluation.
+    - ``mode.bn_tiny_batch`` (warning): BatchNorm layers in training mode normalise batches of one
+      sample, or of at most two values per channel (median of their first training calls), so their
+      running statistics do not describe what each batch was normalised with.
+    - ``mode.eval_frozen_but_trained`` (warning, info with a dedicated optimizer group): a subtree
+      put in eval mode to "freeze" it (not only its normalization layers) whose trainable weights the
+      optimizer keeps updating.
 
     Args:
         allow_stochastic_eval: The model is random in evaluation on purpose (MC dropout, stochastic
@@ -356,6 +470,10 @@ class ModeGuardCallback(SanityCallback):
         self._first_batch_of_epoch = False
         self._run: _EvalRun | None = None
         self._stochastic_checked = False
+        self._batch_sizes: dict[str, list[tuple[int, int]]] = {}
+        self._bn_hooks: list[RemovableHandle] = []
+        self._frozen_checked = False
+        self._frozen: list[_EvalFrozen] = []
 
     # ---- training side: mode.eval_in_train -------------------------------------------------
 
@@ -409,11 +527,133 @@ class ModeGuardCallback(SanityCallback):
             evidence={"modules": _listing(switched), "count": len(switched), "batch_idx": batch_idx},
         )
 
+    # ---- training side: mode.bn_tiny_batch / mode.eval_frozen_but_trained ---------------------
+
+    def _watch_batch_sizes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Forward pre-hooks on the BatchNorm layers with running statistics, removed after a few training calls."""
+        self._remove_bn_hooks()
+        self._batch_sizes = {}
+        for entry in mode_dependent_modules(pl_module):
+            if entry.kind == NORMALIZATION and isinstance(entry.module, nn.modules.batchnorm._BatchNorm):
+                self._bn_hooks.append(entry.module.register_forward_pre_hook(self._batch_size_probe(trainer, entry)))
+
+    def _batch_size_probe(self, trainer: pl.Trainer, entry: ModeDependent) -> Callable[..., None]:
+        def note_batch_size(module: nn.Module, args: Any) -> None:
+            if not (module.training and trainer.training) or not args or not isinstance(args[0], Tensor):
+                return
+            sizes = self._batch_sizes.setdefault(entry.name, [])
+            inputs = args[0]
+            if len(sizes) < _BN_CALLS_WATCHED and inputs.dim() >= 2 and inputs.shape[1]:
+                sync = trainer.world_size if isinstance(module, nn.SyncBatchNorm) else 1
+                # shapes are host metadata: no device sync
+                sizes.append((int(inputs.shape[0]) * sync, inputs.numel() // inputs.shape[1] * sync))
+
+        return note_batch_size
+
+    def _remove_bn_hooks(self) -> None:
+        for handle in self._bn_hooks:
+            handle.remove()
+        self._bn_hooks = []
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if (
+            self._bn_hooks
+            and self._batch_sizes
+            and all(len(s) >= _BN_CALLS_WATCHED for s in self._batch_sizes.values())
+        ):
+            self._judge_batch_sizes(trainer)
+        if not self._frozen_checked:
+            self._frozen_checked = True
+            self._frozen = eval_frozen_subtrees(pl_module, trainer.optimizers)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._bn_hooks and self._batch_sizes:
+            self._judge_batch_sizes(trainer)  # short epochs: judge what was seen
+        frozen, self._frozen = self._frozen, []
+        for subtree in frozen:
+            self._judge_eval_frozen(trainer, subtree)
+
+    def _judge_batch_sizes(self, trainer: pl.Trainer) -> None:
+        self._remove_bn_hooks()
+        samples = {name: _median([n for n, _ in calls]) for name, calls in self._batch_sizes.items() if calls}
+        values = {name: _median([v for _, v in calls]) for name, calls in self._batch_sizes.items() if calls}
+        tiny = [name for name in samples if samples[name] <= 1 or values[name] <= _FEW_VALUES]
+        if not tiny:
+            return
+        where = describe_modules(tiny)
+        size, count = max(samples[name] for name in tiny), max(values[name] for name in tiny)
+        self.record(
+            trainer,
+            "mode.bn_tiny_batch",
+            Severity.WARNING,
+            f"BatchNorm layers {where} normalise training batches of {size} sample(s), {count} value(s) per channel "
+            f"(median of their first {_BN_CALLS_WATCHED} training calls): each batch is normalised with statistics "
+            "of itself alone, which the running statistics used in eval mode do not describe, so validation in eval "
+            "mode falls below what training shows.",
+            "Use GroupNorm/LayerNorm/InstanceNorm instead of BatchNorm, a larger batch per device (gradient "
+            "accumulation does not help BatchNorm; SyncBatchNorm pools devices), or keep BatchNorm frozen in eval "
+            "mode when fine-tuning with small batches.",
+            subject=where,
+            evidence={
+                "modules": tiny[:_NAMES_SHOWN],
+                "count": len(tiny),
+                "batch_sizes": {name: samples[name] for name in tiny},
+                "values_per_channel": {name: values[name] for name in tiny},
+            },
+        )
+
+    def _judge_eval_frozen(self, trainer: pl.Trainer, subtree: _EvalFrozen) -> None:
+        """Did the weights of a subtree in eval mode move over the first epoch?"""
+        now = Checksums.of(subtree.params)
+        moved = subtree.before.changed(now)
+        if not moved:
+            return
+        before, after = _l2_norm(subtree.before), _l2_norm(now)
+        change = abs(after - before) / before if before > 0 else math.inf
+        where = f"`{subtree.name}`"
+        frozen_what = (
+            f"{len(subtree.mode_dependent)} mode-dependent layer(s) ({', '.join(subtree.mode_dependent[:3])}"
+            f"{'...' if len(subtree.mode_dependent) > 3 else ''}) use frozen statistics/no dropout"
+            if subtree.mode_dependent
+            else "eval mode changes nothing in it"
+        )
+        dedicated = subtree.dedicated_groups
+        self.record(
+            trainer,
+            "mode.eval_frozen_but_trained",
+            Severity.INFO if dedicated else Severity.WARNING,
+            f"{where} ({subtree.module_type}) is in eval mode during training, but only its mode is frozen: "
+            f"{frozen_what}, while {len(moved)} of its {len(subtree.params)} weight tensors are trainable "
+            f"(requires_grad=True) and updated by the optimizer: its weight norm changed by {change:.1%} over epoch "
+            f"{trainer.current_epoch}"
+            + (" (they have their own optimizer param group, so fine-tuning looks deliberate)." if dedicated else "."),
+            "To freeze weights, call requires_grad_(False) on the module (and leave it out of the optimizer); "
+            ".eval() only fixes BatchNorm statistics and disables dropout. If fine-tuning it is intended, give it its "
+            "own param group (usually with a lower learning rate).",
+            subject=subtree.name,
+            evidence={
+                "module": subtree.name,
+                "moved_tensors": moved[:_NAMES_SHOWN],
+                "moved_count": len(moved),
+                "trainable_tensors": len(subtree.params),
+                "relative_norm_change": change,
+                "mode_dependent_frozen": subtree.mode_dependent[:_NAMES_SHOWN],
+                "dedicated_param_groups": dedicated,
+            },
+        )
+
     # ---- evaluation side -------------------------------------------------------------------
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stochastic_checked = False
+        self._frozen_checked = False
+        self._frozen = []
+        self._watch_batch_sizes(trainer, pl_module)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -432,7 +672,7 @@ class ModeGuardCallback(SanityCallback):
 
     def _start_eval_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_eval_run()
-        self._run = _EvalRun(mode_dependent_modules(pl_module))
+        self._run = _EvalRun(mode_dependent_modules(pl_module), rewritable=rewritable_parameters(pl_module))
         if not _is_compiled(pl_module):
             self._run.hooks = self._watch_grad_mode(pl_module)
 
@@ -475,7 +715,7 @@ class ModeGuardCallback(SanityCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._eval_batch_end(trainer, pl_module, outputs, batch_idx, dataloader_idx)
+        self._eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     @override
     def on_test_batch_end(
@@ -487,7 +727,7 @@ class ModeGuardCallback(SanityCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._eval_batch_end(trainer, pl_module, outputs, batch_idx, dataloader_idx)
+        self._eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     @override
     def on_predict_batch_end(
@@ -499,7 +739,7 @@ class ModeGuardCallback(SanityCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._eval_batch_end(trainer, pl_module, outputs, batch_idx, dataloader_idx)
+        self._eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -520,6 +760,8 @@ class ModeGuardCallback(SanityCallback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._stop_eval_run()
+        self._remove_bn_hooks()
+        self._frozen = []
         super().teardown(trainer, pl_module, stage)
 
     def _stop_eval_run(self) -> None:
@@ -538,6 +780,7 @@ class ModeGuardCallback(SanityCallback):
         if run.batches == 0:
             run.params = Checksums.of(named_parameters_to_watch(pl_module))
             run.running_stats = Checksums.of(named_running_stats(run.modules))
+            run.before_rewrite = _clone_named(pl_module, run.rewritable)
         if (
             check_stochastic
             and not in_training_mode
@@ -548,7 +791,13 @@ class ModeGuardCallback(SanityCallback):
             self._check_stochastic_eval(trainer, pl_module, batch)
 
     def _eval_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch_idx: int, dataloader_idx: int
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
     ) -> None:
         run = self._run
         if run is None:
@@ -556,7 +805,7 @@ class ModeGuardCallback(SanityCallback):
         run.batches += 1
         self._check_train_in_eval(trainer, run, batch_idx, "end")
         if run.batches == 1 or _is_last_batch(trainer, batch_idx, dataloader_idx):
-            self._check_unchanged(trainer, pl_module, run)
+            self._check_unchanged(trainer, pl_module, run, batch)
         if torch.is_grad_enabled() or any(t.requires_grad for t in output_tensors(outputs)):
             run.grad_enabled = True
         if run.grad_enabled:
@@ -588,9 +837,14 @@ class ModeGuardCallback(SanityCallback):
 
     # ---- mode.bn_updated_in_eval / mode.params_changed_in_eval -----------------------------
 
-    def _check_unchanged(self, trainer: pl.Trainer, pl_module: pl.LightningModule, run: _EvalRun) -> None:
+    def _check_unchanged(self, trainer: pl.Trainer, pl_module: pl.LightningModule, run: _EvalRun, batch: Any) -> None:
         if run.params is not None:
             changed = run.params.changed(Checksums.of(named_parameters_to_watch(pl_module)))
+            if changed and self._rewritten_by_forward(trainer, pl_module, changed, batch, run.before_rewrite):
+                # re-masking in forward: compare later batches against the re-parametrised weights
+                run.params = Checksums.of(named_parameters_to_watch(pl_module))
+                changed = []
+            run.before_rewrite = {}  # the first forward has re-masked: later changes are not re-parametrisation
             if changed:
                 self._report_changed(trainer, "mode.params_changed_in_eval", "parameters", changed, run.batches)
         if run.running_stats is not None:
@@ -627,6 +881,56 @@ class ModeGuardCallback(SanityCallback):
                 "batches": batches,
             },
         )
+
+    def _rewritten_by_forward(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        changed: list[str],
+        batch: Any,
+        before: Mapping[str, Tensor],
+    ) -> bool:
+        """Is the whole change the in-place re-parametrisation ``forward`` itself does (``w.data *= mask``)?
+
+        The changed parameters are set back to their values before the batch and ``forward`` runs on a few
+        samples: if it rewrites them to exactly their current values, and a second pass leaves them unchanged (a
+        projection), evaluation computes with what training's forward computes with (masked entries are zero
+        either way, no output can differ). A change made in the step or a hook (training leaking into
+        evaluation) is not reproduced; a forward that drifts the weights moves them again. Every parameter and
+        buffer is restored bit-exactly afterwards; the RNG is forked.
+        """
+        if not changed or any(name not in before for name in changed):
+            return False
+        sample = self._one_input_sample(trainer, pl_module, batch)
+        if sample is None:
+            return False  # cannot replay the forward: keep the finding
+        named = dict(named_parameters_to_watch(pl_module))
+        state = [t for t in (*pl_module.parameters(), *pl_module.buffers()) if not t.is_meta]
+        with forked_rng(), torch.no_grad():
+            saved = [t.detach().clone() for t in state]
+            after = {name: named[name].detach().clone() for name in changed}
+            try:
+                for name in changed:
+                    named[name].copy_(before[name])
+                pl_module(sample)
+                if not all(torch.equal(named[name], after[name]) for name in changed):
+                    return False
+                pl_module(sample)  # a projection (re-masking) has nothing left to change; a drift moves them again
+                return all(torch.equal(named[name], after[name]) for name in changed)
+            finally:
+                for tensor, value in zip(state, saved, strict=True):
+                    tensor.copy_(value)
+
+    def _one_input_sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> Tensor | None:
+        """A few inputs of ``batch`` that ``pl_module(sample)`` accepts, or ``None``."""
+        if type(pl_module).forward is pl.LightningModule.forward or not accepts_one_input(pl_module.forward):
+            return None
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or _is_compiled(pl_module):
+            return None
+        parts = self.split_batch(trainer, batch)
+        if parts is None or not isinstance(parts.inputs, Tensor) or parts.inputs.dim() == 0 or not len(parts.inputs):
+            return None
+        return parts.inputs[: self.stochastic_samples]
 
     # ---- mode.grad_in_eval -----------------------------------------------------------------
 
@@ -766,6 +1070,11 @@ def _is_last_batch(trainer: pl.Trainer, batch_idx: int, dataloader_idx: int) -> 
         return False
     last_loader, batches = with_batches[-1]
     return not math.isinf(batches) and dataloader_idx == last_loader and batch_idx == int(batches) - 1
+
+
+def _median(values: Sequence[int]) -> int:
+    """The median of a few counts (the upper one of an even number): one small last batch does not move it."""
+    return sorted(values)[len(values) // 2]
 
 
 def _kinds(modules: Sequence[ModeDependent]) -> str:

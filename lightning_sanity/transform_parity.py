@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_sanity.base import SanityCallback, require
+from lightning_sanity.base import SanityCallback, require, stage_of
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.findings import Severity
 from lightning_sanity.pipelines import (
@@ -62,9 +62,10 @@ class TransformParityCallback(SanityCallback):
     exposing ``.dataset``), models the pixel scale through torchvision v1/v2 steps and reports:
     ``Normalize`` constants on the wrong scale for what they receive, a split that normalises
     differently or not at all, differing pixel scaling, random augmentation in val/test, train and
-    val samples of different shape or dtype, and train samples reused in val/test. Where a step is
-    opaque (a ``Lambda``, a custom class) it reads a few items through the pipeline with the RNG
-    forked and measures them instead.
+    val samples of different shape or dtype, and train samples reused in val/test (only noted, as
+    ``data.eval_on_train``, when the evaluation deliberately runs on the training dataloader itself).
+    Where a step is opaque (a ``Lambda``, a custom class) it reads a few items through the pipeline
+    with the RNG forked and measures them instead.
 
     Runs at the start of ``fit`` / ``validate`` / ``test``: single-split checks as soon as a
     dataloader is loaded, train-vs-eval comparisons once both are (before the first optimizer step
@@ -121,6 +122,7 @@ class TransformParityCallback(SanityCallback):
         self.min_content_overlap = float(min_content_overlap)
         self.max_fingerprint_items = max_fingerprint_items
         self._fit_train_views: list[LoaderView] = []
+        self._fit_train_loaders: list[Any] = []
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -135,6 +137,7 @@ class TransformParityCallback(SanityCallback):
         self._reset_run()
         if stage == "fit":
             self._fit_train_views = []
+            self._fit_train_loaders = []
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -172,9 +175,9 @@ class TransformParityCallback(SanityCallback):
 
     def _train_views(self, trainer: pl.Trainer) -> list[LoaderView]:
         if trainer.train_dataloader is not None:
-            self._fit_train_views = [
-                describe_loader(dl, label) for label, dl in iter_loaders(trainer.train_dataloader, "train")
-            ]
+            loaders = list(iter_loaders(trainer.train_dataloader, "train"))
+            self._fit_train_views = [describe_loader(dl, label) for label, dl in loaders]
+            self._fit_train_loaders = [dl for _, dl in loaders]
             return self._fit_train_views
         if self._fit_train_views or trainer.state.fn == TrainerFn.FITTING:
             return self._fit_train_views
@@ -184,13 +187,7 @@ class TransformParityCallback(SanityCallback):
 
     @staticmethod
     def _eval_views(trainer: pl.Trainer) -> list[LoaderView]:
-        if trainer.testing:
-            loaders, split = trainer.test_dataloaders, "test"
-        elif trainer.validating or trainer.sanity_checking or trainer.training:
-            loaders, split = trainer.val_dataloaders, "val"
-        else:
-            return []
-        return [describe_loader(dl, label) for label, dl in iter_loaders(loaders, split)]
+        return [describe_loader(dl, label) for label, dl in _eval_loaders(trainer)]
 
     # ------------------------------------------------------------ one split
 
@@ -511,6 +508,9 @@ class TransformParityCallback(SanityCallback):
         by_index = overlap.how != "identical raw samples"
         if not by_index and overlap.fraction < self.min_content_overlap:
             return
+        if overlap.how == "the same dataset object" and self._evaluates_on_purpose(trainer, other):
+            self._report_eval_on_train(trainer, train, other)
+            return
         self.record(
             trainer,
             "data.split_overlap",
@@ -530,6 +530,47 @@ class TransformParityCallback(SanityCallback):
                 "other_dataset": type(other.dataset).__name__,
             },
         )
+
+    def _evaluates_on_purpose(self, trainer: pl.Trainer, other: LoaderView) -> bool:
+        """Whether the eval split is deliberately the training data: the training dataloader object itself, or
+        dataloaders handed to ``trainer.test``/``validate`` by the caller (not declared by the module/datamodule)."""
+        eval_loaders = [dl for label, dl in _eval_loaders(trainer) if label == other.label]
+        if any(dl is train for dl in eval_loaders for train in self._fit_train_loaders):
+            return True
+        return trainer.state.fn in (TrainerFn.TESTING, TrainerFn.VALIDATING) and _eval_loaders_passed_by_caller(trainer)
+
+    def _report_eval_on_train(self, trainer: pl.Trainer, train: LoaderView, other: LoaderView) -> None:
+        self.record(
+            trainer,
+            "data.eval_on_train",
+            Severity.INFO,
+            f"The {other.label} dataloader evaluates the training dataset itself (the {train.label} dataloader's "
+            f"dataset object, {type(other.dataset).__name__}): its {other.label} metrics are training-set metrics, "
+            "not a measure of generalisation.",
+            "Fine to report training accuracy next to test accuracy; report generalisation from a dataloader over a "
+            "disjoint split.",
+            subject=f"{train.label}|{other.label}",
+            evidence={"dataset": type(other.dataset).__name__, "stage": stage_of(trainer)},
+        )
+
+
+def _eval_loaders(trainer: pl.Trainer) -> list[tuple[str, Any]]:
+    if trainer.testing:
+        return list(iter_loaders(trainer.test_dataloaders, "test"))
+    if trainer.validating or trainer.sanity_checking or trainer.training:
+        return list(iter_loaders(trainer.val_dataloaders, "val"))
+    return []
+
+
+def _eval_loaders_passed_by_caller(trainer: pl.Trainer) -> bool:
+    """Were the running ``test``/``validate`` dataloaders passed to the Trainer call rather than declared by hooks?
+
+    Lightning keeps no public record of this: its private ``_data_source`` holds the module/datamodule
+    when the dataloaders come from their ``*_dataloader()`` hooks, else what the caller passed.
+    """
+    loop = trainer.test_loop if trainer.testing else trainer.validate_loop
+    source = getattr(getattr(loop, "_data_source", None), "instance", None)
+    return source is not None and not isinstance(source, (pl.LightningModule, pl.LightningDataModule))
 
 
 def _overlap(train: LoaderView, other: LoaderView, fingerprints: Any) -> Overlap | None:
