@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -355,6 +355,7 @@ class BatchStatsCallback(SanityCallback):
         figure_every_n_epochs: Log train-vs-val input histograms and a grid of sample inputs (de-normalised
             with the pipeline's Normalize when found) at the first epoch, then every N epochs; 0 turns them off.
         save_dir: Also save the figures as PNG files here.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Example::
 
@@ -375,10 +376,13 @@ class BatchStatsCallback(SanityCallback):
         batch_adapter: BatchAdapter | None = None,
         figure_every_n_epochs: int = 5,
         save_dir: str | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
         )
+        self.configure_findings(ignore, severity)
         require(is_int(check_batches) and check_batches >= 1, "check_batches", "an int >= 1", check_batches)
         require(
             is_int(single_class_window) and single_class_window >= 2,

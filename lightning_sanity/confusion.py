@@ -529,6 +529,7 @@ class ConfusionCallback(SanityCallback):
         figure_every_n_epochs: Log the confusion-matrix figure at the first epoch, then every N epochs
             (and at every test run); 0 turns it off.
         save_dir: Also save the figures as PNG files here.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Example::
 
@@ -554,10 +555,13 @@ class ConfusionCallback(SanityCallback):
         batch_adapter: Callable[[Any], Any] | None = None,
         figure_every_n_epochs: int = 5,
         save_dir: str | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
         )
+        self.configure_findings(ignore, severity)
         require(
             num_classes is None or (is_int(num_classes) and num_classes >= 2),
             "num_classes",
@@ -1105,9 +1109,8 @@ class ConfusionCallback(SanityCallback):
         return str(index)
 
     @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def release(self) -> None:
         self._stop_capture()
-        super().teardown(trainer, pl_module, stage)
 
     @override
     def report_sections(self) -> list[tuple[str, str]]:

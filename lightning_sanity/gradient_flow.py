@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -149,6 +149,7 @@ class GradientFlowCallback(SanityCallback):
         figure_every_n_epochs: Log the gradient-flow figure (per-layer mean and max gradient, log
             scale) at the first epoch, then every N epochs; 0 turns it off.
         save_dir: Also save the figures as PNG files here.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Attributes:
         layer_grad_norms: ``{module name: (mean |grad|, max |grad|)}`` of the last check, in module
@@ -179,10 +180,13 @@ class GradientFlowCallback(SanityCallback):
         batch_adapter: BatchAdapter | None = None,
         figure_every_n_epochs: int = 5,
         save_dir: str | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
         )
+        self.configure_findings(ignore, severity)
         require(
             is_int(dense_steps) and dense_steps >= _MIN_CHECKS, "dense_steps", f"an int >= {_MIN_CHECKS}", dense_steps
         )
@@ -261,10 +265,9 @@ class GradientFlowCallback(SanityCallback):
                 self._judge_persistent(trainer, index, watch)
 
     @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def release(self) -> None:
         self._pending = []
         self._orphans = []
-        super().teardown(trainer, pl_module, stage)
 
     def _measure_gradients(self, index: int, step: int, optimizer: Optimizer) -> _PendingCheck:
         infos: list[_ParamInfo] = []

@@ -318,6 +318,7 @@ class ModeGuardCallback(SanityCallback):
             through ``forward``.
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: ``batch -> (inputs, targets)`` for batch structures not understood by default.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Example::
 
@@ -337,8 +338,11 @@ class ModeGuardCallback(SanityCallback):
         stochastic_samples: int = 4,
         strict: bool = False,
         batch_adapter: BatchAdapter | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(strict=strict, batch_adapter=batch_adapter)
+        self.configure_findings(ignore, severity)
         require(isinstance(allow_stochastic_eval, bool), "allow_stochastic_eval", "a bool", allow_stochastic_eval)
         require(
             isinstance(stochastic_samples, int)
@@ -514,13 +518,8 @@ class ModeGuardCallback(SanityCallback):
         self._stop_eval_run()
 
     @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def release(self) -> None:
         self._stop_eval_run()
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._stop_eval_run()
-        super().teardown(trainer, pl_module, stage)
 
     def _stop_eval_run(self) -> None:
         if self._run is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -79,6 +79,7 @@ class TransformParityCallback(SanityCallback):
         max_fingerprint_items: Datasets with more items are not hashed for the content-overlap check.
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: See :class:`~lightning_sanity.SanityCallback`.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Example::
 
@@ -100,8 +101,11 @@ class TransformParityCallback(SanityCallback):
         max_fingerprint_items: int = 2_000_000,
         strict: bool = False,
         batch_adapter: BatchAdapter | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(strict=strict, batch_adapter=batch_adapter)
+        self.configure_findings(ignore, severity)
         require(
             isinstance(num_samples, int) and 0 <= num_samples <= 64, "num_samples", "an int in [0, 64]", num_samples
         )
