@@ -229,9 +229,12 @@ def test_sanity_warning_points_at_the_users_code_not_ours(make_trainer: Any) -> 
     [unscaled] = [w for w in caught if issubclass(w.category, ls.SanityWarning)]
     assert "input.unscaled" in str(unscaled.message)
     assert Path(unscaled.filename) == Path(__file__)
-    assert "lightning_sanity" not in warnings.formatwarning(
-        unscaled.message, unscaled.category, unscaled.filename, unscaled.lineno
-    ).split(":")[0]
+    assert (
+        "lightning_sanity"
+        not in warnings.formatwarning(unscaled.message, unscaled.category, unscaled.filename, unscaled.lineno).split(
+            ":"
+        )[0]
+    )
 
 
 # ---------------------------------------------------------------- ignore / severity
