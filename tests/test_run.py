@@ -199,7 +199,8 @@ def test_fit_test_predict_on_one_trainer_leave_three_reports_each_with_its_own_f
     trainer.fit(model, train, val)
     trainer.test(model, val)
     trainer.predict(model, DataLoader(wine_tensors("val")[0], batch_size=16))
-    assert report_files(tmp_path) == [f"sanity_report_{run}.{ext}" for run in ("fit", "predict", "test") for ext in ("json", "md")]  # fmt: skip
+    expected = [f"sanity_report_{run}.{ext}" for run in ("fit", "predict", "test") for ext in ("json", "md")]
+    assert report_files(tmp_path) == expected
     seen = {}
     for run in ("fit", "test", "predict"):
         report = SanityReport.from_json(Path(logger.log_dir, f"sanity_report_{run}.json").read_text())
@@ -292,7 +293,8 @@ def test_unknown_codes_and_severities_fail_fast(kwargs: dict[str, Any], match: s
 
 def test_default_callbacks_accept_figure_options(tmp_path: Path) -> None:
     callbacks = ls.default_callbacks(figure_every_n_epochs=0, save_dir=str(tmp_path))
-    drawing = [cb for cb in callbacks if isinstance(cb, (ls.BatchStatsCallback, ls.GradientFlowCallback, ls.ConfusionCallback))]  # fmt: skip
+    figure_kinds = (ls.BatchStatsCallback, ls.GradientFlowCallback, ls.ConfusionCallback)
+    drawing = [cb for cb in callbacks if isinstance(cb, figure_kinds)]
     assert len(drawing) == 3
     assert all(cb.figure_every_n_epochs == 0 and cb.save_dir == str(tmp_path) for cb in drawing)
 
