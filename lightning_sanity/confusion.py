@@ -16,6 +16,7 @@ from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
 from typing_extensions import override
 
+from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
@@ -462,7 +463,7 @@ class _Capture:
         self.child_outputs: list[Any] = []
         self._handles: list[RemovableHandle] = [module.register_forward_hook(self._on_module)]
         for child in module.children():
-            if not isinstance(child, (Metric, nn.modules.loss._Loss)):
+            if not isinstance(child, (Metric, *compat.LOSS)):
                 self._handles.append(child.register_forward_hook(self._on_child))
 
     def _on_module(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -917,7 +918,7 @@ class ConfusionCallback(SanityCallback):
     # --------------------------------------------------------------- judging
     def _trained(self, trainer: pl.Trainer) -> bool:
         """Whether ``min_epochs`` training epochs ran in this trainer (the running epoch counts during fit)."""
-        completed = trainer.fit_loop.epoch_progress.current.completed
+        completed = compat.completed_epochs(trainer)
         return completed + (trainer.state.fn == TrainerFn.FITTING) >= self.min_epochs
 
     def _judge_summary(self, trainer: pl.Trainer, split: str, label: str, summary: ConfusionSummary) -> None:
@@ -1141,8 +1142,8 @@ def _accuracy_keys(trainer: pl.Trainer, split: str, compare_keys: Sequence[str])
     """Keys of epoch-level, mean-reduced accuracies logged during ``split``, and ``compare_keys``, with their loader."""
     keys = {key: _loader_of(key) for key in compare_keys if key in trainer.callback_metrics}
     step_hook, hook_prefix = _EVAL_HOOKS.get(split, ("", "-"))
-    results = getattr(trainer, "_results", None)
-    if results is None or not hasattr(results, "items"):
+    results = compat.logged_results(trainer)
+    if results is None:
         return keys
     for result in results.values():
         meta = getattr(result, "meta", None)

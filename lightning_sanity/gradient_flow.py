@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, is_int, is_number, require
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import gradient_flow_figure
@@ -292,12 +293,12 @@ class GradientFlowCallback(SanityCallback):
             with torch.no_grad():
                 grads = [p.grad for p in params if p.grad is not None]
                 weights = [p.detach() for p in params]
-                magnitudes = torch._foreach_abs(grads)  # L1 and max-abs via _foreach_norm are slow on CPU
+                magnitudes = compat.foreach_abs(grads)  # L1 and max-abs via _foreach_norm are slow on CPU
                 norms = [
-                    torch._foreach_norm(grads, 2, dtype=torch.float32),
+                    compat.foreach_norm(grads, 2, dtype=torch.float32),
                     [m.sum(dtype=torch.float32) for m in magnitudes],
                     [m.amax().float() for m in magnitudes],
-                    torch._foreach_norm(weights, 2, dtype=torch.float32),
+                    compat.foreach_norm(weights, 2, dtype=torch.float32),
                 ]
                 del magnitudes
                 device = weights[0].device
@@ -733,8 +734,8 @@ def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
         if check.grad_stats is None:
             continue
         with torch.no_grad():
-            torch._foreach_sub_(check.snapshot, [p.detach() for p in check.params])
-            updates = torch._foreach_norm(check.snapshot, 2, dtype=torch.float32)
+            compat.foreach_sub_(check.snapshot, [p.detach() for p in check.params])
+            updates = compat.foreach_norm(check.snapshot, 2, dtype=torch.float32)
             device = check.grad_stats.device
             rows.append(torch.cat([check.grad_stats, torch.stack([u.to(device) for u in updates])[None]]))
         check.snapshot = []

@@ -33,11 +33,10 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
-from torch.nn.modules.dropout import _DropoutNd
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, require, stage_of
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.findings import Severity
@@ -67,9 +66,9 @@ def mode_kind(module: nn.Module) -> str | None:
     Known types are matched exactly; for user-defined classes the source of ``forward`` is searched
     for ``self.training`` once per class, which is what makes a layer mode-dependent.
     """
-    if isinstance(module, _DropoutNd):
+    if isinstance(module, compat.DROPOUT):
         return DROPOUT
-    if isinstance(module, _NormBase):
+    if isinstance(module, compat.NORM_WITH_RUNNING_STATS):
         return NORMALIZATION if module.running_mean is not None else None
     if isinstance(module, (nn.RNNBase, nn.MultiheadAttention)):
         return DROPOUT if module.dropout > 0 else None
@@ -200,7 +199,7 @@ class Checksums:
             tensors = [named[i][1].detach() for i in indices]
             if dtype.is_floating_point:
                 norms = torch.stack(
-                    [torch.stack(torch._foreach_norm(tensors, 1)), torch.stack(torch._foreach_norm(tensors, 2))], 1
+                    [torch.stack(compat.foreach_norm(tensors, 1)), torch.stack(compat.foreach_norm(tensors, 2))], 1
                 )
             else:
                 norms = torch.stack([t.double().sum() for t in tensors]).unsqueeze(1).expand(-1, 2)
@@ -254,7 +253,7 @@ def accepts_one_input(forward: Callable[..., Any]) -> bool:
 
 
 def _is_compiled(module: nn.Module) -> bool:
-    if getattr(module, "_compiler_ctx", None) is not None:
+    if compat.compiler_context(module) is not None:
         return True
     return any(type(m).__name__ == "OptimizedModule" for m in module.modules())
 
