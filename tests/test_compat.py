@@ -17,7 +17,7 @@ from lightning_sanity.demos import Classifier, mlp, wine_tensors
 PACKAGE = Path(compat.__file__).parent
 PRIVATE_USE = re.compile(
     r"\b(?:torch|nn|trainer|strategy|pl_module|module|loop)\.(_[a-z]\w*)"
-    r"|_compiler_ctx|\b_results\b|epoch_progress|fit_loop|from torch\.nn\.modules|torch\._|\._[A-Z]\w*"
+    r"|_compiler_ctx|\b_results\b|epoch_progress|fit_loop|from torch\.nn\.modules|torch\._|(?<!self)(?<!cls)\._[A-Z]\w*"
 )
 
 
