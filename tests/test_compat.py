@@ -36,7 +36,14 @@ def test_torch_private_base_classes_cover_the_layers_we_classify() -> None:
     norms = [nn.BatchNorm1d(3), nn.BatchNorm2d(3), nn.InstanceNorm2d(3, track_running_stats=True), nn.SyncBatchNorm(3)]
     assert all(isinstance(m, compat.NORM_WITH_RUNNING_STATS) for m in norms)
     assert all(hasattr(m, "running_mean") for m in norms)
-    dropouts = [nn.Dropout(), nn.Dropout1d(), nn.Dropout2d(), nn.Dropout3d(), nn.AlphaDropout(), nn.FeatureAlphaDropout()]
+    dropouts = [
+        nn.Dropout(),
+        nn.Dropout1d(),
+        nn.Dropout2d(),
+        nn.Dropout3d(),
+        nn.AlphaDropout(),
+        nn.FeatureAlphaDropout(),
+    ]
     assert all(isinstance(m, compat.DROPOUT) for m in dropouts)
     assert not isinstance(nn.LayerNorm(3), compat.NORM_WITH_RUNNING_STATS + compat.DROPOUT)
     assert all(isinstance(m, compat.LOSS) for m in (nn.CrossEntropyLoss(), nn.MSELoss(), nn.BCEWithLogitsLoss()))
