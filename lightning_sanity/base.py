@@ -27,6 +27,7 @@ from lightning_sanity.loggers import (
     save_png,
     scalar_key,
     send_to_image_loggers,
+    takes_images,
 )
 
 log = logging.getLogger("lightning_sanity")
@@ -181,7 +182,7 @@ class SanityCallback(Callback):
         self.configure_findings(ignore, severity)
         self.figure_paths: list[str] = []
         self._findings: dict[tuple[str, str], Finding] = {}
-        self._pending_pngs: dict[str, tuple[Figure, int]] = {}
+        self._pending_pngs: dict[str, tuple[Figure | Callable[[], Figure], int]] = {}
         self._run_name = "fit"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -307,30 +308,33 @@ class SanityCallback(Callback):
             and has_figure_destination(trainer, self.save_dir)
         )
 
-    def log_figure(self, trainer: pl.Trainer, split: str, name: str, figure: Figure) -> None:
-        """Log ``figure`` as ``sanity/<callback>/<split>/<name>``.
+    def log_figure(self, trainer: pl.Trainer, split: str, name: str, figure: Figure | Callable[[], Figure]) -> None:
+        """Log ``figure`` (or what ``figure()`` draws) as ``sanity/<callback>/<split>/<name>``.
 
         Loggers with an image API (TensorBoard, W&B, MLflow, Comet, Neptune) get it now, at the current step.
-        PNG files (other loggers' directories, ``save_dir``) are rendered once per run, at its end, from the last
-        figure of each tag: rendering costs a few hundred milliseconds that should not be paid on the training
-        thread every epoch.
+        PNG files (other loggers' directories, ``save_dir``) are drawn and rendered once per run, at its end, from
+        the last figure of each tag: drawing and rendering cost a few hundred milliseconds that should not be paid
+        on the training thread every figure epoch. Pass a function (e.g. ``functools.partial(confusion_figure,
+        matrix)``) so that a figure no logger wants now is never drawn.
         """
         if trainer.global_rank != 0:
             return
         tag = scalar_key(self.name, split, name)
-        self.figure_paths.extend(send_to_image_loggers(trainer, tag, figure))
+        if any(takes_images(logger) for logger in trainer.loggers):
+            figure = figure if isinstance(figure, Figure) else figure()
+            self.figure_paths.extend(send_to_image_loggers(trainer, tag, figure))
         self._pending_pngs[tag] = (figure, trainer.current_epoch)
 
     def flush_figures(self, trainer: pl.Trainer) -> None:
         """Write the pending PNG files (rank zero, at the end of the run; called by the run coordinator)."""
         pending, self._pending_pngs = self._pending_pngs, {}
         directories = png_directories(trainer, self.save_dir) if pending else []
-        for tag, (figure, epoch) in pending.items():
-            for directory in directories:
-                try:
-                    self.figure_paths.append(save_png(figure, directory, tag, epoch))
-                except Exception:
-                    log.warning("lightning-sanity could not save the figure %s", tag, exc_info=True)
+        for tag, (figure, epoch) in pending.items() if directories else ():
+            try:
+                drawn = figure if isinstance(figure, Figure) else figure()
+                self.figure_paths.extend(save_png(drawn, directory, tag, epoch) for directory in directories)
+            except Exception:
+                log.warning("lightning-sanity could not save the figure %s", tag, exc_info=True)
 
     def report_sections(self) -> list[tuple[str, str]]:
         """Extra ``(title, text)`` blocks for the run report (e.g. a confusion matrix)."""

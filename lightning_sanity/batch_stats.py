@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -575,13 +576,15 @@ class BatchStatsCallback(SanityCallback):
             if view is None:
                 return
             per_channel[split] = view.transpose(1, 2).reshape(-1, view.shape[1])
-        self.log_figure(trainer, "train_vs_val", "histograms", input_histogram_figure(per_channel))
+        self.log_figure(trainer, "train_vs_val", "histograms", functools.partial(input_histogram_figure, per_channel))
         if all(inputs.ndim == 4 and inputs.shape[1] in (1, 3) for inputs in samples.values()):
             normalization = {
                 "train": find_normalize(trainer.train_dataloader),
                 "val": find_normalize(trainer.val_dataloaders),
             }
-            self.log_figure(trainer, "train_vs_val", "samples", sample_grid_figure(samples, normalization))
+            self.log_figure(
+                trainer, "train_vs_val", "samples", functools.partial(sample_grid_figure, samples, normalization)
+            )
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -887,7 +888,7 @@ class ConfusionCallback(SanityCallback):
                     self.confusion_matrix = matrix
                 if self.figure_due(trainer) or (split == "test" and self.figure_every_n_epochs):
                     title = f"{label} confusion matrix, epoch {trainer.current_epoch}"
-                    figure = confusion_figure(matrix, self._class_names, title)
+                    figure = functools.partial(confusion_figure, matrix, self._class_names, title)
                     self.log_figure(trainer, split, f"confusion_matrix{label.removeprefix(split)}", figure)
             self._log_summary(trainer, split, loader, summary)
             readings = {

@@ -10,6 +10,7 @@ the host once.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import deque
@@ -257,7 +258,9 @@ class GradientFlowCallback(SanityCallback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.layer_grad_norms and self.figure_due(trainer):
-            self.log_figure(trainer, "train", "layers", gradient_flow_figure(self.layer_grad_norms))
+            self.log_figure(
+                trainer, "train", "layers", functools.partial(gradient_flow_figure, dict(self.layer_grad_norms))
+            )
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -49,6 +49,11 @@ def save_png(figure: Figure, directory: str, tag: str, epoch: int) -> str:
 _IMAGE_LOGGERS = frozenset({"TensorBoardLogger", "WandbLogger", "MLFlowLogger", "CometLogger", "NeptuneLogger"})
 
 
+def takes_images(logger: Any) -> bool:
+    """Whether ``logger`` has an image API we use (TensorBoard, W&B, MLflow, Comet, Neptune)."""
+    return type(logger).__name__ in _IMAGE_LOGGERS
+
+
 def _send_to_image_logger(logger: Any, figure: Figure, tag: str, step: int, epoch: int) -> str | None:
     """Send ``figure`` through the logger's native image API, which keeps one image per step."""
     kind = type(logger).__name__
@@ -70,9 +75,7 @@ def _send_to_image_logger(logger: Any, figure: Figure, tag: str, step: int, epoc
 def png_directories(trainer: pl.Trainer, save_dir: str | None = None) -> list[str]:
     """Where figures go as PNG files: the directory of each logger without an image API, and ``save_dir``."""
     directories = [
-        getattr(logger, "log_dir", None) or logger.save_dir
-        for logger in trainer.loggers
-        if type(logger).__name__ not in _IMAGE_LOGGERS
+        getattr(logger, "log_dir", None) or logger.save_dir for logger in trainer.loggers if not takes_images(logger)
     ]
     return [d for d in directories if d] + ([save_dir] if save_dir is not None else [])
 
@@ -120,8 +123,6 @@ def send_to_image_loggers(trainer: pl.Trainer, tag: str, figure: Figure) -> list
         return []
     step, epoch = trainer.global_step, trainer.current_epoch
     sent = [
-        _send_to_image_logger(logger, figure, tag, step, epoch)
-        for logger in trainer.loggers
-        if type(logger).__name__ in _IMAGE_LOGGERS
+        _send_to_image_logger(logger, figure, tag, step, epoch) for logger in trainer.loggers if takes_images(logger)
     ]
     return [artifact for artifact in sent if artifact]
