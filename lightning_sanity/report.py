@@ -138,6 +138,8 @@ class SanityReport:
             console.print(self._rich_table(), highlight=False)
         else:
             console.print(f"{self.headline()}: no findings.", highlight=False)
+        if self.exception:
+            console.print(f"The run ended with {self.exception}", highlight=False, markup=False)
         for title, text in self.sections:
             console.print(f"[bold]{title}[/bold]\n{text}", highlight=False)
 

@@ -69,7 +69,6 @@ class SanityRun:
 @dataclass
 class _TrainerRuns:
     current: SanityRun | None = None
-    last: SanityRun | None = None
     started: Counter[str] = field(default_factory=Counter)
 
 
@@ -80,12 +79,6 @@ def current_run(trainer: pl.Trainer) -> SanityRun | None:
     """The run of ``trainer`` in progress (or ``None`` between runs)."""
     runs = _RUNS.get(trainer)
     return runs.current if runs is not None else None
-
-
-def last_report(trainer: pl.Trainer) -> SanityReport | None:
-    """The report published at the end of the trainer's most recent run, on every rank."""
-    runs = _RUNS.get(trainer)
-    return runs.last.report if runs is not None and runs.last is not None else None
 
 
 def join(trainer: pl.Trainer, member: RunMember) -> SanityRun:
@@ -126,7 +119,6 @@ def abort(trainer: pl.Trainer, exception: BaseException) -> None:
 def _end(trainer: pl.Trainer, run: SanityRun) -> None:
     runs = _RUNS[trainer]
     runs.current = None
-    runs.last = run
     for member in run.members:
         try:
             member.release()
