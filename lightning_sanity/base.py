@@ -84,13 +84,14 @@ def _guarded(hook: Callable[..., Any]) -> Callable[..., Any]:
         try:
             if hook.__name__ == "setup":
                 self._join_run(trainer)
-            return _run_isolated(self, hook, trainer, args, kwargs)
+            result = _run_isolated(self, hook, trainer, args, kwargs)
         finally:
             self._in_lifecycle_hook = False
-            if hook.__name__ == "teardown":
-                sanity_run.leave(trainer, self)
-            elif hook.__name__ == "on_exception":
+            if hook.__name__ == "on_exception":  # release hooks and write the report even if the hook raised
                 sanity_run.abort(trainer, kwargs.get("exception", args[-1] if args else RuntimeError("unknown")))
+        if hook.__name__ == "teardown":  # not when teardown raised: Lightning then calls on_exception
+            sanity_run.leave(trainer, self)
+        return result
 
     run_guarded.__wrapped_hook__ = True  # type: ignore[attr-defined]
     return run_guarded
