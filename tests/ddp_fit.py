@@ -59,6 +59,11 @@ def main(out_dir: Path, devices: int, one_rank_error: bool, logger: bool) -> Non
         "batch_stats": {k: v for k, v in getattr(batch_stats, "epoch_stats", {}).items() if k == "val"},
     }
     (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(result, default=str))
+    # Lightning destroys only NCCL process groups at exit. A gloo group left to interpreter shutdown is destructed
+    # with its threads still joinable now and then: "terminate called without an active exception", exit -6.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
