@@ -340,3 +340,12 @@ def test_ignore_and_severity_from_lightning_cli_yaml(tmp_path: Path) -> None:
     config.write_text(CONFIG.replace("input.unscaled]", "input.unscald]"))
     with pytest.raises((ValueError, SystemExit)):
         LightningCLI(WineClassifier, UnscaledWine, args=["fit", "--config", str(config)], save_config_callback=None)
+
+
+def test_findings_from_a_newer_version_load_ignoring_unknown_fields() -> None:
+    finding = ls.Finding("x.y", Severity.WARNING, "m", "h", "Cb", "train", 1, 7, count=3, subject="s")
+    data = {**finding.to_dict(), "resolved_at_epoch": 4, "something_new": [1]}
+    assert ls.Finding.from_dict(data) == finding
+    document = json.loads(SanityReport([finding], run="test").to_json())
+    document["unknown_section"] = {}
+    assert SanityReport.from_json(json.dumps(document)).findings == [finding]
