@@ -33,8 +33,9 @@ def run_example(script: str, tmp_path: Path, *args: str) -> tuple[str, list[dict
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    [report] = tmp_path.glob("**/sanity_report_fit.json")
-    return completed.stdout, json.loads(report.read_text())["findings"]
+    reports = sorted(tmp_path.glob("**/sanity_report_*.json"))  # one per run: fit, then test in some examples
+    assert reports and reports[0].name == "sanity_report_fit.json"
+    return completed.stdout, [f for report in reports for f in json.loads(report.read_text())["findings"]]
 
 
 def serious(findings: list[dict]) -> list[str]:
