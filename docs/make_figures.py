@@ -13,17 +13,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {
-    # (example, args): {figure file stem in <log_dir>/sanity/: name under docs/img/}
+    # (example, args): {figure tag in <log_dir>/sanity/<tag>_epochNNN.png (one per run, the last drawn): docs/img/ name}
     ("normalize_bug.py",): {
-        "batch_stats_train_vs_val_histograms_epoch000": "input_histograms_normalize_bug.png",
-        "batch_stats_train_vs_val_samples_epoch000": "sample_grid_normalize_bug.png",
+        "batch_stats_train_vs_val_histograms": "input_histograms_normalize_bug.png",
+        "batch_stats_train_vs_val_samples": "sample_grid_normalize_bug.png",
     },
     ("healthy.py",): {
-        "batch_stats_train_vs_val_samples_epoch000": "sample_grid_healthy.png",
-        "confusion_val_confusion_matrix_epoch000": "confusion_matrix_healthy.png",
+        "batch_stats_train_vs_val_samples": "sample_grid_healthy.png",
+        "confusion_val_confusion_matrix": "confusion_matrix_healthy.png",
     },
-    ("stuck_at_chance.py",): {"confusion_val_confusion_matrix_epoch000": "confusion_matrix_stuck_at_chance.png"},
-    ("gradient_bug.py",): {"gradient_flow_train_layers_epoch000": "gradient_flow_gradient_bug.png"},
+    ("stuck_at_chance.py",): {"confusion_val_confusion_matrix": "confusion_matrix_stuck_at_chance.png"},
+    ("gradient_bug.py",): {"gradient_flow_train_layers": "gradient_flow_gradient_bug.png"},
 }
 
 
@@ -34,7 +34,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as log_dir:
             command = [sys.executable, str(ROOT / "examples" / example), "--log-dir", log_dir, *args]
             subprocess.run(command, check=True, capture_output=True)
-            produced = {path.stem: path for path in Path(log_dir).glob("**/sanity/*.png")}
+            produced = {path.stem.rsplit("_epoch", 1)[0]: path for path in Path(log_dir).glob("**/sanity/*.png")}
             for stem, name in wanted.items():
                 shutil.copyfile(produced[stem], target / name)
                 print(f"docs/img/{name}")

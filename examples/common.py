@@ -16,7 +16,7 @@ def parse_args(description: str, epochs: int = 3) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--fixed", action="store_true", help="run the corrected program")
     parser.add_argument("--epochs", type=int, default=epochs, help="training epochs")
-    parser.add_argument("--log-dir", default=None, help="write CSV logs, figures and sanity_report.json here")
+    parser.add_argument("--log-dir", default=None, help="write CSV logs, figures and sanity_report_fit.json here")
     return parser.parse_args()
 
 

@@ -1,25 +1,34 @@
-"""What every sanity callback shares: recording findings, isolation from the user's run, state, the run report."""
+"""What every sanity callback shares: recording findings, isolation from the user's run, state, the run lifecycle."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import RunningStage
 from matplotlib.figure import Figure
 from torch import Tensor
-from typing_extensions import override
+from typing_extensions import Self, override
 
+from lightning_sanity import run as sanity_run
 from lightning_sanity.batch import BatchAdapter, BatchParts, UnsupportedBatch, split_batch
+from lightning_sanity.catalogue import declared, validate_ignore, validate_severity
 from lightning_sanity.findings import Finding, SanityError, SanityWarning, Severity
-from lightning_sanity.loggers import log_figure, scalar_key
+from lightning_sanity.loggers import (
+    has_figure_destination,
+    png_directories,
+    save_png,
+    scalar_key,
+    send_to_image_loggers,
+    takes_images,
+)
 
 log = logging.getLogger("lightning_sanity")
 
@@ -32,6 +41,9 @@ _STAGE_NAMES = {
 }
 
 _HOOK_NAMES = frozenset(name for name in dir(Callback) if name.startswith("on_")) | {"setup", "teardown"}
+_LIFECYCLE_HOOKS = frozenset({"setup", "teardown", "on_exception"})
+_NOT_USER_CODE = ("lightning_sanity", "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities",
+                  "torch", "torchmetrics", "contextlib", "functools", "typing_extensions")  # fmt: skip
 
 
 def stage_of(trainer: pl.Trainer) -> str:
@@ -56,52 +68,94 @@ def is_number(value: Any) -> bool:
 
 
 def _guarded(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn an exception escaping ``hook`` into a ``sanity.internal_error`` finding: never kill the user's run."""
+    """Wrap a Lightning hook of a sanity callback.
+
+    An exception escaping ``hook`` becomes a ``sanity.internal_error`` finding: never kill the user's run. Around
+    the outermost ``setup`` / ``teardown`` / ``on_exception`` call the base class's run bookkeeping runs, whether or
+    not the subclass's hook calls ``super()``: joining the trainer's run, and ending it (:mod:`lightning_sanity.run`).
+    """
+    lifecycle = hook.__name__ in _LIFECYCLE_HOOKS
 
     @functools.wraps(hook)
     def run_guarded(self: SanityCallback, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> Any:
+        if not lifecycle or self._in_lifecycle_hook:
+            return _run_isolated(self, hook, trainer, args, kwargs)
+        self._in_lifecycle_hook = True
         try:
-            return hook(self, trainer, *args, **kwargs)
-        except (SanityError, Warning):
-            raise  # deliberate: strict mode, or the user's warnings filter set to "error"
-        except Exception as error:
-            log.debug("%s.%s failed", type(self).__name__, hook.__name__, exc_info=True)
-            self.record(
-                trainer,
-                "sanity.internal_error",
-                Severity.INFO,
-                f"{type(self).__name__}.{hook.__name__} failed with {type(error).__name__}: {error}; "
-                "that check was skipped and training continued.",
-                "Please report this at the lightning-sanity issue tracker with the traceback "
-                "(logger 'lightning_sanity' at DEBUG level).",
-                subject=f"{hook.__name__}:{type(error).__name__}",
-                evidence={"hook": hook.__name__, "error": repr(error)[:500]},
-            )
-            return None
+            if hook.__name__ == "setup":
+                self._join_run(trainer)
+            result = _run_isolated(self, hook, trainer, args, kwargs)
+        finally:
+            self._in_lifecycle_hook = False
+            if hook.__name__ == "on_exception":  # release hooks and write the report even if the hook raised
+                sanity_run.abort(trainer, kwargs.get("exception", args[-1] if args else RuntimeError("unknown")))
+        if hook.__name__ == "teardown":  # not when teardown raised: Lightning then calls on_exception
+            sanity_run.leave(trainer, self)
+        return result
 
     run_guarded.__wrapped_hook__ = True  # type: ignore[attr-defined]
     return run_guarded
 
 
+def _run_isolated(
+    callback: SanityCallback, hook: Callable[..., Any], trainer: pl.Trainer, args: tuple[Any, ...], kwargs: dict
+) -> Any:
+    try:
+        return hook(callback, trainer, *args, **kwargs)
+    except (SanityError, Warning):
+        raise  # deliberate: strict mode, or the user's warnings filter set to "error"
+    except Exception as error:
+        log.debug("%s.%s failed", type(callback).__name__, hook.__name__, exc_info=True)
+        callback.record(
+            trainer,
+            "sanity.internal_error",
+            None,
+            f"{type(callback).__name__}.{hook.__name__} failed with {type(error).__name__}: {error}; "
+            "that check did not run and training continued.",
+            "Please report this at the lightning-sanity issue tracker with the traceback "
+            "(logger 'lightning_sanity' at DEBUG level).",
+            subject=f"{hook.__name__}:{type(error).__name__}",
+            evidence={"hook": hook.__name__, "error": repr(error)[:500]},
+        )
+        return None
+
+
 class SanityCallback(Callback):
     """Base class of the sanity callbacks.
 
-    Subclasses override Lightning hooks as usual; every hook they define is guarded so that an
-    internal error becomes an INFO finding instead of an exception in the user's run. They report
-    problems with :meth:`record`, read batches with :meth:`split_batch` and may add text to the run
-    report through :meth:`report_sections`. A subclass that overrides ``teardown``, ``state_dict`` or
-    ``load_state_dict`` must call ``super()``.
+    Subclasses override Lightning hooks as usual; every hook they define is guarded so that an internal error
+    becomes a ``sanity.internal_error`` WARNING (raised under ``strict``) instead of an exception in the user's run.
+    They report problems with :meth:`record`, read batches with :meth:`split_batch`, add text to the run report
+    through :meth:`report_sections`, and drop every hook and reference into the user's module in :meth:`release`,
+    which runs on every exit (normal end or exception). The run lifecycle (findings reset per run, one report per
+    run) runs around ``setup`` / ``teardown`` / ``on_exception`` whether or not an override calls ``super()``.
+    A subclass that overrides ``state_dict`` or ``load_state_dict`` must call ``super()``.
 
     Args:
-        strict: Raise :class:`SanityError` on the first ERROR finding (for CI pipelines).
+        strict: Raise :class:`SanityError` on the first ERROR finding or internal error (for CI pipelines).
         batch_adapter: A function ``batch -> (inputs, targets)`` for batch structures we do not understand.
         figure_every_n_epochs: Log this callback's figures at the first epoch, then every N epochs; 0 turns
-            them off.
+            them off. Loggers with an image API get each figure; PNG files are written once per run, at its end,
+            showing the last figure.
         save_dir: Also save figures as PNG files here (the only place they go when there is no logger).
+        ignore: Finding codes to silence, e.g. ``["input.unscaled"]``.
+        severity: Finding codes to re-grade, e.g. ``{"eval.chance_level": "error"}``.
+
+    Example::
+
+        callback = ConfusionCallback(ignore=["output.activated"], severity={"eval.chance_level": "error"})
     """
 
     name: ClassVar[str] = "sanity"
     """Short name used in scalar keys: ``sanity/<name>/<split>/<metric>``."""
+
+    _init_options: dict[str, Any]
+    _in_lifecycle_hook: bool = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        instance = super().__new__(cls)
+        instance._init_options = dict(kwargs)  # what the user passed: the instance's state_key derives from it
+        return instance
 
     def __init__(
         self,
@@ -110,6 +164,8 @@ class SanityCallback(Callback):
         batch_adapter: BatchAdapter | None = None,
         figure_every_n_epochs: int = 5,
         save_dir: str | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         require(isinstance(strict, bool), "strict", "a bool", strict)
         require(batch_adapter is None or callable(batch_adapter), "batch_adapter", "None or a callable", batch_adapter)
@@ -119,12 +175,16 @@ class SanityCallback(Callback):
             "an int >= 0 (0 turns figures off)",
             figure_every_n_epochs,
         )
+        require(save_dir is None or isinstance(save_dir, str), "save_dir", "None or a directory path", save_dir)
         self.strict = strict
         self.batch_adapter = batch_adapter
         self.figure_every_n_epochs = figure_every_n_epochs
         self.save_dir = save_dir
+        self.configure_findings(ignore, severity)
         self.figure_paths: list[str] = []
         self._findings: dict[tuple[str, str], Finding] = {}
+        self._pending_pngs: dict[str, tuple[Figure | Callable[[], Figure], int]] = {}
+        self._run_name = "fit"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -133,16 +193,31 @@ class SanityCallback(Callback):
             if not getattr(hook, "__wrapped_hook__", False):
                 setattr(cls, hook_name, _guarded(hook))
 
+    def configure_findings(
+        self, ignore: Sequence[str] | None = None, severity: Mapping[str, str] | None = None
+    ) -> None:
+        """Silence the codes in ``ignore`` and re-grade codes with ``severity``; unknown codes raise ValueError."""
+        self.ignore = validate_ignore(ignore)
+        self.severity_overrides = validate_severity(severity)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """``ClassName`` for default options, ``ClassName{'num_classes': 3}`` otherwise: instances of one class
+        with different options checkpoint and resume side by side."""
+        options = _explicit_options(type(self), self._init_options)
+        return f"{type(self).__qualname__}{options!r}" if options else type(self).__qualname__
+
     @property
     def findings(self) -> list[Finding]:
-        """Every finding of this callback, in the order first seen."""
+        """Every finding of this callback in the current (or last) run, in the order first seen."""
         return list(self._findings.values())
 
     def record(
         self,
         trainer: pl.Trainer,
         code: str,
-        severity: Severity,
+        severity: Severity | None,
         message: str,
         hint: str,
         *,
@@ -152,8 +227,11 @@ class SanityCallback(Callback):
     ) -> Finding:
         """Record a finding. The first occurrence of ``(code, subject)`` warns; repeats only count.
 
+        ``severity=None`` takes the catalogue's default for ``code``; the user's ``severity={code: ...}`` option
+        overrides either, and codes in ``ignore`` are returned but neither kept nor shown.
+
         Raises:
-            SanityError: if this callback is ``strict`` and the finding is an ERROR.
+            SanityError: if this callback is ``strict`` and the finding is an ERROR or an internal error.
         """
         key = (code, subject)
         if key in self._findings:
@@ -161,7 +239,7 @@ class SanityCallback(Callback):
             return self._findings[key]
         finding = Finding(
             code=code,
-            severity=severity,
+            severity=self._severity_of(code, severity),
             message=message,
             hint=hint,
             callback=type(self).__name__,
@@ -171,19 +249,38 @@ class SanityCallback(Callback):
             evidence=_jsonable(evidence or {}),
             subject=subject,
         )
+        if code in self.ignore:
+            return finding
         self._findings[key] = finding
         self._announce(trainer, finding)
-        if self.strict and severity >= Severity.ERROR:
+        if self.strict and (finding.severity >= Severity.ERROR or code == "sanity.internal_error"):
             raise SanityError(finding)
         return finding
+
+    def _severity_of(self, code: str, given: Severity | None) -> Severity:
+        if code in self.severity_overrides:
+            return self.severity_overrides[code]
+        if given is not None:
+            return given
+        entry = declared(code)
+        if entry is None:
+            raise ValueError(f"finding code {code!r} is not in the catalogue: pass its severity to record()")
+        return entry.severity
 
     def _announce(self, trainer: pl.Trainer, finding: Finding) -> None:
         if trainer.global_rank != 0:
             return
         if finding.severity >= Severity.WARNING:
-            warnings.warn(SanityWarning(str(finding)), stacklevel=2)
+            warnings.warn(SanityWarning(str(finding)), stacklevel=_user_stacklevel())
         else:
             log.info("%s", finding)
+
+    def adopt_findings(self, trainer: pl.Trainer, findings: list[Finding]) -> None:
+        """Replace this callback's findings by ``findings`` (the merge of every rank), announcing the new ones."""
+        new = [finding for finding in findings if finding.key not in self._findings]
+        self._findings = {finding.key: finding for finding in findings}
+        for finding in new:
+            self._announce(trainer, finding)
 
     def split_batch(self, trainer: pl.Trainer, batch: Any) -> BatchParts | None:
         """The batch's ``(inputs, targets)``, or ``None`` (with one ``sanity.skipped`` INFO) if not understood."""
@@ -202,54 +299,84 @@ class SanityCallback(Callback):
             return None
 
     def figure_due(self, trainer: pl.Trainer) -> bool:
-        """Figures are drawn at the first epoch, then every ``figure_every_n_epochs``; never in the sanity check."""
+        """Figures are drawn at the first epoch, then every ``figure_every_n_epochs``, on rank zero when they have
+        somewhere to go (a logger or ``save_dir``); never in the sanity check."""
         every = self.figure_every_n_epochs
-        return every > 0 and not trainer.sanity_checking and trainer.current_epoch % every == 0
+        return (
+            every > 0
+            and not trainer.sanity_checking
+            and trainer.current_epoch % every == 0
+            and has_figure_destination(trainer, self.save_dir)
+        )
 
-    def log_figure(self, trainer: pl.Trainer, split: str, name: str, figure: Figure) -> None:
-        """Log ``figure`` as ``sanity/<callback>/<split>/<name>`` to every logger (and ``save_dir``)."""
-        self.figure_paths.extend(log_figure(trainer, scalar_key(self.name, split, name), figure, self.save_dir))
+    def log_figure(self, trainer: pl.Trainer, split: str, name: str, figure: Figure | Callable[[], Figure]) -> None:
+        """Log ``figure`` (or what ``figure()`` draws) as ``sanity/<callback>/<split>/<name>``.
+
+        Loggers with an image API (TensorBoard, W&B, MLflow, Comet, Neptune) get it now, at the current step.
+        PNG files (other loggers' directories, ``save_dir``) are drawn and rendered once per run, at its end, from
+        the last figure of each tag: drawing and rendering cost a few hundred milliseconds that should not be paid
+        on the training thread every figure epoch. Pass a function (e.g. ``functools.partial(confusion_figure,
+        matrix)``) so that a figure no logger wants now is never drawn.
+        """
+        if trainer.global_rank != 0:
+            return
+        tag = scalar_key(self.name, split, name)
+        if any(takes_images(logger) for logger in trainer.loggers):
+            figure = figure if isinstance(figure, Figure) else figure()
+            self.figure_paths.extend(send_to_image_loggers(trainer, tag, figure))
+        self._pending_pngs[tag] = (figure, trainer.current_epoch)
+
+    def flush_figures(self, trainer: pl.Trainer) -> None:
+        """Write the pending PNG files (rank zero, at the end of the run; called by the run coordinator)."""
+        pending, self._pending_pngs = self._pending_pngs, {}
+        directories = png_directories(trainer, self.save_dir) if pending else []
+        for tag, (figure, epoch) in pending.items() if directories else ():
+            try:
+                drawn = figure if isinstance(figure, Figure) else figure()
+                self.figure_paths.extend(save_png(drawn, directory, tag, epoch) for directory in directories)
+            except Exception:
+                log.warning("lightning-sanity could not save the figure %s", tag, exc_info=True)
 
     def report_sections(self) -> list[tuple[str, str]]:
         """Extra ``(title, text)`` blocks for the run report (e.g. a confusion matrix)."""
         return []
 
+    def release(self) -> None:
+        """Remove every hook and drop every reference into the user's module or data (weight snapshots, captured
+        outputs). Called by the run coordinator at the end of every run, normal or not; must be idempotent."""
+
+    def _join_run(self, trainer: pl.Trainer) -> None:
+        """A new run starts: this callback's findings and figures are the run's own."""
+        self._findings = {}
+        self.figure_paths = []
+        self._pending_pngs = {}
+        self._run_name = sanity_run.join(trainer, self).name
+
     @override
+    @_guarded
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Join the trainer's run (done around every subclass's ``setup`` too)."""
+
+    @override
+    @_guarded
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._merge_findings_across_ranks(trainer)
-        if _first_sanity_callback(trainer) is self:
-            from lightning_sanity.report import publish_report
+        """Leave the run; the last sanity callback to leave ends it (done around every subclass's ``teardown``)."""
 
-            publish_report(trainer, getattr(stage, "value", stage))
-
-    def _merge_findings_across_ranks(self, trainer: pl.Trainer) -> None:
-        """Make findings identical on every rank; called unconditionally on all ranks so none waits forever."""
-        if trainer.world_size < 2 or not dist.is_available() or not dist.is_initialized():
-            return
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, [f.to_dict() for f in self._findings.values()])
-        for rank_findings in gathered:
-            for data in rank_findings:
-                finding = Finding.from_dict(data)
-                mine = self._findings.get(finding.key)
-                if mine is None:
-                    self._findings[finding.key] = finding
-                    self._announce(trainer, finding)
-                elif finding.count > mine.count:
-                    self._findings[finding.key] = finding
+    @override
+    @_guarded
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """End the run with what is known (done around every subclass's ``on_exception``)."""
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"findings": [f.to_dict() for f in self._findings.values()]}
+        return {"findings": [f.to_dict() for f in self._findings.values()], "run": self._run_name}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("run", "fit") != self._run_name:
+            return  # a checkpoint's fit findings are not the findings of a test or predict run
         restored = (Finding.from_dict(data) for data in state_dict.get("findings", []))
         self._findings = {f.key: f for f in restored}
-
-
-def _first_sanity_callback(trainer: pl.Trainer) -> SanityCallback | None:
-    return next((cb for cb in trainer.callbacks if isinstance(cb, SanityCallback)), None)  # type: ignore[attr-defined]
 
 
 def sanity_callbacks(trainer: pl.Trainer) -> Iterable[SanityCallback]:
@@ -257,7 +384,7 @@ def sanity_callbacks(trainer: pl.Trainer) -> Iterable[SanityCallback]:
 
 
 def collect_findings(trainer: pl.Trainer) -> list[Finding]:
-    """All findings of every sanity callback attached to ``trainer``, most severe first.
+    """All findings of every sanity callback attached to ``trainer`` in its current or last run, most severe first.
 
     Example::
 
@@ -267,6 +394,53 @@ def collect_findings(trainer: pl.Trainer) -> list[Finding]:
     """
     findings = [finding for cb in sanity_callbacks(trainer) for finding in cb.findings]
     return sorted(findings, key=lambda f: -f.severity)
+
+
+def _explicit_options(cls: type, passed: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor options passed with a value other than their default, in a stable printable form."""
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        parameters = {}  # type: ignore[assignment]
+    options = {}
+    for name, value in sorted(passed.items()):
+        parameter = parameters.get(name)
+        if parameter is not None and _same(value, parameter.default):
+            continue
+        options[name] = _stable(value)
+    return options
+
+
+def _same(value: Any, default: Any) -> bool:
+    try:
+        return bool(value == default) or (isinstance(value, (list, tuple)) and tuple(value) == tuple(default or ()))
+    except Exception:
+        return False
+
+
+def _stable(value: Any) -> Any:
+    """A representation equal across processes (no memory addresses), for state keys."""
+    if callable(value):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__name__)}"
+    if isinstance(value, Mapping):
+        return {str(k): _stable(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_stable(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
+    return value
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the innermost frame outside Lightning, torch and this package (the user's ``fit``
+    call, or their hook), so that a warning shows the user's file and line rather than ours."""
+    frame = inspect.currentframe()
+    level, outermost = 0, 1
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if level > 0 and not module.startswith(_NOT_USER_CODE):
+            return level
+        frame, level, outermost = frame.f_back, level + 1, level
+    return max(outermost, 1)
 
 
 def _jsonable(value: Any) -> Any:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -355,6 +356,7 @@ class BatchStatsCallback(SanityCallback):
         figure_every_n_epochs: Log train-vs-val input histograms and a grid of sample inputs (de-normalised
             with the pipeline's Normalize when found) at the first epoch, then every N epochs; 0 turns them off.
         save_dir: Also save the figures as PNG files here.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Example::
 
@@ -375,10 +377,13 @@ class BatchStatsCallback(SanityCallback):
         batch_adapter: BatchAdapter | None = None,
         figure_every_n_epochs: int = 5,
         save_dir: str | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
         )
+        self.configure_findings(ignore, severity)
         require(is_int(check_batches) and check_batches >= 1, "check_batches", "an int >= 1", check_batches)
         require(
             is_int(single_class_window) and single_class_window >= 2,
@@ -571,13 +576,15 @@ class BatchStatsCallback(SanityCallback):
             if view is None:
                 return
             per_channel[split] = view.transpose(1, 2).reshape(-1, view.shape[1])
-        self.log_figure(trainer, "train_vs_val", "histograms", input_histogram_figure(per_channel))
+        self.log_figure(trainer, "train_vs_val", "histograms", functools.partial(input_histogram_figure, per_channel))
         if all(inputs.ndim == 4 and inputs.shape[1] in (1, 3) for inputs in samples.values()):
             normalization = {
                 "train": find_normalize(trainer.train_dataloader),
                 "val": find_normalize(trainer.val_dataloaders),
             }
-            self.log_figure(trainer, "train_vs_val", "samples", sample_grid_figure(samples, normalization))
+            self.log_figure(
+                trainer, "train_vs_val", "samples", functools.partial(sample_grid_figure, samples, normalization)
+            )
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
 from typing_extensions import override
 
+from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
@@ -462,7 +464,7 @@ class _Capture:
         self.child_outputs: list[Any] = []
         self._handles: list[RemovableHandle] = [module.register_forward_hook(self._on_module)]
         for child in module.children():
-            if not isinstance(child, (Metric, nn.modules.loss._Loss)):
+            if not isinstance(child, (Metric, *compat.LOSS)):
                 self._handles.append(child.register_forward_hook(self._on_child))
 
     def _on_module(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -529,6 +531,7 @@ class ConfusionCallback(SanityCallback):
         figure_every_n_epochs: Log the confusion-matrix figure at the first epoch, then every N epochs
             (and at every test run); 0 turns it off.
         save_dir: Also save the figures as PNG files here.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Example::
 
@@ -554,10 +557,13 @@ class ConfusionCallback(SanityCallback):
         batch_adapter: Callable[[Any], Any] | None = None,
         figure_every_n_epochs: int = 5,
         save_dir: str | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
         )
+        self.configure_findings(ignore, severity)
         require(
             num_classes is None or (is_int(num_classes) and num_classes >= 2),
             "num_classes",
@@ -882,7 +888,7 @@ class ConfusionCallback(SanityCallback):
                     self.confusion_matrix = matrix
                 if self.figure_due(trainer) or (split == "test" and self.figure_every_n_epochs):
                     title = f"{label} confusion matrix, epoch {trainer.current_epoch}"
-                    figure = confusion_figure(matrix, self._class_names, title)
+                    figure = functools.partial(confusion_figure, matrix, self._class_names, title)
                     self.log_figure(trainer, split, f"confusion_matrix{label.removeprefix(split)}", figure)
             self._log_summary(trainer, split, loader, summary)
             correct = {"accumulated accuracy": summary.accuracy, "accumulated macro accuracy": summary.macro_accuracy}
@@ -910,7 +916,7 @@ class ConfusionCallback(SanityCallback):
     # --------------------------------------------------------------- judging
     def _trained(self, trainer: pl.Trainer) -> bool:
         """Whether ``min_epochs`` training epochs ran in this trainer (the running epoch counts during fit)."""
-        completed = trainer.fit_loop.epoch_progress.current.completed
+        completed = compat.completed_epochs(trainer)
         return completed + (trainer.state.fn == TrainerFn.FITTING) >= self.min_epochs
 
     def _judge_summary(self, trainer: pl.Trainer, split: str, label: str, summary: ConfusionSummary) -> None:
@@ -1123,9 +1129,8 @@ class ConfusionCallback(SanityCallback):
         return str(index)
 
     @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def release(self) -> None:
         self._stop_capture()
-        super().teardown(trainer, pl_module, stage)
 
     @override
     def report_sections(self) -> list[tuple[str, str]]:
@@ -1156,8 +1161,8 @@ def _accuracy_keys(trainer: pl.Trainer, split: str, compare_keys: Sequence[str])
     """Keys of epoch-level, mean-reduced accuracies logged during ``split``, and ``compare_keys``, with their loader."""
     keys = {key: _loader_of(key) for key in compare_keys if key in trainer.callback_metrics}
     step_hook, hook_prefix = _EVAL_HOOKS.get(split, ("", "-"))
-    results = getattr(trainer, "_results", None)
-    if results is None or not hasattr(results, "items"):
+    results = compat.logged_results(trainer)
+    if results is None:
         return keys
     for result in results.values():
         meta = getattr(result, "meta", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
@@ -22,23 +23,32 @@ DEFAULT_CALLBACKS: tuple[type[SanityCallback], ...] = (
     ModeGuardCallback,
     ModelChecksCallback,
 )
-_SHARED_OPTIONS = ("strict", "batch_adapter")
+_SHARED_OPTIONS = ("strict", "batch_adapter", "ignore", "severity", "figure_every_n_epochs", "save_dir")
 
 
 def default_callbacks(**overrides: Any) -> list[Callback]:
     """The six sanity callbacks with their defaults.
 
-    Keyword arguments ``strict`` and ``batch_adapter`` go to every callback. A callback's short
-    name (``transform_parity``, ``batch_stats``, ``gradient_flow``, ``confusion``, ``mode_guard``,
-    ``model_checks``)
-    takes a dict of its constructor arguments, or ``False`` to leave it out.
+    The shared options ``strict``, ``batch_adapter``, ``ignore`` (finding codes to silence) and
+    ``severity`` (``{code: "info" | "warning" | "error"}``) go to every callback; ``figure_every_n_epochs``
+    and ``save_dir`` to every callback that draws figures. A callback's short name
+    (``transform_parity``, ``batch_stats``, ``gradient_flow``, ``confusion``, ``mode_guard``, ``model_checks``) takes a
+    dict of its constructor arguments (which win over shared ones), or ``False`` to leave it out.
 
     Example::
 
-        trainer = Trainer(callbacks=default_callbacks(strict=True, confusion={"num_classes": 10}, mode_guard=False))
+        trainer = Trainer(
+            callbacks=default_callbacks(
+                strict=True,
+                ignore=["input.unscaled"],
+                severity={"eval.chance_level": "error"},
+                confusion={"num_classes": 10},
+                mode_guard=False,
+            )
+        )
 
     Raises:
-        ValueError: on an unknown keyword.
+        ValueError: on an unknown keyword, finding code or severity.
     """
     by_name = {cls.name: cls for cls in DEFAULT_CALLBACKS}
     unknown = set(overrides) - set(by_name) - set(_SHARED_OPTIONS)
@@ -54,5 +64,6 @@ def default_callbacks(**overrides: Any) -> list[Callback]:
             continue
         if not isinstance(options, dict):
             raise ValueError(f"{name} must be a dict of constructor arguments or False, got {options!r}")
-        callbacks.append(cls(**{**shared, **options}))
+        accepted = inspect.signature(cls).parameters
+        callbacks.append(cls(**{**{k: v for k, v in shared.items() if k in accepted}, **options}))
     return callbacks

@@ -80,7 +80,10 @@ class Finding:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:
-        return cls(**{**data, "severity": Severity.parse(data["severity"])})
+        """The inverse of :meth:`to_dict`; keys this version does not know (written by a newer one) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"severity"}
+        fields = {key: value for key, value in data.items() if key in known}
+        return cls(**fields, severity=Severity.parse(data["severity"]))
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.code}: {self.message} Hint: {self.hint}"

@@ -10,10 +10,11 @@ the host once.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,6 +25,7 @@ from torch.optim import Optimizer
 from torchmetrics import Metric
 from typing_extensions import override
 
+from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, is_int, is_number, require
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import gradient_flow_figure
@@ -189,6 +191,7 @@ class GradientFlowCallback(SanityCallback):
         figure_every_n_epochs: Log the gradient-flow figure (per-layer mean and max gradient, log
             scale) at the first epoch, then every N epochs; 0 turns it off.
         save_dir: Also save the figures as PNG files here.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Attributes:
         layer_grad_norms: ``{module name: (mean |grad|, max |grad|)}`` of the last check, in module
@@ -219,10 +222,13 @@ class GradientFlowCallback(SanityCallback):
         batch_adapter: BatchAdapter | None = None,
         figure_every_n_epochs: int = 5,
         save_dir: str | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=figure_every_n_epochs, save_dir=save_dir
         )
+        self.configure_findings(ignore, severity)
         require(
             is_int(dense_steps) and dense_steps >= _MIN_CHECKS, "dense_steps", f"an int >= {_MIN_CHECKS}", dense_steps
         )
@@ -305,7 +311,9 @@ class GradientFlowCallback(SanityCallback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.layer_grad_norms and self.figure_due(trainer):
-            self.log_figure(trainer, "train", "layers", gradient_flow_figure(self.layer_grad_norms))
+            self.log_figure(
+                trainer, "train", "layers", functools.partial(gradient_flow_figure, dict(self.layer_grad_norms))
+            )
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -314,11 +322,10 @@ class GradientFlowCallback(SanityCallback):
                 self._judge_persistent(trainer, index, watch)
 
     @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def release(self) -> None:
         self._pending = []
         self._orphans = []
         self._remove_probes()
-        super().teardown(trainer, pl_module, stage)
 
     def _measure_gradients(self, index: int, step: int, optimizer: Optimizer) -> _PendingCheck:
         infos: list[_ParamInfo] = []
@@ -343,12 +350,12 @@ class GradientFlowCallback(SanityCallback):
             with torch.no_grad():
                 grads = [p.grad for p in params if p.grad is not None]
                 weights = [p.detach() for p in params]
-                magnitudes = torch._foreach_abs(grads)  # L1 and max-abs via _foreach_norm are slow on CPU
+                magnitudes = compat.foreach_abs(grads)  # L1 and max-abs via _foreach_norm are slow on CPU
                 norms = [
-                    torch._foreach_norm(grads, 2, dtype=torch.float32),
+                    compat.foreach_norm(grads, 2, dtype=torch.float32),
                     [m.sum(dtype=torch.float32) for m in magnitudes],
                     [m.amax().float() for m in magnitudes],
-                    torch._foreach_norm(weights, 2, dtype=torch.float32),
+                    compat.foreach_norm(weights, 2, dtype=torch.float32),
                 ]
                 del magnitudes
                 device = weights[0].device
@@ -960,8 +967,8 @@ def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
         if check.grad_stats is None:
             continue
         with torch.no_grad():
-            torch._foreach_sub_(check.snapshot, [p.detach() for p in check.params])
-            updates = torch._foreach_norm(check.snapshot, 2, dtype=torch.float32)
+            compat.foreach_sub_(check.snapshot, [p.detach() for p in check.params])
+            updates = compat.foreach_norm(check.snapshot, 2, dtype=torch.float32)
             device = check.grad_stats.device
             rows.append(torch.cat([check.grad_stats, torch.stack([u.to(device) for u in updates])[None]]))
         check.snapshot = []

@@ -37,16 +37,25 @@ def figure_file_name(tag: str, epoch: int) -> str:
     return f"{stem}_epoch{epoch:03d}.png"
 
 
-def _save_png(figure: Figure, directory: str, tag: str, epoch: int) -> str:
+def save_png(figure: Figure, directory: str, tag: str, epoch: int) -> str:
+    """Render ``figure`` to ``<directory>/sanity/<tag>_epochNNN.png`` (constrained layout: no second tight pass)."""
     folder = os.path.join(directory, "sanity")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, figure_file_name(tag, epoch))
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    figure.savefig(path, dpi=100)
     return path
 
 
-def _send_to_logger(logger: Any, figure: Figure, tag: str, step: int, epoch: int) -> str | None:
-    """Use the logger's native image API when it has one, else save a PNG under its directory."""
+_IMAGE_LOGGERS = frozenset({"TensorBoardLogger", "WandbLogger", "MLFlowLogger", "CometLogger", "NeptuneLogger"})
+
+
+def takes_images(logger: Any) -> bool:
+    """Whether ``logger`` has an image API we use (TensorBoard, W&B, MLflow, Comet, Neptune)."""
+    return type(logger).__name__ in _IMAGE_LOGGERS
+
+
+def _send_to_image_logger(logger: Any, figure: Figure, tag: str, step: int, epoch: int) -> str | None:
+    """Send ``figure`` through the logger's native image API, which keeps one image per step."""
     kind = type(logger).__name__
     if kind == "TensorBoardLogger":
         logger.experiment.add_figure(tag, figure, global_step=step, close=False)
@@ -60,10 +69,20 @@ def _send_to_logger(logger: Any, figure: Figure, tag: str, step: int, epoch: int
         logger.experiment.log_figure(figure_name=tag, figure=figure, step=step)
     elif kind == "NeptuneLogger":
         logger.experiment[tag].append(figure)
-    else:
-        directory = getattr(logger, "log_dir", None) or logger.save_dir
-        return _save_png(figure, directory, tag, epoch) if directory else None
     return None
+
+
+def png_directories(trainer: pl.Trainer, save_dir: str | None = None) -> list[str]:
+    """Where figures go as PNG files: the directory of each logger without an image API, and ``save_dir``."""
+    directories = [
+        getattr(logger, "log_dir", None) or logger.save_dir for logger in trainer.loggers if not takes_images(logger)
+    ]
+    return [d for d in directories if d] + ([save_dir] if save_dir is not None else [])
+
+
+def has_figure_destination(trainer: pl.Trainer, save_dir: str | None = None) -> bool:
+    """Whether a figure drawn now would go anywhere (rank zero with a logger or a ``save_dir``)."""
+    return trainer.global_rank == 0 and (bool(trainer.loggers) or save_dir is not None)
 
 
 def new_figure(width: float = 6.0, height: float = 4.0) -> Figure:
@@ -76,11 +95,12 @@ def new_figure(width: float = 6.0, height: float = 4.0) -> Figure:
 
 
 def log_figure(trainer: pl.Trainer, tag: str, figure: Figure, save_dir: str | None = None) -> list[str]:
-    """Send ``figure`` (from :func:`new_figure`) to every attached logger, on rank zero only.
+    """Send ``figure`` (from :func:`new_figure`) to every attached logger now, on rank zero only.
 
     TensorBoard, Weights & Biases, MLflow, Comet and Neptune get it through their image APIs;
     other loggers (CSVLogger, ...) get a PNG under ``<log_dir>/sanity/``. With no logger nothing is
     written unless ``save_dir`` is given. Returns the PNG paths / artifact names written.
+    (:meth:`SanityCallback.log_figure` sends to image loggers now but writes PNG files once, at the run's end.)
 
     Example::
 
@@ -90,8 +110,19 @@ def log_figure(trainer: pl.Trainer, tag: str, figure: Figure, save_dir: str | No
     """
     if trainer.global_rank != 0:
         return []
+    written = send_to_image_loggers(trainer, tag, figure)
+    written += [
+        save_png(figure, directory, tag, trainer.current_epoch) for directory in png_directories(trainer, save_dir)
+    ]
+    return written
+
+
+def send_to_image_loggers(trainer: pl.Trainer, tag: str, figure: Figure) -> list[str]:
+    """Send ``figure`` to the loggers with an image API (rank zero only); returns artifact names written."""
+    if trainer.global_rank != 0:
+        return []
     step, epoch = trainer.global_step, trainer.current_epoch
-    written = [_send_to_logger(logger, figure, tag, step, epoch) for logger in trainer.loggers]
-    if save_dir is not None:
-        written.append(_save_png(figure, save_dir, tag, epoch))
-    return [destination for destination in written if destination]
+    sent = [
+        _send_to_image_logger(logger, figure, tag, step, epoch) for logger in trainer.loggers if takes_images(logger)
+    ]
+    return [artifact for artifact in sent if artifact]

@@ -34,11 +34,10 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
-from torch.nn.modules.dropout import _DropoutNd
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, require, stage_of
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.findings import Severity
@@ -66,7 +65,7 @@ normalise to +-1); a single sample per batch is also too few however many values
 that sample only (calibration: docs/findings.md, ModeGuardCallback)."""
 _BN_CALLS_WATCHED = 8
 """Training forward calls per BatchNorm layer whose batch size is recorded; the median ignores a small last batch."""
-_NORMALIZATION_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+_NORMALIZATION_TYPES = (*compat.NORM_WITH_RUNNING_STATS, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def mode_kind(module: nn.Module) -> str | None:
@@ -75,9 +74,9 @@ def mode_kind(module: nn.Module) -> str | None:
     Known types are matched exactly; for user-defined classes the source of ``forward`` is searched
     for ``self.training`` once per class, which is what makes a layer mode-dependent.
     """
-    if isinstance(module, _DropoutNd):
+    if isinstance(module, compat.DROPOUT):
         return DROPOUT
-    if isinstance(module, _NormBase):
+    if isinstance(module, compat.NORM_WITH_RUNNING_STATS):
         return NORMALIZATION if module.running_mean is not None else None
     if isinstance(module, (nn.RNNBase, nn.MultiheadAttention)):
         return DROPOUT if module.dropout > 0 else None
@@ -208,7 +207,7 @@ class Checksums:
             tensors = [named[i][1].detach() for i in indices]
             if dtype.is_floating_point:
                 norms = torch.stack(
-                    [torch.stack(torch._foreach_norm(tensors, 1)), torch.stack(torch._foreach_norm(tensors, 2))], 1
+                    [torch.stack(compat.foreach_norm(tensors, 1)), torch.stack(compat.foreach_norm(tensors, 2))], 1
                 )
             else:
                 norms = torch.stack([t.double().sum() for t in tensors]).unsqueeze(1).expand(-1, 2)
@@ -297,7 +296,7 @@ def _clone_named(root: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
 
 
 def _is_compiled(module: nn.Module) -> bool:
-    if getattr(module, "_compiler_ctx", None) is not None:
+    if compat.compiler_context(module) is not None:
         return True
     return any(type(m).__name__ == "OptimizedModule" for m in module.modules())
 
@@ -432,6 +431,7 @@ class ModeGuardCallback(SanityCallback):
             through ``forward``.
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: ``batch -> (inputs, targets)`` for batch structures not understood by default.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Example::
 
@@ -451,8 +451,11 @@ class ModeGuardCallback(SanityCallback):
         stochastic_samples: int = 4,
         strict: bool = False,
         batch_adapter: BatchAdapter | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(strict=strict, batch_adapter=batch_adapter)
+        self.configure_findings(ignore, severity)
         require(isinstance(allow_stochastic_eval, bool), "allow_stochastic_eval", "a bool", allow_stochastic_eval)
         require(
             isinstance(stochastic_samples, int)
@@ -754,15 +757,10 @@ class ModeGuardCallback(SanityCallback):
         self._stop_eval_run()
 
     @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._stop_eval_run()
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def release(self) -> None:
         self._stop_eval_run()
         self._remove_bn_hooks()
         self._frozen = []
-        super().teardown(trainer, pl_module, stage)
 
     def _stop_eval_run(self) -> None:
         if self._run is not None:

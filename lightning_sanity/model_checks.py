@@ -737,13 +737,8 @@ class ModelChecksCallback(SanityCallback):
         self._close()  # a step without backward (it returned None): try the next batch while no step was taken
 
     @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def release(self) -> None:
         self._close()
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._close()
-        super().teardown(trainer, pl_module, stage)
 
     def _close(self) -> None:
         if self._observer is not None:

@@ -519,31 +519,40 @@ def _select(segments: Segments, positions: np.ndarray) -> Segments:
     return selected
 
 
+def sample_segments(segments: Segments, size: int, seed: int = 0) -> Segments:
+    """At most ``size`` items of ``segments``, a fixed-seed uniform sample (all of them when there are fewer)."""
+    total = sum(len(indices) for _, indices in segments)
+    if total <= size:
+        return segments
+    positions = np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
+    return _select(segments, positions)
+
+
+def segments_size(segments: Segments) -> int:
+    return sum(len(indices) for _, indices in segments)
+
+
 _RAW_ATTRIBUTES = ("samples", "imgs", "data", "tensors", "images", "files", "paths", "image_paths", "filenames")
 
 
-def raw_fingerprints(dataset: Any, max_items: int) -> np.ndarray | None:
-    """One hash per item of the raw data a dataset stores (file paths, arrays, tensors, in-memory images).
-
-    ``None`` if no per-item raw data is found or there are more than ``max_items`` items.
-    """
+def raw_fingerprints(dataset: Any, indices: np.ndarray) -> np.ndarray | None:
+    """One hash per item at ``indices`` of the raw data a dataset stores (file paths, arrays, tensors, in-memory
+    images); ``None`` if no per-item raw data is found."""
     try:
         length = len(dataset)
     except TypeError:
-        return None
-    if length > max_items:
         return None
     for attribute in _RAW_ATTRIBUTES:
         raw = getattr(dataset, attribute, None)
         if attribute == "tensors" and isinstance(raw, tuple) and raw:
             raw = raw[0]
-        hashes = _hash_items(raw, length)
+        hashes = _hash_items(raw, length, indices)
         if hashes is not None:
             return hashes
     return None
 
 
-def _hash_items(raw: Any, length: int) -> np.ndarray | None:
+def _hash_items(raw: Any, length: int, indices: np.ndarray) -> np.ndarray | None:
     if isinstance(raw, Tensor):
         if raw.device.type != "cpu":
             return None
@@ -551,10 +560,10 @@ def _hash_items(raw: Any, length: int) -> np.ndarray | None:
     if isinstance(raw, np.ndarray):
         if raw.ndim == 0 or len(raw) != length:
             return None
-        rows = np.ascontiguousarray(raw).reshape(length, -1)
-        return np.fromiter((hash(row.tobytes()) for row in rows), dtype=np.int64, count=length)
+        rows = np.ascontiguousarray(raw[indices]).reshape(len(indices), -1)
+        return np.fromiter((hash(row.tobytes()) for row in rows), dtype=np.int64, count=len(indices))
     if isinstance(raw, (list, tuple)) and len(raw) == length:
-        return np.fromiter((hash(_item_key(item)) for item in raw), dtype=np.int64, count=length)
+        return np.fromiter((hash(_item_key(raw[i])) for i in indices), dtype=np.int64, count=len(indices))
     return None
 
 
@@ -599,9 +608,12 @@ def _covers_all(segments: Segments) -> bool:
 
 
 def content_overlap(
-    train: Segments, other: Segments, fingerprints: Callable[[Any], np.ndarray | None]
+    train: Segments, other: Segments, fingerprints: Callable[[Any, np.ndarray], np.ndarray | None]
 ) -> Overlap | None:
-    """Items of ``other`` whose raw data (hash) also appears in ``train``; ``None`` if either side has no raw data."""
+    """Items of ``other`` whose raw data (hash) also appears in ``train``; ``None`` if either side has no raw data.
+
+    ``fingerprints(base, indices)`` hashes the given items of a base dataset (see :func:`raw_fingerprints`).
+    """
     train_hashes = _hashes(train, fingerprints)
     other_hashes = _hashes(other, fingerprints)
     if train_hashes is None or other_hashes is None or not len(other_hashes):
@@ -610,11 +622,11 @@ def content_overlap(
     return Overlap(shared, len(other_hashes), "identical raw samples")
 
 
-def _hashes(segments: Segments, fingerprints: Callable[[Any], np.ndarray | None]) -> np.ndarray | None:
+def _hashes(segments: Segments, fingerprints: Callable[[Any, np.ndarray], np.ndarray | None]) -> np.ndarray | None:
     parts = []
     for base, indices in segments:
-        hashes = fingerprints(base)
+        hashes = fingerprints(base, indices)
         if hashes is None:
             return None
-        parts.append(hashes[indices])
+        parts.append(hashes)
     return np.concatenate(parts) if parts else None

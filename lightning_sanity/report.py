@@ -1,4 +1,20 @@
-"""The run report: one summary of every finding, printed once per run and written next to the logs."""
+"""The run report: one summary of every finding of one run, printed once and written next to the logs.
+
+File format (``sanity_report_<run>.json``), schema ``lightning-sanity/report`` version 2::
+
+    {
+      "schema": "lightning-sanity/report", "version": 2,
+      "run": "fit" | "validate" | "test" | "predict",
+      "status": "finished" | "interrupted",      # interrupted: an exception (e.g. strict mode) ended the run
+      "exception": null | "SanityError: [error] ...",
+      "summary": {"error": int, "warning": int, "info": int},
+      "findings": [Finding.to_dict(), ...],          # most severe first
+      "sections": [{"title": str, "text": str}, ...],
+      "figures": [str, ...]                          # PNG paths relative to the report, or artifact names
+    }
+
+Version 1 documents (no ``status`` / ``exception``) still load. Readers must ignore keys they do not know.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +25,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning.pytorch as pl
-
-from lightning_sanity.base import collect_findings, sanity_callbacks
 from lightning_sanity.findings import Finding, Severity
-from lightning_sanity.loggers import log_scalars
 
 SCHEMA = "lightning-sanity/report"
-SCHEMA_VERSION = 1
-REPORT_JSON = "sanity_report.json"
-REPORT_MARKDOWN = "sanity_report.md"
+SCHEMA_VERSION = 2
+FINISHED, INTERRUPTED = "finished", "interrupted"
+
+
+def report_stem(run: str, ordinal: int = 1) -> str:
+    """``sanity_report_fit`` for a trainer's first fit, ``sanity_report_fit_2`` for its second, and so on."""
+    return f"sanity_report_{run}" if ordinal == 1 else f"sanity_report_{run}_{ordinal}"
 
 
 @dataclass(frozen=True)
@@ -27,7 +43,7 @@ class SanityReport:
 
     Example::
 
-        report = SanityReport.from_trainer(trainer, run="fit")
+        report = SanityReport.from_json(Path(trainer.log_dir, "sanity_report_fit.json").read_text())
         print(report.to_text())
         Path("report.json").write_text(report.to_json())
     """
@@ -36,13 +52,8 @@ class SanityReport:
     sections: list[tuple[str, str]] = field(default_factory=list)
     run: str = "fit"
     figures: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_trainer(cls, trainer: pl.Trainer, run: str) -> SanityReport:
-        callbacks = list(sanity_callbacks(trainer))
-        sections = [section for cb in callbacks for section in cb.report_sections()]
-        figures = [path for cb in callbacks for path in cb.figure_paths]
-        return cls(collect_findings(trainer), sections, run, figures)
+    status: str = FINISHED
+    exception: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -51,7 +62,8 @@ class SanityReport:
 
     def headline(self) -> str:
         counts = ", ".join(f"{severity}: {n}" for severity, n in self.counts.items())
-        return f"lightning-sanity report ({self.run}): {counts}"
+        status = "" if self.status == FINISHED else f", {self.status}"
+        return f"lightning-sanity report ({self.run}{status}): {counts}"
 
     def to_json(self) -> str:
         return json.dumps(
@@ -59,6 +71,8 @@ class SanityReport:
                 "schema": SCHEMA,
                 "version": SCHEMA_VERSION,
                 "run": self.run,
+                "status": self.status,
+                "exception": self.exception,
                 "summary": self.counts,
                 "findings": [f.to_dict() for f in self.findings],
                 "sections": [{"title": title, "text": text} for title, text in self.sections],
@@ -77,10 +91,14 @@ class SanityReport:
             sections=[(s["title"], s["text"]) for s in data["sections"]],
             run=data["run"],
             figures=data.get("figures", []),
+            status=data.get("status", FINISHED),
+            exception=data.get("exception"),
         )
 
     def to_markdown(self) -> str:
         lines = [f"# {self.headline()}", ""]
+        if self.exception:
+            lines += [f"The run ended with `{_cell(self.exception)}`.", ""]
         if self.findings:
             lines += ["| severity | code | where | count | message | hint |", "|---|---|---|---|---|---|"]
             lines += [
@@ -98,6 +116,8 @@ class SanityReport:
 
     def to_text(self) -> str:
         lines = [self.headline()]
+        if self.exception:
+            lines.append(f"  ended with {self.exception}")
         for f in self.findings:
             lines.append(f"  {str(f.severity).upper():<7} {f.code}  ({_where(f)}, x{f.count})")
             lines.append(f"          {f.message}")
@@ -118,6 +138,8 @@ class SanityReport:
             console.print(self._rich_table(), highlight=False)
         else:
             console.print(f"{self.headline()}: no findings.", highlight=False)
+        if self.exception:
+            console.print(f"The run ended with {self.exception}", highlight=False, markup=False)
         for title, text in self.sections:
             console.print(f"[bold]{title}[/bold]\n{text}", highlight=False)
 
@@ -149,29 +171,16 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def report_dir(trainer: pl.Trainer) -> str | None:
-    """Where report files go: the log directory of the trainer's first logger, if it has one."""
-    if not trainer.loggers:
-        return None
-    return trainer.log_dir
-
-
-def publish_report(trainer: pl.Trainer, run: str) -> SanityReport:
-    """Print the run report, write ``sanity_report.json`` next to the logs and log the counts (rank zero)."""
-    report = SanityReport.from_trainer(trainer, run)
-    if trainer.global_rank != 0:
-        return report
-    report.print()
-    counts = report.counts
-    log_scalars(trainer, {"sanity/errors": counts["error"], "sanity/warnings": counts["warning"]})
-    directory = report_dir(trainer)
-    if directory is not None:
-        os.makedirs(directory, exist_ok=True)
-        linked = dataclasses.replace(report, figures=[_relative(path, directory) for path in report.figures])
-        for name, text in ((REPORT_JSON, linked.to_json()), (REPORT_MARKDOWN, linked.to_markdown())):
-            with open(os.path.join(directory, name), "w") as handle:
-                handle.write(text)
-    return report
+def write_report(report: SanityReport, directory: str, stem: str) -> list[str]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``directory`` (figure paths made relative to it)."""
+    os.makedirs(directory, exist_ok=True)
+    linked = dataclasses.replace(report, figures=[_relative(path, directory) for path in report.figures])
+    written = []
+    for path, text in ((f"{stem}.json", linked.to_json()), (f"{stem}.md", linked.to_markdown())):
+        written.append(os.path.join(directory, path))
+        with open(written[-1], "w") as handle:
+            handle.write(text)
+    return written
 
 
 def _relative(path: str, directory: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -30,7 +30,9 @@ from lightning_sanity.pipelines import (
     measured_scale,
     raw_fingerprints,
     received_range,
+    sample_segments,
     scale_of_range,
+    segments_size,
     value_range,
 )
 
@@ -77,9 +79,12 @@ class TransformParityCallback(SanityCallback):
             opaque pipelines (0 disables every check that reads items).
         min_content_overlap: Fraction of an eval dataset's raw samples found in the training data
             above which ``data.split_overlap`` fires (shared indices of one dataset always fire).
-        max_fingerprint_items: Datasets with more items are not hashed for the content-overlap check.
+        max_fingerprint_items: At most this many training items (and a tenth as many, at least 1000, evaluation
+            items) are hashed for the content-overlap check: a fixed-seed sample of larger datasets, so the check's
+            cost does not grow with the dataset; the finding's evidence says what was sampled. 0 turns it off.
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: See :class:`~lightning_sanity.SanityCallback`.
+        ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
 
     Example::
 
@@ -98,11 +103,14 @@ class TransformParityCallback(SanityCallback):
         *,
         num_samples: int = 4,
         min_content_overlap: float = 0.05,
-        max_fingerprint_items: int = 2_000_000,
+        max_fingerprint_items: int = 50_000,
         strict: bool = False,
         batch_adapter: BatchAdapter | None = None,
+        ignore: Sequence[str] | None = None,
+        severity: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(strict=strict, batch_adapter=batch_adapter)
+        self.configure_findings(ignore, severity)
         require(
             isinstance(num_samples, int) and 0 <= num_samples <= 64, "num_samples", "an int in [0, 64]", num_samples
         )
@@ -129,7 +137,7 @@ class TransformParityCallback(SanityCallback):
         self._checked: set[str] = set()
         self._compared: set[tuple[str, str]] = set()
         self._inputs_cache: dict[str, list[Tensor]] = {}
-        self._fingerprint_cache: dict[int, tuple[Any, np.ndarray | None]] = {}
+        self._fingerprint_cache: dict[tuple[int, int], tuple[Any, np.ndarray | None]] = {}
         self._fallback_train_views: list[LoaderView] | None = None
 
     @override
@@ -494,15 +502,16 @@ class TransformParityCallback(SanityCallback):
 
     # ------------------------------------------------------------ shared samples
 
-    def _fingerprints(self, base: Any) -> np.ndarray | None:
-        cached = self._fingerprint_cache.get(id(base))
+    def _fingerprints(self, base: Any, indices: np.ndarray) -> np.ndarray | None:
+        key = (id(base), hash(indices.tobytes()))
+        cached = self._fingerprint_cache.get(key)
         if cached is None or cached[0] is not base:
-            cached = (base, raw_fingerprints(base, self.max_fingerprint_items))
-            self._fingerprint_cache[id(base)] = cached
+            cached = (base, raw_fingerprints(base, indices))
+            self._fingerprint_cache[key] = cached
         return cached[1]
 
     def _check_overlap(self, trainer: pl.Trainer, train: LoaderView, other: LoaderView) -> None:
-        overlap = _overlap(train, other, self._fingerprints)
+        overlap, sampled = _overlap(train, other, self._fingerprints, self.max_fingerprint_items)
         if overlap is None or overlap.shared == 0:
             return
         by_index = overlap.how != "identical raw samples"
@@ -515,8 +524,9 @@ class TransformParityCallback(SanityCallback):
             trainer,
             "data.split_overlap",
             Severity.ERROR,
-            f"The {other.label} dataloader shares {overlap.shared} of its {overlap.total} samples "
-            f"({overlap.fraction:.0%}) with the {train.label} dataloader ({overlap.how}): "
+            f"The {other.label} dataloader shares {'about ' if sampled else ''}{overlap.shared} of its {overlap.total} "
+            f"samples ({overlap.fraction:.0%}) with the {train.label} dataloader ({overlap.how}"
+            f"{', estimated from a fixed-seed sample' if sampled else ''}): "
             f"{other.label} metrics measure memorisation, not generalisation.",
             "Split the data once into disjoint index sets (e.g. torch.utils.data.random_split, or separate "
             "files per split) and build each split's dataset from its own part.",
@@ -528,6 +538,7 @@ class TransformParityCallback(SanityCallback):
                 "how": overlap.how,
                 "train_dataset": type(train.dataset).__name__,
                 "other_dataset": type(other.dataset).__name__,
+                "sampled": sampled,
             },
         )
 
@@ -573,19 +584,31 @@ def _eval_loaders_passed_by_caller(trainer: pl.Trainer) -> bool:
     return source is not None and not isinstance(source, (pl.LightningModule, pl.LightningDataModule))
 
 
-def _overlap(train: LoaderView, other: LoaderView, fingerprints: Any) -> Overlap | None:
-    """Shared samples: by index when both splits index one dataset object, else by raw content."""
+def _overlap(
+    train: LoaderView, other: LoaderView, fingerprints: Any, max_items: int
+) -> tuple[Overlap | None, dict[str, int] | None]:
+    """Shared samples: by index when both splits index one dataset object, else by raw content, hashing at most
+    ``max_items`` training items (and a tenth as many evaluation items); with the sample sizes when sampled."""
     if train.dataset is None or other.dataset is None:
-        return None
+        return None, None
     train_segments, other_segments = index_segments(train.dataset), index_segments(other.dataset)
     if train_segments is None or other_segments is None:
         if train.dataset is other.dataset:
-            return Overlap(1, 1, "the same dataset object")
-        return None
+            return Overlap(1, 1, "the same dataset object"), None
+        return None, None
     by_index = index_overlap(train_segments, other_segments)
-    if by_index is not None:
-        return by_index
-    return content_overlap(train_segments, other_segments, fingerprints)
+    if by_index is not None or max_items == 0:
+        return by_index, None
+    sizes = segments_size(train_segments), segments_size(other_segments)
+    hashed = min(sizes[0], max_items), min(sizes[1], max(max_items // 10, 1000))
+    found = content_overlap(
+        sample_segments(train_segments, hashed[0]), sample_segments(other_segments, hashed[1]), fingerprints
+    )
+    if found is None or hashed == sizes:
+        return found, None
+    estimate = round(found.shared * (sizes[0] / hashed[0]) * (sizes[1] / hashed[1]))
+    sampled = {"train_items": sizes[0], "train_hashed": hashed[0], "other_items": sizes[1], "other_hashed": hashed[1]}
+    return Overlap(min(estimate, sizes[1]), sizes[1], found.how), sampled
 
 
 def _span(span: tuple[float, float]) -> str:

@@ -1,6 +1,6 @@
 """A real DDP fit (2 CPU processes, gloo) run by tests/test_distributed.py; each rank writes what it saw.
 
-Usage: python tests/ddp_fit.py OUT_DIR DEVICES [--one-rank-error]
+Usage: python tests/ddp_fit.py OUT_DIR DEVICES [--one-rank-error] [--logger]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sanity as ls
@@ -28,7 +29,7 @@ class ErrorOnLastRank(ls.SanityCallback):
             self.record(trainer, "test.one_rank", ls.Severity.ERROR, "only on the last rank", "none")
 
 
-def main(out_dir: Path, devices: int, one_rank_error: bool) -> None:
+def main(out_dir: Path, devices: int, one_rank_error: bool, logger: bool) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
     callbacks: list[Any] = ls.default_callbacks()
@@ -41,7 +42,7 @@ def main(out_dir: Path, devices: int, one_rank_error: bool) -> None:
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         max_epochs=4,
-        logger=False,
+        logger=CSVLogger(out_dir, name="logs") if logger else False,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -58,7 +59,12 @@ def main(out_dir: Path, devices: int, one_rank_error: bool) -> None:
         "batch_stats": {k: v for k, v in getattr(batch_stats, "epoch_stats", {}).items() if k == "val"},
     }
     (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(result, default=str))
+    # Lightning destroys only NCCL process groups at exit. A gloo group left to interpreter shutdown is destructed
+    # with its threads still joinable now and then: "terminate called without an active exception", exit -6.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), "--one-rank-error" in sys.argv)
+    main(Path(sys.argv[1]), int(sys.argv[2]), "--one-rank-error" in sys.argv, "--logger" in sys.argv)

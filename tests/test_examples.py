@@ -33,8 +33,9 @@ def run_example(script: str, tmp_path: Path, *args: str) -> tuple[str, list[dict
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    [report] = tmp_path.glob("**/sanity_report.json")
-    return completed.stdout, json.loads(report.read_text())["findings"]
+    reports = sorted(tmp_path.glob("**/sanity_report_*.json"))  # one per run: fit, then test in some examples
+    assert reports and reports[0].name == "sanity_report_fit.json"
+    return completed.stdout, [f for report in reports for f in json.loads(report.read_text())["findings"]]
 
 
 def serious(findings: list[dict]) -> list[str]:
@@ -83,5 +84,5 @@ def test_cifar10_example_runs_offline_on_fake_data(tmp_path: Path) -> None:
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(next(tmp_path.glob("**/sanity_report.json")).read_text())
+    report = json.loads(next(tmp_path.glob("**/sanity_report_fit.json")).read_text())
     assert serious(report["findings"]) == []

@@ -90,18 +90,26 @@ def test_not_strict_records_error_and_finishes(make_trainer: Any) -> None:
     assert [f.code for f in ls.collect_findings(trainer)] == ["test.fatal"]
 
 
-def test_internal_error_becomes_one_info_finding_and_fit_completes(make_trainer: Any) -> None:
+def test_internal_error_is_one_warning_shown_once_and_fit_completes(make_trainer: Any) -> None:
     callback = FailsOnce()
     trainer = make_trainer(callbacks=[callback], max_epochs=2)
     with sanity_warnings() as texts:
         trainer.fit(wine_model(), *wine_loaders())
     assert trainer.current_epoch == 2
-    assert texts == []
+    assert len(texts) == 1 and "sanity.internal_error" in texts[0] and "boom" in texts[0]
     [finding] = callback.findings
     assert finding.code == "sanity.internal_error"
-    assert finding.severity is Severity.INFO
+    assert finding.severity is Severity.WARNING
     assert finding.count == trainer.global_step
     assert "boom" in finding.evidence["error"]
+
+
+def test_strict_raises_an_internal_error(make_trainer: Any) -> None:
+    trainer = make_trainer(callbacks=[FailsOnce(strict=True)])
+    with sanity_warnings(), pytest.raises(SanityError, match="sanity.internal_error.*boom") as raised:
+        trainer.fit(wine_model(), *wine_loaders())
+    assert raised.value.finding.code == "sanity.internal_error"
+    assert isinstance(raised.value.__context__, RuntimeError)
 
 
 def test_collect_findings_gathers_every_callback_most_severe_first(make_trainer: Any) -> None:
@@ -128,10 +136,11 @@ def test_json_report_written_next_to_logs_and_round_trips(make_trainer: Any, tmp
     trainer = make_trainer(callbacks=[EveryBatch(), FailsOnce()], max_steps=3, logger=logger)
     with sanity_warnings():
         trainer.fit(wine_model(), *wine_loaders())
-    path = Path(logger.log_dir) / "sanity_report.json"
+    path = Path(logger.log_dir) / "sanity_report_fit.json"
     data = json.loads(path.read_text())
-    assert data["schema"] == "lightning-sanity/report" and data["version"] == 1
-    assert data["summary"] == {"error": 0, "warning": 2, "info": 1}
+    assert data["schema"] == "lightning-sanity/report" and data["version"] == 2
+    assert data["run"] == "fit" and data["status"] == "finished" and data["exception"] is None
+    assert data["summary"] == {"error": 0, "warning": 3, "info": 0}
     report = SanityReport.from_json(path.read_text())
     assert report.findings == ls.collect_findings(trainer)
     assert SanityReport.from_json(report.to_json()) == report

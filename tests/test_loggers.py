@@ -53,7 +53,7 @@ def test_tensorboard_receives_scalars_and_images(make_trainer: Any, tmp_path: Pa
     assert len(events.Images("sanity/draws/train/matrix")) == 2
     assert "sanity/draws/train/epoch_marker" in events.Tags()["scalars"]
     assert {"sanity/errors", "sanity/warnings"} <= set(events.Tags()["scalars"])
-    assert (Path(logger.log_dir) / "sanity_report.json").exists()
+    assert (Path(logger.log_dir) / "sanity_report_fit.json").exists()
 
 
 def test_csv_gets_columns_and_png_files_linked_from_the_markdown_report(make_trainer: Any, tmp_path: Path) -> None:
@@ -62,8 +62,8 @@ def test_csv_gets_columns_and_png_files_linked_from_the_markdown_report(make_tra
     header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"sanity/draws/train/epoch_marker", "sanity/errors", "sanity/warnings"} <= set(header)
     pngs = sorted(p.name for p in (Path(logger.log_dir) / "sanity").glob("*.png"))
-    assert pngs == [figure_file_name("sanity/draws/train/matrix", epoch) for epoch in (0, 1)]
-    markdown = (Path(logger.log_dir) / "sanity_report.md").read_text()
+    assert pngs == [figure_file_name("sanity/draws/train/matrix", 1)]  # rendered once, at the end, the last figure
+    markdown = (Path(logger.log_dir) / "sanity_report_fit.md").read_text()
     assert f"(sanity/{pngs[0]})" in markdown
 
 
@@ -97,14 +97,14 @@ def test_two_loggers_both_receive_figures(make_trainer: Any, tmp_path: Path) -> 
     events = EventAccumulator(tensorboard.log_dir, size_guidance={"images": 0})
     events.Reload()
     assert "sanity/draws/train/matrix" in events.Tags()["images"]
-    assert len(list((Path(csv.log_dir) / "sanity").glob("*.png"))) == 2
+    assert len(list((Path(csv.log_dir) / "sanity").glob("*.png"))) == 1
 
 
 def test_no_logger_writes_nothing_unless_save_dir(make_trainer: Any, tmp_path: Path) -> None:
     fit(make_trainer, False)
     assert list(tmp_path.rglob("*.png")) == []
     fit(make_trainer, False, save_dir=str(tmp_path / "figures"))
-    assert len(list((tmp_path / "figures" / "sanity").glob("*.png"))) == 2
+    assert len(list((tmp_path / "figures" / "sanity").glob("*.png"))) == 1
 
 
 @pytest.mark.slow

@@ -1,0 +1,66 @@
+"""The compatibility boundary: every use of Lightning's or torch's private API lives here, nowhere else.
+
+Each entry names what it relies on; ``tests/test_compat.py`` exercises every one of them against the installed
+``lightning`` and ``torch`` and fails loudly (naming the entry) when a release changes it. When that happens, fix
+the entry here, with a fallback for the versions we still admit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.loss import _Loss
+
+NORM_WITH_RUNNING_STATS: tuple[type[nn.Module], ...] = (_NormBase,)
+"""Base class of BatchNorm*/InstanceNorm*/SyncBatchNorm (torch private ``_NormBase``; ``running_mean`` may be None)."""
+
+DROPOUT: tuple[type[nn.Module], ...] = (_DropoutNd,)
+"""Base class of Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout (torch private ``_DropoutNd``)."""
+
+LOSS: tuple[type[nn.Module], ...] = (_Loss,)
+"""Base class of torch's loss modules (torch private ``_Loss``)."""
+
+
+def logged_results(trainer: pl.Trainer) -> Mapping[str, Any] | None:
+    """What the LightningModule logged in the running loop: Lightning's private ``trainer._results``.
+
+    A mapping ``"<fx>.<name>" -> result`` whose values have ``meta`` (``fx``, ``name``, ``on_epoch``,
+    ``is_mean_reduction``, ``dataloader_idx``, ``add_dataloader_idx``), ``is_tensor`` and ``value``; ``None``
+    outside a loop or if Lightning changed it.
+    """
+    results = getattr(trainer, "_results", None)
+    return results if results is not None and hasattr(results, "values") else None
+
+
+def completed_epochs(trainer: pl.Trainer) -> int:
+    """Training epochs completed in this trainer (Lightning's loop progress counters, not public API)."""
+    return int(trainer.fit_loop.epoch_progress.current.completed)
+
+
+def compiler_context(module: nn.Module) -> Any:
+    """Lightning's private ``LightningModule._compiler_ctx``: set when the module was compiled with ``torch.compile``
+    through ``lightning.pytorch.utilities.compile``; ``None`` otherwise."""
+    return getattr(module, "_compiler_ctx", None)
+
+
+def foreach_norm(tensors: Sequence[Tensor], ord: float = 2, dtype: torch.dtype | None = None) -> list[Tensor]:
+    """Norms of many tensors in one fused call (torch private ``_foreach_norm``)."""
+    if dtype is None:
+        return list(torch._foreach_norm(list(tensors), ord))
+    return list(torch._foreach_norm(list(tensors), ord, dtype=dtype))
+
+
+def foreach_abs(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Absolute values of many tensors in one fused call (torch private ``_foreach_abs``)."""
+    return list(torch._foreach_abs(list(tensors)))
+
+
+def foreach_sub_(tensors: Sequence[Tensor], others: Sequence[Tensor]) -> None:
+    """``tensors[i] -= others[i]`` in place, in one fused call (torch private ``_foreach_sub_``)."""
+    torch._foreach_sub_(list(tensors), list(others))

@@ -1,0 +1,187 @@
+"""The run coordinator: what belongs to one ``fit`` / ``validate`` / ``test`` / ``predict`` run, not to a callback.
+
+Every sanity callback joins the trainer's current run in its ``setup``. When the last one that joined reaches
+``teardown``, the coordinator makes **one** collective (on every rank) to merge every callback's findings across
+ranks, releases every hook and snapshot the callbacks hold, and publishes one report (rank zero prints it and
+writes ``sanity_report_<run>.json`` / ``.md`` next to the logs). When the run ends with an exception (``strict``
+mode, or an error in the user's code) Lightning calls ``on_exception`` instead of ``teardown``: the first callback
+to receive it makes the coordinator release everything and publish each rank's own findings, without any
+collective (another rank may never reach it).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import lightning.pytorch as pl
+import torch.distributed as dist
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lightning_sanity.findings import Finding
+from lightning_sanity.loggers import log_scalars
+from lightning_sanity.report import FINISHED, INTERRUPTED, SanityReport, report_stem, write_report
+
+log = logging.getLogger("lightning_sanity")
+
+
+class RunMember(Protocol):
+    """What the coordinator needs from a sanity callback (implemented by :class:`~lightning_sanity.SanityCallback`)."""
+
+    @property
+    def state_key(self) -> str: ...
+
+    @property
+    def findings(self) -> list[Finding]: ...
+
+    @property
+    def figure_paths(self) -> list[str]: ...
+
+    def adopt_findings(self, trainer: pl.Trainer, findings: list[Finding]) -> None: ...
+
+    def report_sections(self) -> list[tuple[str, str]]: ...
+
+    def flush_figures(self, trainer: pl.Trainer) -> None: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass
+class SanityRun:
+    """One run of a trainer: its name, its members (the sanity callbacks), and which of them have torn down."""
+
+    name: str
+    ordinal: int
+    members: list[RunMember] = field(default_factory=list)
+    torn_down: list[RunMember] = field(default_factory=list)
+    report: SanityReport | None = None
+
+    @property
+    def stem(self) -> str:
+        """The report file name without extension, e.g. ``sanity_report_fit``."""
+        return report_stem(self.name, self.ordinal)
+
+
+@dataclass
+class _TrainerRuns:
+    current: SanityRun | None = None
+    started: Counter[str] = field(default_factory=Counter)
+
+
+_RUNS: weakref.WeakKeyDictionary[pl.Trainer, _TrainerRuns] = weakref.WeakKeyDictionary()
+
+
+def current_run(trainer: pl.Trainer) -> SanityRun | None:
+    """The run of ``trainer`` in progress (or ``None`` between runs)."""
+    runs = _RUNS.get(trainer)
+    return runs.current if runs is not None else None
+
+
+def join(trainer: pl.Trainer, member: RunMember) -> SanityRun:
+    """Add ``member`` to the trainer's current run, starting a new run if none is in progress (from ``setup``)."""
+    runs = _RUNS.setdefault(trainer, _TrainerRuns())
+    if runs.current is None:
+        name = trainer.state.fn.value if trainer.state.fn is not None else "run"
+        runs.started[name] += 1
+        runs.current = SanityRun(name, runs.started[name])
+    if member not in runs.current.members:
+        runs.current.members.append(member)
+    return runs.current
+
+
+def leave(trainer: pl.Trainer, member: RunMember) -> None:
+    """``member`` reached ``teardown``; the last member to do so ends the run: gather, release, publish."""
+    run = current_run(trainer)
+    if run is None or member not in run.members:
+        return
+    if member not in run.torn_down:
+        run.torn_down.append(member)
+    if len(run.torn_down) < len(run.members):
+        return
+    _end(trainer, run)
+    _gather_across_ranks(trainer, run.members)
+    run.report = _publish(trainer, run, FINISHED, None)
+
+
+def abort(trainer: pl.Trainer, exception: BaseException) -> None:
+    """The run ended with ``exception``: release everything and publish each rank's findings, with no collective."""
+    run = current_run(trainer)
+    if run is None:
+        return
+    _end(trainer, run)
+    run.report = _publish(trainer, run, INTERRUPTED, f"{type(exception).__name__}: {exception}"[:2000])
+
+
+def _end(trainer: pl.Trainer, run: SanityRun) -> None:
+    runs = _RUNS[trainer]
+    runs.current = None
+    for member in run.members:
+        try:
+            member.release()
+        except Exception:  # releasing is best effort: never hide the run's own outcome
+            log.warning("lightning-sanity: %s could not release its hooks", type(member).__name__, exc_info=True)
+
+
+def _gather_across_ranks(trainer: pl.Trainer, members: Iterable[RunMember]) -> None:
+    """One ``all_gather_object`` of every member's findings, made on every rank; each member adopts the merge."""
+    if trainer.world_size < 2 or not dist.is_available() or not dist.is_initialized():
+        return
+    members = list(members)
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, {m.state_key: [f.to_dict() for f in m.findings] for m in members})
+    for member in members:
+        per_rank = [[Finding.from_dict(data) for data in rank.get(member.state_key, [])] for rank in gathered]
+        member.adopt_findings(trainer, merge_findings(per_rank))
+
+
+def merge_findings(per_rank: list[list[Finding]]) -> list[Finding]:
+    """Findings of every rank, identical whichever rank merges: first seen in rank order, the highest count kept."""
+    merged: dict[tuple[str, str], Finding] = {}
+    for findings in per_rank:
+        for finding in findings:
+            kept = merged.setdefault(finding.key, finding)
+            if finding.count > kept.count:
+                merged[finding.key] = kept.recurred(finding.count - kept.count)
+    return list(merged.values())
+
+
+def _publish(trainer: pl.Trainer, run: SanityRun, status: str, exception: str | None) -> SanityReport:
+    """Build the run's report; on rank zero print it, log its counts and write it next to the logs."""
+    findings = sorted((f for m in run.members for f in m.findings), key=lambda f: -f.severity)
+    sections = [section for m in run.members for section in m.report_sections()]
+    if trainer.global_rank == 0:
+        for member in run.members:
+            member.flush_figures(trainer)
+    figures = [path for m in run.members for path in m.figure_paths]
+    report = SanityReport(findings, sections, run.name, figures, status, exception)
+    if trainer.global_rank != 0:
+        return report
+    try:
+        report.print()
+        counts = report.counts
+        log_scalars(trainer, {"sanity/errors": counts["error"], "sanity/warnings": counts["warning"]})
+        directory = report_dir(trainer)
+        if directory is not None:
+            write_report(report, directory, run.stem)
+    except Exception:  # a full disk or a closed logger must not turn a finished run into a failed one
+        log.warning("lightning-sanity could not publish its report", exc_info=True)
+    return report
+
+
+def report_dir(trainer: pl.Trainer) -> str | None:
+    """Rank zero's log directory of the first logger, computed locally.
+
+    ``Trainer.log_dir`` broadcasts from rank zero, a collective every rank must join: called on rank zero only (as
+    publishing is) it hangs a DDP run, and on the exception path no collective may be made at all. Its value is
+    rank zero's own, which is what this reads.
+    """
+    if not trainer.loggers:
+        return None
+    logger = trainer.loggers[0]
+    if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        return logger.log_dir
+    return logger.save_dir
