@@ -50,6 +50,7 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("transform.random_in_eval", WARNING, "TransformParityCallback", "A val/test pipeline contains random augmentation.", "Use deterministic transforms in evaluation, e.g. Resize + CenterCrop."),
     FindingCode("transform.output_mismatch", WARNING, "TransformParityCallback", "A train item and a val/test item differ in shape or dtype.", "Make the final steps of both pipelines produce the same size and dtype."),
     FindingCode("data.split_overlap", ERROR, "TransformParityCallback", "The val/test dataloader shares samples with the train dataloader.", "Split once into disjoint index sets and build each split from its own part."),
+    FindingCode("data.eval_on_train", INFO, "TransformParityCallback", "A val/test dataloader deliberately evaluates the training dataset itself: its metrics are training-set metrics.", "Nothing, if training accuracy is what you want; measure generalisation on a disjoint split."),
     FindingCode("transform.unreachable", INFO, "TransformParityCallback", "No transform was found on a dataloader's dataset; its pipeline checks were skipped.", "Expose the pipeline as a `transform` attribute to have it checked."),
     # BatchStatsCallback
     FindingCode("input.non_finite", ERROR, "BatchStatsCallback", "Float model inputs of a split contain NaN or Inf.", "Find the source in the dataset/transforms; impute or drop those samples."),
@@ -68,6 +69,8 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("param.not_updated", ERROR, "GradientFlowCallback", "Trainable parameters with gradients are not optimised, or their update is undone.", "Pass self.parameters() to the optimizer, or freeze them with requires_grad_(False)."),
     FindingCode("update.too_small", WARNING, "GradientFlowCallback", "No layer's update moved its weights by more than min_update_ratio of their norm.", "Raise the learning rate or use Tuner.lr_find."),
     FindingCode("update.too_large", WARNING, "GradientFlowCallback", "The median layer's update exceeded max_update_ratio times its weight norm.", "Lower the learning rate 10-100x, add warm-up."),
+    FindingCode("grad.not_reset", ERROR, "GradientFlowCallback", "Gradients are never reset between optimizer steps: every step applies the sum of all past gradients.", "Call opt.zero_grad() after opt.step(); to accumulate on purpose, reset after every k-th step."),
+    FindingCode("param.plain_tensor", WARNING, "GradientFlowCallback", "A module holds a tensor as a plain attribute: not a parameter (never optimised) nor a buffer (not saved, not moved).", "nn.Parameter(...) for values to learn; register_buffer(name, tensor) for constants."),
     # ConfusionCallback
     FindingCode("eval.prediction_collapse", ERROR, "ConfusionCallback", "Nearly all predictions on a split fall in one class while the targets do not.", "Check label alignment and shuffling, return raw logits, check the learning rate."),
     FindingCode("eval.chance_level", WARNING, "ConfusionCallback", "After training had its chance, validation accuracy is within noise of chance.", "Check label alignment, the val transforms, the learning rate."),
@@ -83,6 +86,13 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("mode.eval_in_train", WARNING, "ModeGuardCallback", "Modules trained in training mode are in eval mode at a later training batch.", "Restore the mode after a probe: module.train(was_training)."),
     FindingCode("mode.stochastic_eval", ERROR, "ModeGuardCallback", "In eval mode, two forward passes of the same samples give different outputs.", "Pass training=self.training to F.dropout; guard sampling with `if self.training`."),
     FindingCode("mode.grad_in_eval", INFO, "ModeGuardCallback", "Autograd is enabled while the model runs during evaluation.", "Wrap only the code that needs gradients; keep Trainer(inference_mode=True)."),
+    FindingCode("mode.bn_tiny_batch", WARNING, "ModeGuardCallback", "BatchNorm layers in training mode normalise batches too small for meaningful batch statistics.", "Use GroupNorm/LayerNorm/InstanceNorm, a larger batch per device, or BatchNorm frozen in eval mode."),
+    FindingCode("mode.eval_frozen_but_trained", WARNING, "ModeGuardCallback", "A submodule put in eval mode to freeze it keeps training: its weights are optimised and move.", "module.requires_grad_(False) and leave its parameters out of the optimizer; .eval() only freezes BatchNorm statistics and dropout."),
+    # ModelChecksCallback
+    FindingCode("loss.init_high", WARNING, "ModelChecksCallback", "The first class loss is far above what an untrained model gives (ln C).", "Keep default or Kaiming/Xavier inits and a small last layer; remove logit scales; check the labels."),
+    FindingCode("model.batch_mixing", ERROR, "ModelChecksCallback", "In eval mode, one sample's outputs depend on another sample's inputs.", "Use permute/transpose instead of view on the batch dimension; reduce over the right axis; allow_batch_mixing=True for set models."),
+    FindingCode("model.input_independent", ERROR, "ModelChecksCallback", "The model's outputs do not depend on its inputs.", "Find where forward drops its input (multiplied by zero, replaced, detached)."),
+    FindingCode("input.layout_scrambled", WARNING, "ModelChecksCallback", "The images are far smoother read as channels-last: a channels-last array was made channels-first with reshape.", "Use permute(0, 3, 1, 2) / transpose(2, 0, 1) or transforms.ToTensor() instead of reshape/view."),
 )  # fmt: skip
 
 CATALOGUE: Mapping[str, FindingCode] = MappingProxyType({entry.code: entry for entry in _CODES})

@@ -13,12 +13,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.loss import _Loss
 
 NORM_WITH_RUNNING_STATS: tuple[type[nn.Module], ...] = (_NormBase,)
 """Base class of BatchNorm*/InstanceNorm*/SyncBatchNorm (torch private ``_NormBase``; ``running_mean`` may be None)."""
+
+BATCH_NORM: tuple[type[nn.Module], ...] = (_BatchNorm,)
+"""Base class of BatchNorm1d/2d/3d and SyncBatchNorm, without InstanceNorm (torch private ``_BatchNorm``)."""
 
 DROPOUT: tuple[type[nn.Module], ...] = (_DropoutNd,)
 """Base class of Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout (torch private ``_DropoutNd``)."""
@@ -43,10 +46,12 @@ def completed_epochs(trainer: pl.Trainer) -> int:
     return int(trainer.fit_loop.epoch_progress.current.completed)
 
 
-def compiler_context(module: nn.Module) -> Any:
-    """Lightning's private ``LightningModule._compiler_ctx``: set when the module was compiled with ``torch.compile``
-    through ``lightning.pytorch.utilities.compile``; ``None`` otherwise."""
-    return getattr(module, "_compiler_ctx", None)
+def is_compiled(module: nn.Module) -> bool:
+    """Was ``module`` (or a submodule) compiled with ``torch.compile``? Reads Lightning's private
+    ``LightningModule._compiler_ctx`` and torch's ``OptimizedModule`` wrapper (matched by name: it is private too)."""
+    if getattr(module, "_compiler_ctx", None) is not None:
+        return True
+    return any(type(m).__name__ == "OptimizedModule" for m in module.modules())
 
 
 def foreach_norm(tensors: Sequence[Tensor], ord: float = 2, dtype: torch.dtype | None = None) -> list[Tensor]:

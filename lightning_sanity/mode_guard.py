@@ -295,12 +295,6 @@ def _clone_named(root: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
     return {name: p.detach().clone() for name, p in root.named_parameters() if name in wanted}
 
 
-def _is_compiled(module: nn.Module) -> bool:
-    if compat.compiler_context(module) is not None:
-        return True
-    return any(type(m).__name__ == "OptimizedModule" for m in module.modules())
-
-
 @dataclass
 class _RngState:
     """Every random stream a forward pass may draw from on ``device``, to replay a pass exactly."""
@@ -537,7 +531,7 @@ class ModeGuardCallback(SanityCallback):
         self._remove_bn_hooks()
         self._batch_sizes = {}
         for entry in mode_dependent_modules(pl_module):
-            if entry.kind == NORMALIZATION and isinstance(entry.module, nn.modules.batchnorm._BatchNorm):
+            if entry.kind == NORMALIZATION and isinstance(entry.module, compat.BATCH_NORM):
                 self._bn_hooks.append(entry.module.register_forward_pre_hook(self._batch_size_probe(trainer, entry)))
 
     def _batch_size_probe(self, trainer: pl.Trainer, entry: ModeDependent) -> Callable[..., None]:
@@ -676,7 +670,7 @@ class ModeGuardCallback(SanityCallback):
     def _start_eval_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_eval_run()
         self._run = _EvalRun(mode_dependent_modules(pl_module), rewritable=rewritable_parameters(pl_module))
-        if not _is_compiled(pl_module):
+        if not compat.is_compiled(pl_module):
             self._run.hooks = self._watch_grad_mode(pl_module)
 
     def _watch_grad_mode(self, pl_module: pl.LightningModule) -> list[RemovableHandle]:
@@ -923,7 +917,7 @@ class ModeGuardCallback(SanityCallback):
         """A few inputs of ``batch`` that ``pl_module(sample)`` accepts, or ``None``."""
         if type(pl_module).forward is pl.LightningModule.forward or not accepts_one_input(pl_module.forward):
             return None
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or _is_compiled(pl_module):
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or compat.is_compiled(pl_module):
             return None
         parts = self.split_batch(trainer, batch)
         if parts is None or not isinstance(parts.inputs, Tensor) or parts.inputs.dim() == 0 or not len(parts.inputs):
@@ -951,7 +945,7 @@ class ModeGuardCallback(SanityCallback):
     def _check_stochastic_eval(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if type(pl_module).forward is pl.LightningModule.forward or not accepts_one_input(pl_module.forward):
             return
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or _is_compiled(pl_module):
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or compat.is_compiled(pl_module):
             return  # sharded strategies run collectives in forward; compiled models would recompile for the sample
         parts = self.split_batch(trainer, batch)
         if parts is None or not isinstance(parts.inputs, Tensor) or parts.inputs.dim() == 0 or not len(parts.inputs):

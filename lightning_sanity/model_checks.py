@@ -33,6 +33,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.confusion import NotClassification, class_scores, output_tensor
 from lightning_sanity.findings import Severity
@@ -97,7 +98,7 @@ class LossContext:
         weights: list[tuple[str, Tensor]] = []
         smoothings, ignores = list(SMOOTHINGS), [-100]
         for name, sub in module.named_modules():
-            if isinstance(sub, nn.modules.loss._Loss):
+            if isinstance(sub, compat.LOSS):
                 weight = getattr(sub, "weight", None)
                 if isinstance(weight, Tensor) and weight.ndim == 1:
                     weights.append((f"{name}.weight", weight.detach()))
@@ -648,13 +649,7 @@ def _try_probe(call: ForwardCall, batch_dim: int, samples: int) -> Probe | None:
 
 def _mixes_by_design(module: nn.Module) -> bool:
     """BatchNorm without running statistics normalises with the batch's statistics in eval mode too, on purpose."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in module.modules())
-
-
-def _is_compiled(module: nn.Module) -> bool:
-    return getattr(module, "_compiler_ctx", None) is not None or any(
-        type(m).__name__ == "OptimizedModule" for m in module.modules()
-    )
+    return any(isinstance(m, compat.BATCH_NORM) and not m.track_running_stats for m in module.modules())
 
 
 class ModelChecksCallback(SanityCallback):
@@ -753,7 +748,7 @@ class ModelChecksCallback(SanityCallback):
         if observer.loss is not None and pl_module.automatic_optimization:
             self._check_loss(trainer, pl_module, observer, observer.loss)
         self._check_layout(trainer, pl_module, call)
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or _is_compiled(pl_module):
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or compat.is_compiled(pl_module):
             return  # sharded strategies run collectives in forward; a compiled model would recompile for the sample
         self._check_dependence(trainer, pl_module, call)
 

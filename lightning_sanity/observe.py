@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
 
+from lightning_sanity import compat
+
 _own_depth = 0
 
 
@@ -124,7 +126,7 @@ class StepObserver:
         self._handles: list[RemovableHandle] = []
         watched: list[nn.Module] = [pl_module]
         for name, child in pl_module.named_children():
-            if not isinstance(child, (Metric, nn.modules.loss._Loss)):
+            if not isinstance(child, (Metric, *compat.LOSS)):
                 self._names[id(child)] = name
                 watched.append(child)
         for module in watched:

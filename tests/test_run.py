@@ -84,7 +84,9 @@ def test_second_instances_with_other_options_fit_checkpoint_and_resume(make_trai
         if isinstance(callback, SanityCallback):
             counts = {f.key: f.count for f in callback.findings}
             for key, count in checkpointed[callback.state_key].items():
-                assert counts.get(key, 0) > count, (callback.state_key, key)  # kept, and counted on
+                assert counts.get(key, 0) >= count, (callback.state_key, key)  # kept
+                if isinstance(callback, (ls.ConfusionCallback, ls.GradientFlowCallback)):
+                    assert counts[key] > count, (callback.state_key, key)  # and counted on (step-zero checks run once)
 
 
 def test_identical_options_in_yaml_and_python_give_the_same_state_key() -> None:
