@@ -14,11 +14,13 @@ import lightning.pytorch as pl
 from lightning_sanity.base import collect_findings, sanity_callbacks
 from lightning_sanity.findings import Finding, Severity
 from lightning_sanity.loggers import log_scalars
+from lightning_sanity.triage import TriageRow, format_triage, triage_rows
 
 SCHEMA = "lightning-sanity/report"
 SCHEMA_VERSION = 1
 REPORT_JSON = "sanity_report.json"
 REPORT_MARKDOWN = "sanity_report.md"
+TRIAGE_TITLE = "Triage: the run does not learn; causes checked"
 
 
 @dataclass(frozen=True)
@@ -36,22 +38,26 @@ class SanityReport:
     sections: list[tuple[str, str]] = field(default_factory=list)
     run: str = "fit"
     figures: list[str] = field(default_factory=list)
+    triage: list[TriageRow] = field(default_factory=list)
+    """The differential diagnosis, when a finding says the run is stuck, collapsed or at chance."""
 
     @classmethod
     def from_trainer(cls, trainer: pl.Trainer, run: str) -> SanityReport:
         callbacks = list(sanity_callbacks(trainer))
         sections = [section for cb in callbacks for section in cb.report_sections()]
         figures = [path for cb in callbacks for path in cb.figure_paths]
-        return cls(collect_findings(trainer), sections, run, figures)
+        findings = collect_findings(trainer)
+        return cls(findings, sections, run, figures, triage_rows(findings, {type(cb).__name__ for cb in callbacks}))
 
     @property
     def counts(self) -> dict[str, int]:
-        counted = Counter(str(f.severity) for f in self.findings)
+        counted = Counter(str(f.severity) for f in self.findings if f.standing)  # resolved verdicts no longer count
         return {str(severity): counted[str(severity)] for severity in reversed(Severity)}
 
     def headline(self) -> str:
         counts = ", ".join(f"{severity}: {n}" for severity, n in self.counts.items())
-        return f"lightning-sanity report ({self.run}): {counts}"
+        resolved = sum(not f.standing for f in self.findings)
+        return f"lightning-sanity report ({self.run}): {counts}" + (f", resolved: {resolved}" if resolved else "")
 
     def to_json(self) -> str:
         return json.dumps(
@@ -63,6 +69,7 @@ class SanityReport:
                 "findings": [f.to_dict() for f in self.findings],
                 "sections": [{"title": title, "text": text} for title, text in self.sections],
                 "figures": self.figures,
+                "triage": [row.to_dict() for row in self.triage],
             },
             indent=2,
         )
@@ -77,6 +84,7 @@ class SanityReport:
             sections=[(s["title"], s["text"]) for s in data["sections"]],
             run=data["run"],
             figures=data.get("figures", []),
+            triage=[TriageRow(**row) for row in data.get("triage", [])],
         )
 
     def to_markdown(self) -> str:
@@ -89,6 +97,9 @@ class SanityReport:
             ]
         else:
             lines.append("No findings.")
+        if self.triage:
+            lines += ["", f"## {TRIAGE_TITLE}", "", "| check | status | code |", "|---|---|---|"]
+            lines += [f"| {row.check} | {row.status} | {f'`{row.code}`' if row.code else ''} |" for row in self.triage]
         for title, text in self.sections:
             lines += ["", f"## {title}", "", "```", text, "```"]
         if self.figures:
@@ -102,6 +113,8 @@ class SanityReport:
             lines.append(f"  {str(f.severity).upper():<7} {f.code}  ({_where(f)}, x{f.count})")
             lines.append(f"          {f.message}")
             lines.append(f"          hint: {f.hint}")
+        if self.triage:
+            lines += [f"  {TRIAGE_TITLE}:", *(f"    {line}" for line in format_triage(self.triage).splitlines())]
         for title, text in self.sections:
             lines += [f"  {title}:", *(f"    {line}" for line in text.splitlines())]
         return "\n".join(lines)
@@ -118,6 +131,8 @@ class SanityReport:
             console.print(self._rich_table(), highlight=False)
         else:
             console.print(f"{self.headline()}: no findings.", highlight=False)
+        if self.triage:
+            console.print(f"[bold]{TRIAGE_TITLE}[/bold]\n{format_triage(self.triage)}", highlight=False)
         for title, text in self.sections:
             console.print(f"[bold]{title}[/bold]\n{text}", highlight=False)
 
@@ -132,7 +147,7 @@ class SanityReport:
         table.add_column("message / hint", ratio=1, overflow="fold")
         style = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
         for f in self.findings:
-            where = f"{f.stage} epoch {f.epoch}\nstep {f.step}"
+            where = f"{f.stage} epoch {f.epoch}\nstep {f.step}" + _resolved(f, "\n")
             table.add_row(
                 str(f.severity).upper(), f.code, where, str(f.count), f"{f.message}\nhint: {f.hint}",
                 style=style[f.severity],
@@ -142,7 +157,11 @@ class SanityReport:
 
 def _where(finding: Finding) -> str:
     subject = f" {finding.subject}" if finding.subject else ""
-    return f"{finding.stage} epoch {finding.epoch} step {finding.step}{subject}"
+    return f"{finding.stage} epoch {finding.epoch} step {finding.step}{subject}{_resolved(finding, ', ')}"
+
+
+def _resolved(finding: Finding, separator: str) -> str:
+    return "" if finding.standing else f"{separator}resolved at epoch {finding.resolved_epoch}"
 
 
 def _cell(text: str) -> str:
