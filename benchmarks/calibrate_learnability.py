@@ -101,18 +101,20 @@ class FrozenBackbone(Classifier):
 
     def __init__(self) -> None:
         super().__init__(SmallCNN(10), lr=3e-3)
-        for parameter in self.net[:8].parameters():
-            parameter.requires_grad_(False)
+        self.backbone = list(self.net)[:8]
+        for layer in self.backbone:
+            layer.requires_grad_(False)
 
     def on_train_epoch_start(self) -> None:
-        self.net[:8].eval()
+        for layer in self.backbone:
+            layer.eval()
 
 
-def deep_plain(depth: int = 8, width: int = 32) -> nn.Sequential:
-    """A deep tanh MLP without normalisation layers: on plain SGD it sits on the ln(C) plateau, then learns."""
-    layers: list[nn.Module] = [nn.Linear(64, width), nn.Tanh()]
+def deep_plain(depth: int, activation: type[nn.Module], width: int = 32) -> nn.Sequential:
+    """A deep MLP without normalisation layers: on plain SGD it sits on the ln(C) plateau, then learns."""
+    layers: list[nn.Module] = [nn.Linear(64, width), activation()]
     for _ in range(depth - 2):
-        layers += [nn.Linear(width, width), nn.Tanh()]
+        layers += [nn.Linear(width, width), activation()]
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
@@ -148,7 +150,7 @@ def flipped(labels: Tensor, share: float, classes: int, seed: int) -> Tensor:
 Built = tuple[pl.LightningModule, DataLoader, DataLoader]
 
 
-def build(name: str, seed: int) -> Built:  # noqa: C901 - one branch per scenario reads best here
+def build(name: str, seed: int) -> Built:
     x, y = digits_tensors("train")
     xv, yv = digits_tensors("val")
     if name == "random_binary_mlp":
@@ -239,8 +241,10 @@ def build(name: str, seed: int) -> Built:  # noqa: C901 - one branch per scenari
             DataLoader(images("train"), batch_size=64, shuffle=True),
             DataLoader(images("val"), batch_size=128),
         )
-    if name == "deep_plateau_sgd":
-        return PlainSGD(deep_plain(), lr=0.05), tabular(x, y), tabular(xv, yv, 128, False)
+    if name == "deep_relu_plateau_sgd":
+        return PlainSGD(deep_plain(7, nn.ReLU), lr=0.1), tabular(x, y), tabular(xv, yv, 128, False)
+    if name == "deep_tanh_plateau_sgd":
+        return PlainSGD(deep_plain(10, nn.Tanh), lr=0.05), tabular(x, y), tabular(xv, yv, 128, False)
     if name == "healthy_cnn":
         return (
             Classifier(SmallCNN(10), lr=3e-3),
@@ -271,7 +275,8 @@ HEALTHY = {
     "mostly_one_class_mlp": 8,
     "regression_wine": 6,
     "frozen_backbone_cnn": 5,
-    "deep_plateau_sgd": 10,
+    "deep_relu_plateau_sgd": 10,
+    "deep_tanh_plateau_sgd": 14,
     "healthy_cnn": 5,
 }
 

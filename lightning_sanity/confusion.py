@@ -64,6 +64,8 @@ GENERALISE_SHARE = 0.25
 IMPROVING_FALL = 0.002
 """Relative fall (of ln C) of the validation loss over its last three epochs, each lower than the one before, that
 shows a slow learner still on its way: no verdict about learning while it holds."""
+PRIOR_MARGIN = 0.02
+"""Relative margin below the class-prior entropy of a validation loss that proves the model uses its input."""
 ONE_CLASS_SHARE = 0.99
 """Share of the validation predictions in one class at every validation of the run that counts as one class
 throughout: a trained model told nothing apart, whatever the training loss did."""
@@ -305,14 +307,17 @@ def is_memorising(epoch_losses: Sequence[float], eval_losses: Sequence[float | N
 
 
 def is_one_class_throughout(history: Sequence[EpochEvidence]) -> bool:
-    """At every validation of the run (at least two) nearly every prediction was the same class."""
-    if len(history) < 2:
-        return False
-    first = history[0].summary.top_predicted_class
-    return all(
-        entry.summary.top_predicted_share >= ONE_CLASS_SHARE and entry.summary.top_predicted_class == first
-        for entry in history
-    )
+    """At every validation of the run (at least two) nearly every prediction was one class (a constant output
+    whose bias oscillates may change which one)."""
+    return len(history) >= 2 and all(entry.summary.top_predicted_share >= ONE_CLASS_SHARE for entry in history)
+
+
+def beats_the_prior(entry: EpochEvidence) -> bool:
+    """The validation loss is below the entropy of the validation class prior: no model that ignores its input can
+    get there (its cross-entropy is at least that entropy), so the model uses its input in a way that transfers,
+    even while its argmax still picks the majority class."""
+    loss = entry.eval_loss
+    return loss is not None and loss < (1.0 - PRIOR_MARGIN) * entry.summary.prior_entropy
 
 
 def is_still_improving(eval_losses: Sequence[float | None], num_classes: int) -> bool:
@@ -327,8 +332,17 @@ def is_still_improving(eval_losses: Sequence[float | None], num_classes: int) ->
     recent = [loss for loss in eval_losses[-3:] if loss is not None and math.isfinite(loss)]
     if len(recent) < 3 or num_classes < 2:
         return False
-    falling = all(later < earlier for earlier, later in zip(recent, recent[1:]))
+    falling = all(later < earlier for earlier, later in zip(recent, recent[1:], strict=False))
     return falling and recent[0] - recent[-1] >= IMPROVING_FALL * math.log(num_classes)
+
+
+def has_learning_signal(history: Sequence[EpochEvidence]) -> bool:
+    """The validation history shows the model learning something that transfers: its loss beats the class prior
+    (:func:`beats_the_prior`) or still falls (:func:`is_still_improving`)."""
+    if not history:
+        return False
+    classes = history[-1].summary.present_classes
+    return beats_the_prior(history[-1]) or is_still_improving([entry.eval_loss for entry in history], classes)
 
 
 def learning_evidence(
@@ -338,8 +352,7 @@ def learning_evidence(
     :func:`training_evidence`), ``"one class throughout"`` (:func:`is_one_class_throughout`), ``"memorising"``
     (:func:`is_memorising`), or ``None`` while the evidence is still out (early epochs, slow learners whose
     validation loss still falls: :func:`is_still_improving`)."""
-    classes = history[-1].summary.present_classes if history else 0
-    if is_still_improving([entry.eval_loss for entry in history], classes):
+    if has_learning_signal(history):
         return None
     evidence = training_evidence(epoch_losses, prior_entropy, steps)
     if evidence is not None:
@@ -1078,7 +1091,7 @@ class ConfusionCallback(SanityCallback):
         for code, holds in checks.items():
             key = f"{code}:{label}"
             self._suspicious[key] = self._suspicious.get(key, 0) + 1 if holds else 0
-        if split == "val" and is_learning_now(summary):
+        if split == "val" and (is_learning_now(summary) or beats_the_prior(history[-1])):
             for code in checks:
                 self._resolve(code, label, trainer.current_epoch)
         if learning is None:
@@ -1229,10 +1242,16 @@ class ConfusionCallback(SanityCallback):
         if classes is None or not self._epoch_losses:
             return
         chance = math.log(classes)
-        if not is_loss_at_chance(self._epoch_losses, classes, trainer.global_step):
+        validations = self.history.get("val", [])
+        if not is_loss_at_chance(self._epoch_losses, classes, trainer.global_step) or has_learning_signal(validations):
             validation = self.summaries.get("val")
             left_plateau = self._epoch_losses[-1] < chance * (1.0 - LOSS_CHANCE_TOLERANCE)
-            if left_plateau and (validation is None or is_learning_now(validation)):
+            learning = (
+                validation is None
+                or is_learning_now(validation)
+                or bool(validations and beats_the_prior(validations[-1]))
+            )
+            if left_plateau and learning:
                 self._resolve("eval.loss_at_chance", "train", trainer.current_epoch)
             return
         epochs = 3
