@@ -96,11 +96,24 @@ class Regressor(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
+def pretrained_cnn(epochs: int = 2) -> SmallCNN:
+    """A SmallCNN trained on the digit images by a plain loop, as a backbone to fine-tune."""
+    net = SmallCNN(10)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        for x, y in DataLoader(DigitImages(NORMALIZED, "train", size=16), batch_size=64, shuffle=True):
+            optimizer.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+    return net
+
+
 class FrozenBackbone(Classifier):
-    """Fine-tuning: the convolutional backbone is frozen and kept in eval mode, only the head trains."""
+    """Fine-tuning: a trained convolutional backbone frozen and kept in eval mode, a new head trains."""
 
     def __init__(self) -> None:
-        super().__init__(SmallCNN(10), lr=3e-3)
+        super().__init__(pretrained_cnn(), lr=3e-3)
+        self.net[-1].reset_parameters()
         self.backbone = list(self.net)[:8]
         for layer in self.backbone:
             layer.requires_grad_(False)

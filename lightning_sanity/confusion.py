@@ -1244,14 +1244,13 @@ class ConfusionCallback(SanityCallback):
         chance = math.log(classes)
         validations = self.history.get("val", [])
         if not is_loss_at_chance(self._epoch_losses, classes, trainer.global_step) or has_learning_signal(validations):
-            validation = self.summaries.get("val")
-            left_plateau = self._epoch_losses[-1] < chance * (1.0 - LOSS_CHANCE_TOLERANCE)
+            # with a validation split, learning is judged there; without one, by the training loss leaving ln(C)
             learning = (
-                validation is None
-                or is_learning_now(validation)
-                or bool(validations and beats_the_prior(validations[-1]))
+                is_learning_now(validations[-1].summary) or beats_the_prior(validations[-1])
+                if validations
+                else self._epoch_losses[-1] < chance * (1.0 - LOSS_CHANCE_TOLERANCE)
             )
-            if left_plateau and learning:
+            if learning:
                 self._resolve("eval.loss_at_chance", "train", trainer.current_epoch)
             return
         epochs = 3
