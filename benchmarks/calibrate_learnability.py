@@ -294,6 +294,11 @@ HEALTHY = {
 }
 
 
+PLATEAU = {"deep_relu_plateau_sgd", "deep_tanh_plateau_sgd"}
+"""Healthy programs that may sit on the plateau for the whole horizon: a verdict may stand only if they never left
+it (validation still at chance at the last epoch), and must be resolved if they did."""
+
+
 @dataclass
 class Run:
     name: str
@@ -382,12 +387,12 @@ def statistics(runs: list[Run]) -> list[tuple[str, str, float | None, float | No
         (
             "training-loss fall from epoch 0 (memorising runs at chance)",
             "MEMORISE_DROP = 0.02",
-            None,
+            extreme([train_fall(r.losses) for r in at_chance if r.healthy], max),
             extreme(
                 [train_fall(r.losses) for r in at_chance if not r.healthy and r.name.startswith(("random", "wrong"))],
                 min,
             ),
-            "healthy runs learn: balanced accuracy above chance (next rows)",
+            "healthy runs still at chance at the end (vetoed: val loss falls) vs memorising runs",
         ),
         (
             "val-loss fall / train-loss fall (train fell > 2 %)",
@@ -435,6 +440,8 @@ def main() -> None:
             runs.append(run)
             verdicts = [code for code in run.standing if code in VERDICTS]
             ok = run.standing == [] if healthy else bool(verdicts)
+            if name in PLATEAU and not ok and chance_margin(run.history[-1]) <= 1:
+                ok = True  # still on the plateau at the end: "learns nothing" is true so far
             accuracies = " ".join(f"{e.summary.balanced_accuracy:.2f}" for e in run.history)
             first = "-" if run.first_epoch is None else str(run.first_epoch)
             print(
@@ -448,9 +455,16 @@ def main() -> None:
                 f"{' '.join(f'{e.summary.top_predicted_share:.2f}' for e in run.history)}",
                 flush=True,
             )
-    healthy_bad = [r for r in runs if r.healthy and r.standing]
+    healthy_bad = [
+        r for r in runs if r.healthy and r.standing and not (r.name in PLATEAU and chance_margin(r.history[-1]) <= 1)
+    ]
     broken_missed = [r for r in runs if not r.healthy and not set(r.standing) & VERDICTS]
     print(f"\nhealthy runs with a standing WARNING/ERROR: {len(healthy_bad)} of {sum(r.healthy for r in runs)}")
+    print(
+        "healthy runs with a verdict resolved later: "
+        f"{sum(bool(r.resolved) for r in runs if r.healthy)}; still on the plateau at the end: "
+        f"{sum(r.name in PLATEAU and chance_margin(r.history[-1]) <= 1 for r in runs)}"
+    )
     print(f"broken runs without a learnability verdict: {len(broken_missed)} of {sum(not r.healthy for r in runs)}")
     print("\n| statistic | threshold | healthy | broken | reading |\n|---|---|---|---|---|")
     for statistic, threshold, healthy_value, broken_value, reading in statistics(runs):
