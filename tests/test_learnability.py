@@ -76,7 +76,9 @@ def test_labels_without_signal_are_memorised_and_reported_at_chance(make_trainer
     assert finding.severity is Severity.WARNING and finding.standing
     assert finding.evidence["training"] == "memorising"
     train_losses, val_losses = finding.evidence["epoch_train_losses"], finding.evidence["eval_losses"]
-    assert train_losses[-1] < train_losses[0] and val_losses[-1] >= val_losses[0]  # fits train, not val
+    assert finding.epoch <= 3  # so the evidence lists start at the first epoch
+    train_fall, val_fall = train_losses[0] - train_losses[-1], val_losses[0] - val_losses[-1]
+    assert train_fall > 0.02 * train_losses[0] and val_fall < 0.25 * train_fall  # fits train, nothing transfers
     assert finding.evidence["balanced_accuracy"] <= 1 / classes + 2 * max(0.025, finding.evidence["chance_noise"])
     assert "memorises" in finding.message
 
