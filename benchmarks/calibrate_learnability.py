@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import io
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -310,6 +311,7 @@ class Run:
     first_epoch: int | None
     history: list[EpochEvidence]
     losses: list[float]
+    kinds: list[str]
     seconds: float
 
 
@@ -341,19 +343,20 @@ def fit(name: str, seed: int, epochs: int, healthy: bool) -> Run:
         first_epoch=min((f.epoch for f in verdicts), default=None),
         history=confusion.history.get("val", []),
         losses=list(confusion._epoch_losses),
+        kinds=sorted({str(f.evidence.get("training")) for f in verdicts if "training" in f.evidence}),
         seconds=time.perf_counter() - start,
     )
 
 
 def train_fall(losses: list[float]) -> float:
-    """Largest relative fall of the epoch-mean training loss from the first epoch."""
-    return max((losses[0] - loss) / losses[0] for loss in losses[1:]) if len(losses) > 1 else 0.0
+    """Relative fall of the epoch-mean training loss from the first epoch to the last."""
+    return (losses[0] - losses[-1]) / losses[0] if len(losses) > 1 else 0.0
 
 
-def val_follow(run: Run) -> float | None:
-    """Share of the training-loss fall that the validation loss followed (at the last epoch)."""
-    measured = [e.eval_loss for e in run.history if e.eval_loss is not None]
-    fall = run.losses[0] - run.losses[-1] if len(run.losses) > 1 else 0.0
+def val_follow(losses: list[float], history: list[EpochEvidence]) -> float | None:
+    """Share of the training-loss fall that the validation loss followed, first epoch to last."""
+    measured = [e.eval_loss for e in history if e.eval_loss is not None]
+    fall = losses[0] - losses[-1] if len(losses) > 1 else 0.0
     if len(measured) < 2 or fall <= 0:
         return None
     return (measured[0] - measured[-1]) / fall
@@ -367,53 +370,85 @@ def chance_margin(entry: EpochEvidence) -> float:
     return (summary.balanced_accuracy - chance) / max(0.05, 2.0 * noise)
 
 
-def statistics(runs: list[Run]) -> list[tuple[str, str, float | None, float | None, str]]:
-    """(statistic, threshold, healthy extreme, broken extreme, where it decides) for the table."""
+def prior_ratio(entry: EpochEvidence) -> float | None:
+    """Validation loss over the entropy of the validation class prior (< 1 - PRIOR_MARGIN vetoes a verdict)."""
+    if entry.eval_loss is None or entry.summary.prior_entropy <= 0:
+        return None
+    return entry.eval_loss / entry.summary.prior_entropy
 
-    def extreme(values: list[float], pick: Callable[[list[float]], float]) -> float | None:
-        return round(pick(values), 3) if values else None
 
-    at_chance = [r for r in runs if r.history and chance_margin(r.history[-1]) <= 1]
-    learning = [r for r in runs if r.history and chance_margin(r.history[-1]) > 1]
-    healthy_follow = [v for r in runs if r.healthy and (v := val_follow(r)) is not None and train_fall(r.losses) > 0.02]
-    broken_follow = [v for r in at_chance if not r.healthy and (v := val_follow(r)) is not None]
-    one_class_healthy = [min(e.summary.top_predicted_share for e in r.history) for r in runs if r.healthy and r.history]
-    one_class_broken = [
-        min(e.summary.top_predicted_share for e in r.history)
-        for r in runs
-        if not r.healthy and r.history and "collapse" in ",".join(r.standing)
+def recent_fall(history: list[EpochEvidence]) -> float:
+    """Fall of the validation loss over the last three validations over ln C, 0 unless it fell at each of them."""
+    recent = [e.eval_loss for e in history[-3:] if e.eval_loss is not None]
+    if len(recent) < 3 or not all(later < earlier for earlier, later in zip(recent, recent[1:], strict=False)):
+        return 0.0
+    return (recent[0] - recent[-1]) / math.log(max(history[-1].summary.present_classes, 2))
+
+
+def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
+    """(statistic and threshold, healthy side, broken side, reading) for the table in docs/findings.md."""
+
+    def fmt(values: list[float], pick: Callable[[list[float]], float]) -> str:
+        return f"{pick(values):.3f} (n={len(values)})" if values else "none"
+
+    # every (run, epoch) prefix: what the verdict saw when the run was stopped there
+    prefixes = [(r, k) for r in runs for k in range(1, len(r.history))]
+    at_chance = [(r, k) for r, k in prefixes if chance_margin(r.history[k]) <= 1]
+    memorising = [r for r in runs if not r.healthy and "memorising" in r.kinds]
+    one_class = [r for r in runs if not r.healthy and "one class throughout" in r.kinds]
+    ratios_broken = [v for r in runs if not r.healthy for e in r.history if (v := prior_ratio(e)) is not None]
+    rescued = [(r, k) for r, k in at_chance if r.healthy and (v := prior_ratio(r.history[k])) is not None and v < 0.98]
+    falling_broken = [recent_fall(r.history[: k + 1]) for r, k in prefixes if not r.healthy]
+    falling_healthy = [f for r, k in at_chance if r.healthy and (f := recent_fall(r.history[: k + 1])) > 0]
+    unsaved = [r for r in runs if r.healthy and r.history and all((prior_ratio(e) or 1.0) >= 0.98 for e in r.history)]
+    follow_healthy = [
+        v
+        for r, k in at_chance
+        if r.healthy
+        and train_fall(r.losses[: k + 1]) >= 0.02
+        and (v := val_follow(r.losses[: k + 1], r.history[: k + 1])) is not None
     ]
+    follow_broken = [v for r in memorising if (v := val_follow(r.losses, r.history)) is not None]
+    learning = [r for r in runs if r.healthy and r.history and chance_margin(r.history[-1]) > 1]
+    rescued_ratios = [prior_ratio(r.history[k]) or 0.0 for r, k in rescued]
+    lowest_share_unsaved = [min(e.summary.top_predicted_share for e in r.history) for r in unsaved]
+    lowest_share_broken = [min(e.summary.top_predicted_share for e in r.history) for r in one_class]
     return [
         (
-            "training-loss fall from epoch 0 (memorising runs at chance)",
-            "MEMORISE_DROP = 0.02",
-            extreme([train_fall(r.losses) for r in at_chance if r.healthy], max),
-            extreme(
-                [train_fall(r.losses) for r in at_chance if not r.healthy and r.name.startswith(("random", "wrong"))],
-                min,
-            ),
-            "healthy runs still at chance at the end (vetoed: val loss falls) vs memorising runs",
+            "balanced-accuracy margin above 1/K at the last epoch, units of max(5 %, 2 sigma); <= 1 is at chance",
+            f"min {fmt([chance_margin(r.history[-1]) for r in learning], min)} (runs that learned)",
+            f"max {fmt([chance_margin(r.history[-1]) for r in runs if not r.healthy and r.history], max)}",
+            "BALANCED_MARGIN 0.05 / CHANCE_Z 2",
         ),
         (
-            "val-loss fall / train-loss fall (train fell > 2 %)",
-            "GENERALISE_SHARE = 0.25",
-            extreme(healthy_follow, min),
-            extreme(broken_follow, max),
-            "healthy min vs broken max",
+            "training-loss fall from the first epoch, relative (memorising rule: >= MEMORISE_DROP 0.02)",
+            f"max {fmt([train_fall(r.losses[: k + 1]) for r, k in at_chance if r.healthy], max)} (epochs at chance)",
+            f"min {fmt([train_fall(r.losses) for r in memorising], min)} (memorising runs)",
+            "healthy epochs at chance above 0.02 are vetoed by the validation loss (rows below)",
         ),
         (
-            "balanced-accuracy margin above 1/K at the last epoch (units of max(5 %, 2 sigma))",
-            "BALANCED_MARGIN / CHANCE_Z",
-            extreme([chance_margin(r.history[-1]) for r in learning if r.healthy], min),
-            extreme([chance_margin(r.history[-1]) for r in runs if not r.healthy and r.history], max),
-            "healthy min vs broken max (1.0 is the line)",
+            "validation-loss fall / training-loss fall (memorising rule: < GENERALISE_SHARE 0.25)",
+            f"min {fmt(follow_healthy, min)} (epochs at chance, train fell >= 2 %)",
+            f"max {fmt(follow_broken, max)} (memorising runs)",
+            "broken runs' validation loss rises while the training loss falls",
         ),
         (
-            "smallest one-class share over the validations of the run",
-            f"ONE_CLASS_SHARE = {ONE_CLASS_SHARE}",
-            extreme(one_class_healthy, max),
-            extreme(one_class_broken, min),
-            "healthy max vs broken min",
+            "validation loss / class-prior entropy (veto: < 1 - PRIOR_MARGIN = 0.98)",
+            f"{len(rescued)} healthy epochs at chance rescued, max {fmt(rescued_ratios, max)}",
+            f"min {fmt(ratios_broken, min)} (every epoch of every broken run)",
+            "a model ignoring its input cannot go below 1; memorisers stay above it",
+        ),
+        (
+            "validation-loss fall over the last 3 validations / ln C, each lower (veto: >= IMPROVING_FALL 0.002)",
+            f"min {fmt(falling_healthy, min)} (healthy epochs at chance it rescued)",
+            f"max {fmt(falling_broken, max)} (every epoch of every broken run)",
+            "slow learners creep down; broken runs do not fall three times in a row",
+        ),
+        (
+            f"smallest top-class share over all validations of the run (rule: >= ONE_CLASS_SHARE {ONE_CLASS_SHARE})",
+            f"max {fmt(lowest_share_unsaved, max)} (runs the prior veto does not cover)",
+            f"min {fmt(lowest_share_broken, min)} (one-class runs)",
+            "a model right to predict mostly one class beats the prior instead",
         ),
     ]
 
@@ -466,9 +501,9 @@ def main() -> None:
         f"{sum(r.name in PLATEAU and chance_margin(r.history[-1]) <= 1 for r in runs)}"
     )
     print(f"broken runs without a learnability verdict: {len(broken_missed)} of {sum(not r.healthy for r in runs)}")
-    print("\n| statistic | threshold | healthy | broken | reading |\n|---|---|---|---|---|")
-    for statistic, threshold, healthy_value, broken_value, reading in statistics(runs):
-        print(f"| {statistic} | {threshold} | {healthy_value} | {broken_value} | {reading} |")
+    print("\n| statistic (threshold) | healthy | broken | reading |\n|---|---|---|---|")
+    for statistic, healthy_value, broken_value, reading in statistics(runs):
+        print(f"| {statistic} | {healthy_value} | {broken_value} | {reading} |")
     print(f"\n{len(runs)} runs, {sum(r.seconds for r in runs):.0f} s of fitting")
 
 

@@ -1207,7 +1207,7 @@ class ConfusionCallback(SanityCallback):
                 "signal it can transfer"
             )
         if learning == "one class throughout":
-            return f"nearly every prediction was that class at all {len(history)} validations of the run"
+            return f"at all {len(history)} validations of the run nearly every prediction was one class"
         if learning == "stuck":
             return (
                 f"the training loss sits at the class-prior entropy ({', '.join(f'{v:.3f}' for v in losses[-3:])}): "
