@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms as T
 
 from lightning_sanity import ConfusionCallback, ModeGuardCallback, Severity, collect_findings
-from lightning_sanity.confusion import ONE_CLASS_SHARE, EpochEvidence, binomial_noise
+from lightning_sanity.confusion import ONE_CLASS_SHARE, EpochEvidence, binomial_noise, has_learning_signal
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 
 VERDICTS = {"eval.chance_level", "eval.prediction_collapse", "eval.imbalance_masked", "eval.loss_at_chance"}
@@ -382,6 +382,8 @@ def recent_fall(history: list[EpochEvidence]) -> float:
     recent = [e.eval_loss for e in history[-3:] if e.eval_loss is not None]
     if len(recent) < 3 or not all(later < earlier for earlier, later in zip(recent, recent[1:], strict=False)):
         return 0.0
+    if recent[-1] >= math.log(max(history[-1].summary.present_classes, 2)):
+        return 0.0  # worse than a uniform guess: unlearning, not learning
     return (recent[0] - recent[-1]) / math.log(max(history[-1].summary.present_classes, 2))
 
 
@@ -399,13 +401,14 @@ def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
     ratios_broken = [v for r in runs if not r.healthy for e in r.history if (v := prior_ratio(e)) is not None]
     rescued = [(r, k) for r, k in at_chance if r.healthy and (v := prior_ratio(r.history[k])) is not None and v < 0.98]
     falling_broken = [recent_fall(r.history[: k + 1]) for r, k in prefixes if not r.healthy]
-    falling_healthy = [f for r, k in at_chance if r.healthy and (f := recent_fall(r.history[: k + 1])) > 0]
+    falling_healthy = [f for r, k in at_chance if r.healthy and (f := recent_fall(r.history[: k + 1])) >= 0.002]
+    # healthy epochs at chance where no veto applies: there the memorising rule alone decides
+    decides = [(r, k) for r, k in at_chance if r.healthy and not has_learning_signal(r.history[: k + 1])]
     unsaved = [r for r in runs if r.healthy and r.history and all((prior_ratio(e) or 1.0) >= 0.98 for e in r.history)]
     follow_healthy = [
         v
-        for r, k in at_chance
-        if r.healthy
-        and train_fall(r.losses[: k + 1]) >= 0.02
+        for r, k in decides
+        if train_fall(r.losses[: k + 1]) >= 0.02
         and (v := val_follow(r.losses[: k + 1], r.history[: k + 1])) is not None
     ]
     follow_broken = [v for r in memorising if (v := val_follow(r.losses, r.history)) is not None]
@@ -422,13 +425,13 @@ def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
         ),
         (
             "training-loss fall from the first epoch, relative (memorising rule: >= MEMORISE_DROP 0.02)",
-            f"max {fmt([train_fall(r.losses[: k + 1]) for r, k in at_chance if r.healthy], max)} (epochs at chance)",
+            f"max {fmt([train_fall(r.losses[: k + 1]) for r, k in decides], max)} (epochs at chance, no veto)",
             f"min {fmt([train_fall(r.losses) for r in memorising], min)} (memorising runs)",
-            "healthy epochs at chance above 0.02 are vetoed by the validation loss (rows below)",
+            "healthy epochs at chance that no veto covers: the training loss did not fall",
         ),
         (
             "validation-loss fall / training-loss fall (memorising rule: < GENERALISE_SHARE 0.25)",
-            f"min {fmt(follow_healthy, min)} (epochs at chance, train fell >= 2 %)",
+            f"min {fmt(follow_healthy, min)} (epochs at chance, no veto, train fell >= 2 %)",
             f"max {fmt(follow_broken, max)} (memorising runs)",
             "broken runs' validation loss rises while the training loss falls",
         ),

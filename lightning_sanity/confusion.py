@@ -321,8 +321,9 @@ def beats_the_prior(entry: EpochEvidence) -> bool:
 
 
 def is_still_improving(eval_losses: Sequence[float | None], num_classes: int) -> bool:
-    """The validation loss fell at each of the last three validations, by ``IMPROVING_FALL * ln C`` in all: on a
-    fixed validation set a deterministic model's loss does not drift down three times in a row by chance.
+    """The validation loss fell at each of the last three validations, by ``IMPROVING_FALL * ln C`` in all, to below
+    ln C: on a fixed validation set a deterministic model's loss does not drift down three times in a row by chance.
+    A loss above ln C (worse than a uniform guess) that falls is a confidently wrong model unlearning, not learning.
 
     Example::
 
@@ -333,7 +334,8 @@ def is_still_improving(eval_losses: Sequence[float | None], num_classes: int) ->
     if len(recent) < 3 or num_classes < 2:
         return False
     falling = all(later < earlier for earlier, later in zip(recent, recent[1:], strict=False))
-    return falling and recent[0] - recent[-1] >= IMPROVING_FALL * math.log(num_classes)
+    chance = math.log(num_classes)
+    return falling and recent[-1] < chance and recent[0] - recent[-1] >= IMPROVING_FALL * chance
 
 
 def has_learning_signal(history: Sequence[EpochEvidence]) -> bool:
@@ -646,6 +648,11 @@ class ConfusionCallback(SanityCallback):
     step (no second forward pass); only as a last resort are they recomputed (one INFO). Each validation dataloader
     has its own matrix. Findings: ``eval.prediction_collapse``, ``eval.chance_level``, ``eval.imbalance_masked``,
     ``eval.metric_mismatch``, ``eval.loss_at_chance``, ``output.activated`` (and INFO ``eval.not_classification``).
+
+    The findings about learning (collapse, chance level, imbalance, loss at chance) are a verdict from measured
+    evidence per validation epoch (:attr:`history`: the model's validation cross-entropy, balanced accuracy against
+    chance with its binomial noise, the training loss; see :func:`learning_evidence`), and are revisited: once the run
+    learns, the finding is marked resolved (``Finding.resolved_epoch``) instead of standing.
 
     Args:
         num_classes: Number of classes, inferred from the logits when ``None``. Needed only when the step returns
