@@ -1097,7 +1097,9 @@ class ConfusionCallback(SanityCallback):
         }
         for code, holds in checks.items():
             key = f"{code}:{label}"
-            self._suspicious[key] = self._suspicious.get(key, 0) + 1 if holds else 0
+            count = self._suspicious.get(key, 0) + 1 if holds and learning is not None else 0
+            # one class at every validation is itself evidence over the whole history
+            self._suspicious[key] = max(count, len(history)) if holds and learning == "one class throughout" else count
         if split == "val" and (is_learning_now(summary) or beats_the_prior(history[-1])):
             for code in checks:
                 self._resolve(code, label, trainer.current_epoch)
