@@ -11,7 +11,7 @@ every epoch of a run is the verdict of the same run stopped there, so one 8-epoc
 It prints one line per run, then the statistics behind each threshold: for the runs where that threshold decides,
 the largest value seen on healthy runs against the smallest on broken ones (the table in docs/findings.md).
 
-    python benchmarks/calibrate_learnability.py            # 3 seeds, about 10 minutes on 2 CPU cores
+    python benchmarks/calibrate_learnability.py            # 3 seeds, about 5 minutes on one CPU core
     python benchmarks/calibrate_learnability.py --seeds 1  # a quick look
 """
 
@@ -451,7 +451,7 @@ def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
             f"smallest top-class share over the first two validations (rule: >= ONE_CLASS_SHARE {ONE_CLASS_SHARE})",
             f"max {fmt(lowest_share_unsaved, max)} (runs the prior veto does not cover)",
             f"min {fmt(lowest_share_broken, min)} (one-class runs)",
-            "a model right to predict mostly one class beats the prior instead",
+            "healthy 1.0: plateau runs, said while true and resolved; mostly-one-class models beat the prior",
         ),
     ]
 
