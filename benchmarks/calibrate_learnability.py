@@ -379,10 +379,12 @@ def prior_ratio(entry: EpochEvidence) -> float | None:
 
 
 def recent_fall(history: list[EpochEvidence]) -> float:
-    """Fall of the validation loss over the last three validations over ln C, 0 unless it fell at each of them."""
-    recent = [e.eval_loss for e in history[-3:] if e.eval_loss is not None]
-    if len(recent) < 3 or not all(later < earlier for earlier, later in zip(recent, recent[1:], strict=False)):
+    """Fall of the validation loss over the last four validations over ln C, 0 unless it fell at each of them."""
+    recent = [e.eval_loss for e in history[-4:] if e.eval_loss is not None]
+    if len(recent) < 4 or not all(later < earlier for earlier, later in zip(recent, recent[1:], strict=False)):
         return 0.0
+    if recent[-1] >= math.log(max(history[-1].summary.present_classes, 2)):
+        return 0.0  # worse than a uniform guess: unlearning its initial bias, not learning
     return (recent[0] - recent[-1]) / math.log(max(history[-1].summary.present_classes, 2))
 
 
@@ -442,7 +444,7 @@ def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
             "a model ignoring its input cannot go below 1; memorisers stay above it",
         ),
         (
-            "validation-loss fall over the last 3 validations / ln C, each lower (veto: >= IMPROVING_FALL 0.002)",
+            "validation-loss fall over the last 4 validations / ln C, each lower (veto: >= IMPROVING_FALL 0.002)",
             f"min {fmt(falling_healthy, min)} (healthy epochs at chance it rescued)",
             f"max {fmt(falling_broken, max)} (every epoch of every broken run)",
             "overlaps: it only postpones a verdict; every broken run was caught at epochs where it did not hold",

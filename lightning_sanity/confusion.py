@@ -62,7 +62,7 @@ MEMORISE_DROP = 0.02
 GENERALISE_SHARE = 0.25
 """...while the validation loss follows less than this share of that fall: it memorises labels without signal."""
 IMPROVING_FALL = 0.002
-"""Relative fall (of ln C) of the validation loss over its last three epochs, each lower than the one before, that
+"""Relative fall (of ln C) of the validation loss over its last four epochs, each lower than the one before, that
 shows a slow learner still on its way: no verdict about learning while it holds."""
 PRIOR_MARGIN = 0.02
 """Relative margin below the class-prior entropy of a validation loss that proves the model uses its input."""
@@ -321,20 +321,23 @@ def beats_the_prior(entry: EpochEvidence) -> bool:
 
 
 def is_still_improving(eval_losses: Sequence[float | None], num_classes: int) -> bool:
-    """The validation loss fell at each of the last three validations, by ``IMPROVING_FALL * ln C`` in all: on a
-    fixed validation set a deterministic model's loss does not drift down three times in a row by chance. It only
-    postpones a verdict (a broken model still learning the class prior also creeps down); it never resolves one.
+    """The validation loss fell at each of the last three validations (four values), by ``IMPROVING_FALL * ln C`` in
+    all: on a fixed validation set a deterministic model's loss does not drift down three times in a row by chance
+    (a model stuck at chance jitters around its level: two falls in a row happen every fourth epoch), and to below
+    ln C: a loss above that of a uniform guess that creeps down towards it is a model unlearning its initial bias,
+    not learning. It only postpones a verdict; it never resolves one.
 
     Example::
 
-        >>> is_still_improving([2.313, 2.309, 2.304, 2.301], 10), is_still_improving([0.70, 0.71, 0.70], 2)
+        >>> is_still_improving([2.313, 2.309, 2.304, 2.301], 10), is_still_improving([0.694, 0.692, 0.693, 0.692], 2)
         (True, False)
     """
-    recent = [loss for loss in eval_losses[-3:] if loss is not None and math.isfinite(loss)]
-    if len(recent) < 3 or num_classes < 2:
+    recent = [loss for loss in eval_losses[-4:] if loss is not None and math.isfinite(loss)]
+    if len(recent) < 4 or num_classes < 2:
         return False
     falling = all(later < earlier for earlier, later in zip(recent, recent[1:], strict=False))
-    return falling and recent[0] - recent[-1] >= IMPROVING_FALL * math.log(num_classes)
+    chance = math.log(num_classes)
+    return falling and recent[-1] < chance and recent[0] - recent[-1] >= IMPROVING_FALL * chance
 
 
 def has_learning_signal(history: Sequence[EpochEvidence]) -> bool:
