@@ -31,12 +31,12 @@ def binary_digits(split: str, fixed: bool) -> TensorDataset:
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], epochs=6)
+    trainer = make_trainer(args)  # seeds everything: build the model after it, for a reproducible run
     layers: list[nn.Module] = [nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2)]
     if not args.fixed:
         layers.append(nn.ReLU())
     train = DataLoader(binary_digits("train", args.fixed), batch_size=32, shuffle=args.fixed)
     val = DataLoader(binary_digits("val", args.fixed), batch_size=128)
-    trainer = make_trainer(args)
     trainer.fit(Classifier(nn.Sequential(*layers), lr=1e-3), train, val)
 
 

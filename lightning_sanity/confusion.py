@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -11,6 +12,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -57,6 +59,18 @@ MIN_STEPS = 100
 """Optimizer steps before a flat loss counts as stuck rather than not started."""
 PROBABILITY_NLL_RATIO = 0.7
 """Outputs whose NLL as probabilities is this far below the floor would have let a probability loss go below it."""
+MEMORISE_DROP = 0.02
+"""Relative fall of the epoch-mean training loss from the first epoch that shows the model is fitting something..."""
+GENERALISE_SHARE = 0.25
+"""...while the validation loss follows less than this share of that fall: it memorises labels without signal."""
+IMPROVING_FALL = 0.002
+"""Relative fall (of ln C) of the validation loss over its last four epochs, each lower than the one before, that
+shows a slow learner still on its way: no verdict about learning while it holds."""
+PRIOR_MARGIN = 0.02
+"""Relative margin below the class-prior entropy of a validation loss that proves the model uses its input."""
+ONE_CLASS_SHARE = 0.99
+"""Share of the validation predictions in one class at every validation of the run that counts as one class
+throughout: a trained model told nothing apart, whatever the training loss did."""
 MISMATCH_TOLERANCE = 0.05
 """Absolute accuracy difference tolerated between a logged accuracy and the closest correct reading."""
 
@@ -264,6 +278,103 @@ def training_evidence(epoch_losses: Sequence[float], prior_entropy: float, steps
     return None
 
 
+@dataclass(frozen=True)
+class EpochEvidence:
+    """What one validation epoch of a fit showed, next to the training loss at that point."""
+
+    epoch: int
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    summary: ConfusionSummary
+
+
+def is_memorising(epoch_losses: Sequence[float], eval_losses: Sequence[float | None]) -> bool:
+    """The training loss fell by ``MEMORISE_DROP`` from the first epoch while the validation loss (the model's
+    cross-entropy on the validation split) followed less than ``GENERALISE_SHARE`` of that fall: the model fits the
+    training labels and nothing of it transfers.
+
+    Example::
+
+        >>> is_memorising([0.712, 0.672, 0.655], [0.70, 0.71, 0.72]), is_memorising([2.34, 2.31], [2.32, 2.29])
+        (True, False)
+    """
+    measured = [loss for loss in eval_losses if loss is not None and math.isfinite(loss)]
+    if len(epoch_losses) < 2 or len(measured) < 2 or epoch_losses[0] <= 0:
+        return False
+    train_fall = epoch_losses[0] - epoch_losses[-1]
+    if train_fall < MEMORISE_DROP * epoch_losses[0]:
+        return False
+    return measured[0] - measured[-1] < GENERALISE_SHARE * train_fall
+
+
+def is_one_class_throughout(history: Sequence[EpochEvidence]) -> bool:
+    """At every validation of the run (at least two) nearly every prediction was one class (a constant output
+    whose bias oscillates may change which one)."""
+    return len(history) >= 2 and all(entry.summary.top_predicted_share >= ONE_CLASS_SHARE for entry in history)
+
+
+def beats_the_prior(entry: EpochEvidence) -> bool:
+    """The validation loss is below the entropy of the validation class prior: no model that ignores its input can
+    get there (its cross-entropy is at least that entropy), so the model uses its input in a way that transfers,
+    even while its argmax still picks the majority class."""
+    loss = entry.eval_loss
+    return loss is not None and loss < (1.0 - PRIOR_MARGIN) * entry.summary.prior_entropy
+
+
+def is_still_improving(eval_losses: Sequence[float | None], num_classes: int) -> bool:
+    """The validation loss fell at each of the last three validations (four values), by ``IMPROVING_FALL * ln C`` in
+    all: on a fixed validation set a deterministic model's loss does not drift down three times in a row by chance
+    (a model stuck at chance jitters around its level: two falls in a row happen every fourth epoch), and to below
+    ln C: a loss above that of a uniform guess that creeps down towards it is a model unlearning its initial bias,
+    not learning. It only postpones a verdict; it never resolves one.
+
+    Example::
+
+        >>> is_still_improving([2.313, 2.309, 2.304, 2.301], 10), is_still_improving([0.694, 0.692, 0.693, 0.692], 2)
+        (True, False)
+    """
+    recent = [loss for loss in eval_losses[-4:] if loss is not None and math.isfinite(loss)]
+    if len(recent) < 4 or num_classes < 2:
+        return False
+    falling = all(later < earlier for earlier, later in zip(recent, recent[1:], strict=False))
+    chance = math.log(num_classes)
+    return falling and recent[-1] < chance and recent[0] - recent[-1] >= IMPROVING_FALL * chance
+
+
+def has_learning_signal(history: Sequence[EpochEvidence]) -> bool:
+    """The validation history shows the model learning something that transfers: its loss beats the class prior
+    (:func:`beats_the_prior`) or still falls (:func:`is_still_improving`)."""
+    if not history:
+        return False
+    classes = history[-1].summary.present_classes
+    return beats_the_prior(history[-1]) or is_still_improving([entry.eval_loss for entry in history], classes)
+
+
+def learning_evidence(
+    epoch_losses: Sequence[float], history: Sequence[EpochEvidence], prior_entropy: float, steps: int
+) -> str | None:
+    """Whether the run had its chance to learn, from what it measured: ``"learned"`` / ``"stuck"`` (see
+    :func:`training_evidence`), ``"one class throughout"`` (:func:`is_one_class_throughout`), ``"memorising"``
+    (:func:`is_memorising`), or ``None`` while the evidence is still out (early epochs, slow learners whose
+    validation loss still falls: :func:`is_still_improving`)."""
+    if has_learning_signal(history):
+        return None
+    evidence = training_evidence(epoch_losses, prior_entropy, steps)
+    if evidence is not None:
+        return evidence
+    if is_one_class_throughout(history):
+        return "one class throughout"
+    if is_memorising(epoch_losses, [entry.eval_loss for entry in history]):
+        return "memorising"
+    return None
+
+
+def is_learning_now(summary: ConfusionSummary) -> bool:
+    """Balanced accuracy clearly above chance: a verdict of "learns nothing" no longer holds."""
+    return summary.present_classes >= 2 and not is_no_better_than_one_class(summary)
+
+
 def is_plateau(epoch_losses: Sequence[float], level: float, tolerance: float, spread: float, epochs: int = 3) -> bool:
     """The last ``epochs`` losses are all within ``tolerance * level`` of ``level`` and flat (their range within
     ``spread * level``): not a slow learner on its way down."""
@@ -449,6 +560,34 @@ class ProbabilityLoss(Metric):
         return self.total / self.count.clamp(min=1)
 
 
+class EvalLoss(Metric):
+    """Mean cross-entropy of the scores against the targets over an evaluation epoch (softmax cross-entropy, or
+    binary cross-entropy of a single logit): the model's own validation loss, whatever loss the user trains with."""
+
+    full_state_update = False
+    total: Tensor
+    count: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, scores: Tensor, predictions: ClassPredictions) -> None:
+        scores = scores.detach().float()
+        if scores.shape[1] == 1:
+            targets = predictions.targets.clamp(0, 1).float()
+            losses = F.binary_cross_entropy_with_logits(scores[:, 0], targets, reduction="none")
+        else:
+            losses = F.cross_entropy(scores, predictions.targets.clamp(0, scores.shape[1] - 1), reduction="none")
+        weight = predictions.valid.double()
+        self.total += (losses.double() * weight).sum()
+        self.count += weight.sum()
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return self.total / self.count.clamp(min=1), self.count
+
+
 class _Capture:
     """Keeps the outputs of the LightningModule's forward calls during one step; children's outputs as a fallback.
 
@@ -513,6 +652,11 @@ class ConfusionCallback(SanityCallback):
     step (no second forward pass); only as a last resort are they recomputed (one INFO). Each validation dataloader
     has its own matrix. Findings: ``eval.prediction_collapse``, ``eval.chance_level``, ``eval.imbalance_masked``,
     ``eval.metric_mismatch``, ``eval.loss_at_chance``, ``output.activated`` (and INFO ``eval.not_classification``).
+
+    The findings about learning (collapse, chance level, imbalance, loss at chance) are a verdict from measured
+    evidence per validation epoch (:attr:`history`: the model's validation cross-entropy, balanced accuracy against
+    chance with its binomial noise, the training loss; see :func:`learning_evidence`), and are revisited: once the run
+    learns, the finding is marked resolved (``Finding.resolved_epoch``) instead of standing.
 
     Args:
         num_classes: Number of classes, inferred from the logits when ``None``. Needed only when the step returns
@@ -595,7 +739,11 @@ class ConfusionCallback(SanityCallback):
         """Last matrix per split label (``"val"``, ``"val/dataloader_idx_1"``, ``"test"``, ``"train"``)."""
         self.summaries: dict[str, ConfusionSummary] = {}
         """Last :class:`ConfusionSummary` per split label."""
+        self.history: dict[str, list[EpochEvidence]] = {}
+        """Per validation label, one :class:`EpochEvidence` per validation epoch of the fit: what the learnability
+        verdict is judged on."""
         self._counts: dict[tuple[str, int], EvalCounts] = {}
+        self._eval_losses: dict[tuple[str, int], EvalLoss] = {}
         self._splits: dict[str, _SplitState] = {}
         self._capture: _Capture | None = None
         self._train_loss: TrainLoss | None = None
@@ -701,6 +849,9 @@ class ConfusionCallback(SanityCallback):
         counts = self._counts_for(split, loader, predictions.num_classes, pl_module.device)
         if counts is not None:
             counts.update(predictions.predicted, predictions.targets, predictions.valid, len(parts.targets))
+            eval_loss = self._eval_losses.get((split, loader))
+            if eval_loss is not None and scores.is_floating_point():
+                eval_loss.update(scores, predictions)
 
     def _aligned_scores(
         self,
@@ -807,6 +958,8 @@ class ConfusionCallback(SanityCallback):
         if counts is None:
             counts = EvalCounts(num_classes, dense=num_classes <= self.max_classes).to(device)
             self._counts[(split, loader)] = counts
+            if split != "train":
+                self._eval_losses[(split, loader)] = EvalLoss().to(device)
         if counts.num_classes != num_classes:
             return None
         return counts
@@ -876,6 +1029,7 @@ class ConfusionCallback(SanityCallback):
                 warnings.simplefilter("ignore")  # an epoch with no update on this rank still has to join the sync
                 values = counts.compute()
             counts.reset()
+            eval_loss = self._read_eval_loss(split, loader)
             label = split if loader == 0 else f"{split}/dataloader_idx_{loader}"
             summary = ConfusionSummary.from_counts(values["true_positives"], values["predicted"], values["actual"])
             if summary.total == 0:
@@ -900,7 +1054,18 @@ class ConfusionCallback(SanityCallback):
             for key, value in logged.get(loader, {}).items():
                 self._judge_mismatch(trainer, split, label, key, value, summary, correct, per_batch)
             if split != "train":
-                self._judge_summary(trainer, split, label, summary)
+                self._judge_summary(trainer, split, label, summary, eval_loss)
+
+    def _read_eval_loss(self, split: str, loader: int) -> float | None:
+        """The epoch's validation cross-entropy (a collective under DDP, like the counts), ``None`` if unmeasured."""
+        metric = self._eval_losses.get((split, loader))
+        if metric is None:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mean, count = (float(v) for v in metric.compute())
+        metric.reset()
+        return mean if count > 0 and math.isfinite(mean) else None
 
     def _log_summary(self, trainer: pl.Trainer, split: str, loader: int, summary: ConfusionSummary) -> None:
         suffix = f"/dataloader_idx_{loader}" if loader else ""
@@ -919,87 +1084,191 @@ class ConfusionCallback(SanityCallback):
         completed = compat.completed_epochs(trainer)
         return completed + (trainer.state.fn == TrainerFn.FITTING) >= self.min_epochs
 
-    def _judge_summary(self, trainer: pl.Trainer, split: str, label: str, summary: ConfusionSummary) -> None:
+    def _judge_summary(
+        self, trainer: pl.Trainer, split: str, label: str, summary: ConfusionSummary, eval_loss: float | None
+    ) -> None:
         losses = self._losses_so_far() if split == "val" else self._epoch_losses
-        evidence_of_training = (
-            training_evidence(losses, summary.prior_entropy, trainer.global_step) if self._trained(trainer) else None
+        history = self._remember(trainer, split, label, summary, eval_loss, losses)
+        learning = (
+            learning_evidence(losses, history, summary.prior_entropy, trainer.global_step)
+            if self._trained(trainer)
+            else None
         )
         imbalance = is_imbalance_masked(summary)
         checks = {
-            "collapse": is_prediction_collapse(summary),
-            "imbalance": imbalance,
-            "chance": is_chance_level(summary) and not imbalance,
+            "eval.prediction_collapse": is_prediction_collapse(summary),
+            "eval.imbalance_masked": imbalance,
+            "eval.chance_level": is_chance_level(summary) and not imbalance,
         }
-        for check, holds in checks.items():
-            key = f"{check}:{label}"
-            self._suspicious[key] = self._suspicious.get(key, 0) + 1 if holds and evidence_of_training else 0
+        for code, holds in checks.items():
+            key = f"{code}:{label}"
+            count = self._suspicious.get(key, 0) + 1 if holds and learning is not None else 0
+            # one class at every validation is itself evidence over the whole history
+            self._suspicious[key] = max(count, len(history)) if holds and learning == "one class throughout" else count
+        if split == "val" and (is_learning_now(summary) or beats_the_prior(history[-1])):
+            for code in checks:
+                self._resolve(code, label, trainer.current_epoch)
+        if learning is None:
+            return
         needed = 1 if split == "test" else 2
-        persisted = {check for check in checks if self._suspicious[f"{check}:{label}"] >= needed}
-        evidence: dict[str, Any] = {
-            "split": label,
-            "samples": summary.total,
-            "accuracy": round(summary.accuracy, 4),
-            "balanced_accuracy": round(summary.balanced_accuracy, 4),
-            "majority_share": round(summary.majority_share, 4),
-            "top_predicted_class": self._class_name(summary.top_predicted_class),
-            "top_predicted_share": round(summary.top_predicted_share, 4),
-            "top_predicted_true_share": round(summary.top_predicted_true_share, 4),
-            "training": evidence_of_training,
-            "epoch_train_losses": [round(loss, 4) for loss in losses[-4:]],
-            "prior_entropy": round(summary.prior_entropy, 4),
-        }
-        matrix = self.confusion_matrices.get(label)
-        if matrix is not None and matrix.shape[0] <= self.report_classes:
-            evidence["confusion_matrix"] = matrix.tolist()
-        if "collapse" in persisted:
-            self.record(
+        persisted = {code for code in checks if self._suspicious[f"{code}:{label}"] >= needed}
+        if not persisted:
+            return
+        evidence = self._learning_evidence_numbers(label, summary, learning, losses, history)
+        story = self._learning_story(learning, losses, history)
+        if "eval.prediction_collapse" in persisted:
+            self._record_verdict(
                 trainer,
                 "eval.prediction_collapse",
                 Severity.ERROR,
                 f"{summary.top_predicted_share:.1%} of the {label} predictions are class "
                 f"{self._class_name(summary.top_predicted_class)!r}, whose true share is only "
                 f"{summary.top_predicted_true_share:.1%} (accuracy {summary.accuracy:.1%}, balanced "
-                f"{summary.balanced_accuracy:.1%}).",
+                f"{summary.balanced_accuracy:.1%}); {story}.",
                 "The model ignores its input: check that labels are aligned with the features, that training batches "
-                "are shuffled, that nothing (ReLU/softmax, a frozen or zero-initialised head, a far too high or low "
-                "learning rate) stops the logits from learning.",
+                "are shuffled, that the train and val inputs are preprocessed alike, that nothing (ReLU/softmax, a "
+                "frozen or zero-initialised head, a far too high or low learning rate) stops the logits from learning.",
                 subject=label,
                 evidence=evidence,
             )
-        if "imbalance" in persisted:
-            self.record(
+        if "eval.imbalance_masked" in persisted:
+            self._record_verdict(
                 trainer,
                 "eval.imbalance_masked",
                 Severity.WARNING,
                 f"{label} accuracy {summary.accuracy:.1%} only reflects class imbalance: the majority class is "
                 f"{summary.majority_share:.1%} of the samples and balanced accuracy is {summary.balanced_accuracy:.1%} "
-                f"(1/{summary.present_classes} = {1 / summary.present_classes:.1%} is chance).",
+                f"(1/{summary.present_classes} = {1 / summary.present_classes:.1%} is chance); {story}.",
                 "Report balanced accuracy / per-class recall (torchmetrics MulticlassAccuracy(average='macro')) and "
-                "counter the imbalance: class weights in the loss, a WeightedRandomSampler, or more minority data.",
+                "counter the imbalance: class weights in the loss, a WeightedRandomSampler, or more minority data. If "
+                "every prediction is the majority class, check that the model uses its input at all.",
                 subject=label,
                 evidence=evidence,
             )
-        if "chance" in persisted:
-            self.record(
+        if "eval.chance_level" in persisted:
+            self._record_verdict(
                 trainer,
                 "eval.chance_level",
                 Severity.WARNING,
                 f"{label} accuracy {summary.accuracy:.1%} stays at chance (majority-class rate "
-                f"{summary.majority_share:.1%}, balanced accuracy {summary.balanced_accuracy:.1%}) after "
-                f"{trainer.current_epoch + 1} epochs.",
+                f"{summary.majority_share:.1%}, balanced accuracy {summary.balanced_accuracy:.1%}, chance "
+                f"{1 / max(summary.present_classes, 1):.1%} ± {evidence['chance_noise']:.1%}) after "
+                f"{trainer.current_epoch + 1} epochs; {story}.",
                 "The model has learned nothing that transfers to this split: check label alignment (labels shuffled "
-                "separately from inputs), the train/val preprocessing, and the learning rate.",
+                "or joined separately from inputs), the train/val preprocessing, and the learning rate.",
                 subject=label,
                 evidence=evidence,
             )
 
+    def _remember(
+        self,
+        trainer: pl.Trainer,
+        split: str,
+        label: str,
+        summary: ConfusionSummary,
+        eval_loss: float | None,
+        losses: Sequence[float],
+    ) -> list[EpochEvidence]:
+        """Append this validation to the fit's history of ``label``; a test or validate run is judged on its own."""
+        entry = EpochEvidence(
+            trainer.current_epoch, trainer.global_step, losses[-1] if losses else None, eval_loss, summary
+        )
+        if split != "val" or trainer.state.fn != TrainerFn.FITTING:
+            return [entry]
+        history = self.history.setdefault(label, [])
+        history.append(entry)
+        return history
+
+    def _learning_evidence_numbers(
+        self,
+        label: str,
+        summary: ConfusionSummary,
+        learning: str,
+        losses: Sequence[float],
+        history: Sequence[EpochEvidence],
+    ) -> dict[str, Any]:
+        chance = 1.0 / max(summary.present_classes, 1)
+        evidence: dict[str, Any] = {
+            "split": label,
+            "samples": summary.total,
+            "accuracy": round(summary.accuracy, 4),
+            "balanced_accuracy": round(summary.balanced_accuracy, 4),
+            "chance": round(chance, 4),
+            "chance_noise": round(binomial_noise(chance, summary.total // max(summary.present_classes, 1)), 4),
+            "majority_share": round(summary.majority_share, 4),
+            "top_predicted_class": self._class_name(summary.top_predicted_class),
+            "top_predicted_share": round(summary.top_predicted_share, 4),
+            "top_predicted_true_share": round(summary.top_predicted_true_share, 4),
+            "training": learning,
+            "epoch_train_losses": [round(loss, 4) for loss in losses[-4:]],
+            "eval_losses": [None if e.eval_loss is None else round(e.eval_loss, 4) for e in history[-4:]],
+            "balanced_accuracies": [round(e.summary.balanced_accuracy, 4) for e in history[-4:]],
+            "ln_classes": round(math.log(max(summary.present_classes, 2)), 4),
+            "prior_entropy": round(summary.prior_entropy, 4),
+        }
+        matrix = self.confusion_matrices.get(label)
+        if matrix is not None and matrix.shape[0] <= self.report_classes:
+            evidence["confusion_matrix"] = matrix.tolist()
+        return evidence
+
+    def _learning_story(self, learning: str, losses: Sequence[float], history: Sequence[EpochEvidence]) -> str:
+        """One clause saying what the training side measured, with its numbers."""
+        eval_losses = [e.eval_loss for e in history if e.eval_loss is not None]
+        if learning == "memorising" and len(eval_losses) >= 2:
+            return (
+                f"the training loss fell from {losses[0]:.3f} to {losses[-1]:.3f} while the validation loss went from "
+                f"{eval_losses[0]:.3f} to {eval_losses[-1]:.3f}: the model memorises training labels that carry no "
+                "signal it can transfer"
+            )
+        if learning == "one class throughout":
+            return f"at all {len(history)} validations of the run nearly every prediction was one class"
+        if learning == "stuck":
+            return (
+                f"the training loss sits at the class-prior entropy ({', '.join(f'{v:.3f}' for v in losses[-3:])}): "
+                "the model learned the class frequencies and nothing else"
+            )
+        return f"the training loss fell from {losses[0]:.3f} to {min(losses):.3f}, so the model did train"
+
+    def _record_verdict(
+        self,
+        trainer: pl.Trainer,
+        code: str,
+        severity: Severity,
+        message: str,
+        hint: str,
+        *,
+        subject: str,
+        evidence: dict[str, Any],
+    ) -> None:
+        """Record a verdict about learning; one resolved earlier stands again."""
+        finding = self.record(trainer, code, severity, message, hint, subject=subject, evidence=evidence)
+        if finding.resolved_epoch is not None:
+            self._findings[finding.key] = dataclasses.replace(finding, resolved_epoch=None)
+
+    def _resolve(self, code: str, subject: str, epoch: int) -> None:
+        """A standing verdict about learning stopped holding at ``epoch``: the run broke out of it."""
+        finding = self._findings.get((code, subject))
+        if finding is not None and finding.resolved_epoch is None:
+            self._findings[finding.key] = dataclasses.replace(finding, resolved_epoch=epoch)
+
     def _judge_loss(self, trainer: pl.Trainer) -> None:
         classes = self._known_classes()
-        if classes is None or not is_loss_at_chance(self._epoch_losses, classes, trainer.global_step):
+        if classes is None or not self._epoch_losses:
+            return
+        chance = math.log(classes)
+        validations = self.history.get("val", [])
+        if not is_loss_at_chance(self._epoch_losses, classes, trainer.global_step) or has_learning_signal(validations):
+            # with a validation split, learning is judged there; without one, by the training loss leaving ln(C)
+            learning = (
+                is_learning_now(validations[-1].summary) or beats_the_prior(validations[-1])
+                if validations
+                else self._epoch_losses[-1] < chance * (1.0 - LOSS_CHANCE_TOLERANCE)
+            )
+            if learning:
+                self._resolve("eval.loss_at_chance", "train", trainer.current_epoch)
             return
         epochs = 3
-        chance = math.log(classes)
-        self.record(
+        self._record_verdict(
             trainer,
             "eval.loss_at_chance",
             Severity.WARNING,
@@ -1007,7 +1276,8 @@ class ConfusionCallback(SanityCallback):
             f"({', '.join(f'{loss:.3f}' for loss in self._epoch_losses[-epochs:])}): the model predicts a uniform "
             "distribution and learns nothing.",
             "Check that labels match the inputs, that the logits are not squashed (ReLU/softmax before the loss), "
-            "that gradients reach the head, and the learning rate.",
+            "that gradients reach the head, and the learning rate. A deep network without normalisation layers on "
+            "plain SGD can sit here for a few epochs before it learns: this finding is marked resolved if it does.",
             subject="train",
             evidence={"epoch_losses": self._epoch_losses[-epochs:], "ln_classes": chance, "num_classes": classes},
         )

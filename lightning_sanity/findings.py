@@ -45,6 +45,8 @@ class Finding:
         count: How many times it was seen; repeats only increment this.
         evidence: JSON-serialisable numbers that prove the finding.
         subject: What the finding is about (a layer, a dataloader); ``code`` + ``subject`` identify a finding.
+        resolved_epoch: For a verdict about learning that later stopped holding (the run broke out of a plateau),
+            the epoch from which it no longer held; ``None`` while it stands.
 
     Example::
 
@@ -64,6 +66,7 @@ class Finding:
     count: int = 1
     evidence: dict[str, Any] = field(default_factory=dict)
     subject: str = ""
+    resolved_epoch: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -84,6 +87,11 @@ class Finding:
         known = {f.name for f in dataclasses.fields(cls)} - {"severity"}
         fields = {key: value for key, value in data.items() if key in known}
         return cls(**fields, severity=Severity.parse(data["severity"]))
+
+    @property
+    def standing(self) -> bool:
+        """Whether the finding still holds (not resolved later in the run)."""
+        return self.resolved_epoch is None
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.code}: {self.message} Hint: {self.hint}"

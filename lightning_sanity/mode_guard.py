@@ -403,10 +403,11 @@ class ModeGuardCallback(SanityCallback):
       test or predict batch (checked at each batch start and end).
     - ``mode.bn_updated_in_eval`` / ``mode.params_changed_in_eval`` (error): BatchNorm running
       statistics / parameters changed between the first and the last batch of an evaluation run.
-    - ``mode.eval_in_train`` (warning): modules that trained in training mode are found in eval mode
-      at a later training batch. Modules already in eval mode at the first training batch (frozen
-      before ``fit``, in ``on_train_start`` or in an overridden ``train()``) and modules put in eval
-      mode by an ``on_train_epoch_start`` hook are deliberate freezes and not reported.
+    - ``mode.eval_in_train`` (warning): the LightningModule itself is in eval mode at a training batch
+      (whatever hook called ``self.eval()``, at any epoch), or modules that trained in training mode are
+      found in eval mode at a later training batch. A *part* already in eval mode at the first training
+      batch (frozen before ``fit``, in ``on_train_start`` or in an overridden ``train()``) or put in eval
+      mode by an ``on_train_epoch_start`` hook is a deliberate freeze and not reported.
     - ``mode.stochastic_eval`` (error): with every mode-dependent module in eval mode, the same inputs
       give different outputs (once per fit/validate/test run, a few samples, RNG forked).
     - ``mode.grad_in_eval`` (info): autograd is enabled while the model runs during evaluation.
@@ -496,6 +497,13 @@ class ModeGuardCallback(SanityCallback):
                 del self._trained_in_train_mode[entry.name]
             switched = [m for m in switched if m.name not in self._training_at_epoch_start]
             self._first_batch_of_epoch = False
+        if not pl_module.training:
+            # The LightningModule itself in eval mode is never a freeze of a part: whatever hook switched it, its
+            # mode-dependent modules that are off now train without dropout and with frozen statistics.
+            switched = [m for m in self._train_modules if not m.module.training]
+            if switched:
+                self._report_eval_in_train(trainer, switched, batch_idx, module_in_eval=type(pl_module).__name__)
+                return
         if switched:
             self._report_eval_in_train(trainer, switched, batch_idx)
 
@@ -507,21 +515,33 @@ class ModeGuardCallback(SanityCallback):
             if entry.module.training:
                 self._trained_in_train_mode.setdefault(entry.name, entry)
 
-    def _report_eval_in_train(self, trainer: pl.Trainer, switched: list[ModeDependent], batch_idx: int) -> None:
+    def _report_eval_in_train(
+        self, trainer: pl.Trainer, switched: list[ModeDependent], batch_idx: int, module_in_eval: str | None = None
+    ) -> None:
         names = [m.name for m in switched]
         where = describe_modules(names)
+        cause = (
+            f"the LightningModule {module_in_eval} itself is in eval mode, so {where} ({_kinds(switched)}) are"
+            if module_in_eval is not None
+            else f"{where} ({_kinds(switched)}) trained in training mode earlier but are"
+        )
         self.record(
             trainer,
             "mode.eval_in_train",
             Severity.WARNING,
-            f"{where} ({_kinds(switched)}) trained in training mode earlier but are in eval mode at training "
-            f"batch {batch_idx} of epoch {trainer.current_epoch}: dropout is off and BatchNorm statistics are frozen "
-            "for the rest of training.",
+            f"{cause[0].upper()}{cause[1:]} in eval mode at training batch {batch_idx} of epoch "
+            f"{trainer.current_epoch}: dropout is off and BatchNorm statistics are frozen for the rest of training.",
             "A hook or probe called .eval() during training and did not restore the mode: save "
             "`was_training = module.training` and call `module.train(was_training)` afterwards. To freeze layers on "
-            "purpose, do it before fit, in on_train_start or in on_train_epoch_start.",
+            "purpose, call .eval() on those submodules (not on the LightningModule) before fit, in on_train_start "
+            "or in on_train_epoch_start.",
             subject=where,
-            evidence={"modules": _listing(switched), "count": len(switched), "batch_idx": batch_idx},
+            evidence={
+                "modules": _listing(switched),
+                "count": len(switched),
+                "batch_idx": batch_idx,
+                "lightning_module_in_eval": module_in_eval is not None,
+            },
         )
 
     # ---- training side: mode.bn_tiny_batch / mode.eval_frozen_but_trained ---------------------

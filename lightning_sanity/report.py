@@ -10,10 +10,11 @@ File format (``sanity_report_<run>.json``), schema ``lightning-sanity/report`` v
       "summary": {"error": int, "warning": int, "info": int},
       "findings": [Finding.to_dict(), ...],          # most severe first
       "sections": [{"title": str, "text": str}, ...],
-      "figures": [str, ...]                          # PNG paths relative to the report, or artifact names
+      "figures": [str, ...],                         # PNG paths relative to the report, or artifact names
+      "triage": [{"check": str, "status": "fine" | "wrong" | "not checkable", "code": str | null}, ...]
     }
 
-Version 1 documents (no ``status`` / ``exception``) still load. Readers must ignore keys they do not know.
+Version 1 documents (no ``status`` / ``exception`` / ``triage``) still load. Readers must ignore keys they do not know.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_sanity.findings import Finding, Severity
+from lightning_sanity.triage import TriageRow, format_triage
 
 SCHEMA = "lightning-sanity/report"
 SCHEMA_VERSION = 2
@@ -35,6 +37,9 @@ FINISHED, INTERRUPTED = "finished", "interrupted"
 def report_stem(run: str, ordinal: int = 1) -> str:
     """``sanity_report_fit`` for a trainer's first fit, ``sanity_report_fit_2`` for its second, and so on."""
     return f"sanity_report_{run}" if ordinal == 1 else f"sanity_report_{run}_{ordinal}"
+
+
+TRIAGE_TITLE = "Triage: the run does not learn; causes checked"
 
 
 @dataclass(frozen=True)
@@ -54,16 +59,19 @@ class SanityReport:
     figures: list[str] = field(default_factory=list)
     status: str = FINISHED
     exception: str | None = None
+    triage: list[TriageRow] = field(default_factory=list)
+    """The differential diagnosis, when a finding says the run is stuck, collapsed or at chance."""
 
     @property
     def counts(self) -> dict[str, int]:
-        counted = Counter(str(f.severity) for f in self.findings)
+        counted = Counter(str(f.severity) for f in self.findings if f.standing)  # resolved verdicts no longer count
         return {str(severity): counted[str(severity)] for severity in reversed(Severity)}
 
     def headline(self) -> str:
         counts = ", ".join(f"{severity}: {n}" for severity, n in self.counts.items())
         status = "" if self.status == FINISHED else f", {self.status}"
-        return f"lightning-sanity report ({self.run}{status}): {counts}"
+        resolved = sum(not f.standing for f in self.findings)
+        return f"lightning-sanity report ({self.run}{status}): {counts}" + (f", resolved: {resolved}" * bool(resolved))
 
     def to_json(self) -> str:
         return json.dumps(
@@ -77,6 +85,7 @@ class SanityReport:
                 "findings": [f.to_dict() for f in self.findings],
                 "sections": [{"title": title, "text": text} for title, text in self.sections],
                 "figures": self.figures,
+                "triage": [row.to_dict() for row in self.triage],
             },
             indent=2,
         )
@@ -93,6 +102,7 @@ class SanityReport:
             figures=data.get("figures", []),
             status=data.get("status", FINISHED),
             exception=data.get("exception"),
+            triage=[TriageRow(**row) for row in data.get("triage", [])],
         )
 
     def to_markdown(self) -> str:
@@ -107,6 +117,9 @@ class SanityReport:
             ]
         else:
             lines.append("No findings.")
+        if self.triage:
+            lines += ["", f"## {TRIAGE_TITLE}", "", "| check | status | code |", "|---|---|---|"]
+            lines += [f"| {row.check} | {row.status} | {f'`{row.code}`' if row.code else ''} |" for row in self.triage]
         for title, text in self.sections:
             lines += ["", f"## {title}", "", "```", text, "```"]
         if self.figures:
@@ -122,6 +135,8 @@ class SanityReport:
             lines.append(f"  {str(f.severity).upper():<7} {f.code}  ({_where(f)}, x{f.count})")
             lines.append(f"          {f.message}")
             lines.append(f"          hint: {f.hint}")
+        if self.triage:
+            lines += [f"  {TRIAGE_TITLE}:", *(f"    {line}" for line in format_triage(self.triage).splitlines())]
         for title, text in self.sections:
             lines += [f"  {title}:", *(f"    {line}" for line in text.splitlines())]
         return "\n".join(lines)
@@ -140,6 +155,8 @@ class SanityReport:
             console.print(f"{self.headline()}: no findings.", highlight=False)
         if self.exception:
             console.print(f"The run ended with {self.exception}", highlight=False, markup=False)
+        if self.triage:
+            console.print(f"[bold]{TRIAGE_TITLE}[/bold]\n{format_triage(self.triage)}", highlight=False)
         for title, text in self.sections:
             console.print(f"[bold]{title}[/bold]\n{text}", highlight=False)
 
@@ -154,7 +171,7 @@ class SanityReport:
         table.add_column("message / hint", ratio=1, overflow="fold")
         style = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
         for f in self.findings:
-            where = f"{f.stage} epoch {f.epoch}\nstep {f.step}"
+            where = f"{f.stage} epoch {f.epoch}\nstep {f.step}" + _resolved(f, "\n")
             table.add_row(
                 str(f.severity).upper(), f.code, where, str(f.count), f"{f.message}\nhint: {f.hint}",
                 style=style[f.severity],
@@ -164,7 +181,11 @@ class SanityReport:
 
 def _where(finding: Finding) -> str:
     subject = f" {finding.subject}" if finding.subject else ""
-    return f"{finding.stage} epoch {finding.epoch} step {finding.step}{subject}"
+    return f"{finding.stage} epoch {finding.epoch} step {finding.step}{subject}{_resolved(finding, ', ')}"
+
+
+def _resolved(finding: Finding, separator: str) -> str:
+    return "" if finding.standing else f"{separator}resolved at epoch {finding.resolved_epoch}"
 
 
 def _cell(text: str) -> str:

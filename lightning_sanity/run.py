@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning_sanity.findings import Finding
 from lightning_sanity.loggers import log_scalars
 from lightning_sanity.report import FINISHED, INTERRUPTED, SanityReport, report_stem, write_report
+from lightning_sanity.triage import triage_rows
 
 log = logging.getLogger("lightning_sanity")
 
@@ -157,7 +158,8 @@ def _publish(trainer: pl.Trainer, run: SanityRun, status: str, exception: str | 
         for member in run.members:
             member.flush_figures(trainer)
     figures = [path for m in run.members for path in m.figure_paths]
-    report = SanityReport(findings, sections, run.name, figures, status, exception)
+    triage = triage_rows(findings, {type(m).__name__ for m in run.members})
+    report = SanityReport(findings, sections, run.name, figures, status, exception, triage)
     if trainer.global_rank != 0:
         return report
     try:

@@ -1,0 +1,516 @@
+"""Calibrate ConfusionCallback's learnability verdict on real fits of healthy and broken programs.
+
+Every run is a real ``Trainer.fit`` on scikit-learn digits (flat features or PIL images through torchvision) or
+wine, with ``ConfusionCallback`` and ``ModeGuardCallback`` attached. Broken programs are those of issue 13 and
+their variants (labels that carry no signal, labels joined to the wrong rows, a model that ignores its input, the
+0-255 ``Normalize`` demo, a constant input); healthy ones are slow learners, noisy labels, imbalanced data, a model
+right to predict mostly one class, regression, a frozen backbone in eval mode, and a deep network without
+normalisation that sits on the ln(C) plateau before it learns. Each runs with several seeds; the verdict after
+every epoch of a run is the verdict of the same run stopped there, so one 8-epoch run stands for runs of 3 to 8.
+
+It prints one line per run, then the statistics behind each threshold: for the runs where that threshold decides,
+the largest value seen on healthy runs against the smallest on broken ones (the table in docs/findings.md).
+
+    python benchmarks/calibrate_learnability.py            # 3 seeds, about 5 minutes on one CPU core
+    python benchmarks/calibrate_learnability.py --seeds 1  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision import transforms as T
+
+from lightning_sanity import ConfusionCallback, ModeGuardCallback, Severity, collect_findings
+from lightning_sanity.confusion import ONE_CLASS_SHARE, EpochEvidence, binomial_noise, has_learning_signal
+from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
+
+VERDICTS = {"eval.chance_level", "eval.prediction_collapse", "eval.imbalance_masked", "eval.loss_at_chance"}
+NORMALIZED = T.Compose([T.ToTensor(), T.Normalize([0.3] * 3, [0.32] * 3)])
+
+
+class Relabelled(Dataset):
+    """A dataset with its labels replaced (labels that no longer follow from the inputs)."""
+
+    def __init__(self, base: Dataset, labels: np.ndarray) -> None:
+        self.base, self.labels = base, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.base[index][0], int(self.labels[index])
+
+
+class PlainSGD(Classifier):
+    """SGD without momentum: the slow learner."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class Blind(Classifier):
+    """Multiplies its input by zero before the network: outputs do not depend on the input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x * 0)
+
+
+class ConstantInput(Classifier):
+    """Feeds a constant tensor instead of the batch."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(torch.ones_like(x))
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp(12, 1)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.mse_loss(self.net(x).squeeze(1), y)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        prediction = self.net(x).squeeze(1)
+        self.log("val_mse", F.mse_loss(prediction, y))
+        return prediction
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def pretrained_cnn(epochs: int = 2) -> SmallCNN:
+    """A SmallCNN trained on the digit images by a plain loop, as a backbone to fine-tune."""
+    net = SmallCNN(10)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        for x, y in DataLoader(DigitImages(NORMALIZED, "train", size=16), batch_size=64, shuffle=True):
+            optimizer.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+    return net
+
+
+class FrozenBackbone(Classifier):
+    """Fine-tuning: a trained convolutional backbone frozen and kept in eval mode, a new head trains."""
+
+    def __init__(self) -> None:
+        super().__init__(pretrained_cnn(), lr=3e-3)
+        self.net[-1].reset_parameters()
+        self.backbone = list(self.net)[:8]
+        for layer in self.backbone:
+            layer.requires_grad_(False)
+
+    def on_train_epoch_start(self) -> None:
+        for layer in self.backbone:
+            layer.eval()
+
+
+def deep_plain(depth: int, activation: type[nn.Module], width: int = 32) -> nn.Sequential:
+    """A deep MLP without normalisation layers: on plain SGD it sits on the ln(C) plateau, then learns."""
+    layers: list[nn.Module] = [nn.Linear(64, width), activation()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), activation()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
+def rare_positives(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(4000 + seed)
+    x = torch.randn(n, 8, generator=generator)
+    probability = torch.sigmoid(4.0 * x[:, 0] - 7.0)
+    return x, (torch.rand(n, generator=generator) < probability).long()
+
+
+def tabular(x: Tensor, y: Tensor, batch_size: int = 32, shuffle: bool = True) -> DataLoader:
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
+
+
+def images(split: str, transform: Any = NORMALIZED) -> DigitImages:
+    return DigitImages(transform, split=split, size=16)  # type: ignore[arg-type]
+
+
+def random_labels(seed: int, classes: int, n: int) -> np.ndarray:
+    return np.random.default_rng(1000 + seed).integers(0, classes, n)
+
+
+def permuted(labels: Any, seed: int) -> np.ndarray:
+    return np.random.default_rng(2000 + seed).permutation(np.asarray(labels))
+
+
+def flipped(labels: Tensor, share: float, classes: int, seed: int) -> Tensor:
+    generator = torch.Generator().manual_seed(3000 + seed)
+    flip = torch.rand(len(labels), generator=generator) < share
+    return torch.where(flip, torch.randint(0, classes, labels.shape, generator=generator), labels)
+
+
+Built = tuple[pl.LightningModule, DataLoader, DataLoader]
+
+
+def build(name: str, seed: int) -> Built:
+    x, y = digits_tensors("train")
+    xv, yv = digits_tensors("val")
+    if name == "random_binary_mlp":
+        return (
+            Classifier(mlp(64, 2, hidden=128), lr=3e-3),
+            tabular(x, torch.from_numpy(random_labels(seed, 2, len(y)))),
+            tabular(xv, torch.from_numpy(random_labels(seed + 50, 2, len(yv))), 128, False),
+        )
+    if name == "random_binary_cnn":
+        train, val = images("train"), images("val")
+        return (
+            Classifier(SmallCNN(2), lr=3e-3),
+            DataLoader(Relabelled(train, random_labels(seed, 2, len(train))), batch_size=32, shuffle=True),
+            DataLoader(Relabelled(val, random_labels(seed + 50, 2, len(val))), batch_size=128),
+        )
+    if name == "random_wine":
+        w, wy = wine_tensors("train")
+        wv, wyv = wine_tensors("val")
+        return (
+            Classifier(mlp(13, 3, hidden=128), lr=3e-3),
+            tabular(w, torch.from_numpy(random_labels(seed, 3, len(wy))), 8),
+            tabular(wv, torch.from_numpy(random_labels(seed + 50, 3, len(wyv))), 64, False),
+        )
+    if name == "wrong_rows_mlp":
+        return (
+            Classifier(mlp(64, 10, hidden=128), lr=3e-3),
+            tabular(x, torch.from_numpy(permuted(y, seed))),
+            tabular(xv, torch.from_numpy(permuted(yv, seed)), 128, False),
+        )
+    if name == "wrong_rows_cnn":
+        train, val = images("train"), images("val")
+        return (
+            Classifier(SmallCNN(10), lr=3e-3),
+            DataLoader(Relabelled(train, permuted(train.targets, seed)), batch_size=32, shuffle=True),
+            DataLoader(Relabelled(val, permuted(val.targets, seed)), batch_size=128),
+        )
+    if name == "blind_imbalanced_mlp":
+        return Blind(mlp(64, 2), lr=1e-2), tabular(x, (y != 0).long()), tabular(xv, (yv != 0).long(), 128, False)
+    if name == "blind_imbalanced_cnn":
+        train, val = images("train"), images("val")
+        return (
+            Blind(SmallCNN(2), lr=3e-3),
+            DataLoader(Relabelled(train, (train.targets != 0).astype(int)), batch_size=32, shuffle=True),
+            DataLoader(Relabelled(val, (val.targets != 0).astype(int)), batch_size=128),
+        )
+    if name == "blind_balanced_mlp":
+        return Blind(mlp(64, 2), lr=1e-2), tabular(x, (y >= 5).long()), tabular(xv, (yv >= 5).long(), 128, False)
+    if name == "constant_input_wine":
+        w, wy = wine_tensors("train")
+        wv, wyv = wine_tensors("val")
+        return ConstantInput(mlp(13, 3), lr=1e-2), tabular(w, wy, 8), tabular(wv, wyv, 64, False)
+    if name == "normalize_bug_cnn":
+        train_transform = T.Compose([T.ToTensor(), T.Normalize([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])])
+        return (
+            Classifier(SmallCNN(10), lr=3e-3),
+            DataLoader(images("train", train_transform), batch_size=64, shuffle=True),
+            DataLoader(images("val", T.ToTensor()), batch_size=128),
+        )
+    if name == "slow_sgd_mlp":
+        return PlainSGD(mlp(64, 10), lr=2e-3), tabular(x, y), tabular(xv, yv, 128, False)
+    if name == "slow_sgd_cnn":
+        return (
+            PlainSGD(SmallCNN(10), lr=3e-3),
+            DataLoader(images("train"), batch_size=64, shuffle=True),
+            DataLoader(images("val"), batch_size=128),
+        )
+    if name == "flipped30_mlp":
+        return Classifier(mlp(64, 10), lr=3e-3), tabular(x, flipped(y, 0.3, 10, seed)), tabular(xv, yv, 128, False)
+    if name == "flipped30_binary_mlp":
+        yb, ybv = (y >= 5).long(), (yv >= 5).long()
+        return Classifier(mlp(64, 2), lr=3e-3), tabular(x, flipped(yb, 0.6, 2, seed)), tabular(xv, ybv, 128, False)
+    if name == "imbalanced_learnable_mlp":
+        return Classifier(mlp(64, 2), lr=3e-3), tabular(x, (y == 0).long()), tabular(xv, (yv == 0).long(), 128, False)
+    if name == "mostly_one_class_mlp":
+        # about 6 % positives, half of them told apart by one feature: right to predict the majority nearly always
+        return (
+            Classifier(mlp(8, 2), lr=3e-3),
+            tabular(*rare_positives(3000, seed), 64),
+            tabular(*rare_positives(1000, seed + 50), 256, False),
+        )
+    if name == "regression_wine":
+        w, _ = wine_tensors("train")
+        wv, _ = wine_tensors("val")
+        return Regressor(), tabular(w[:, 1:], w[:, 0], 16), tabular(wv[:, 1:], wv[:, 0], 64, False)
+    if name == "frozen_backbone_cnn":
+        return (
+            FrozenBackbone(),
+            DataLoader(images("train"), batch_size=64, shuffle=True),
+            DataLoader(images("val"), batch_size=128),
+        )
+    if name == "deep_relu_plateau_sgd":
+        return PlainSGD(deep_plain(7, nn.ReLU), lr=0.1), tabular(x, y), tabular(xv, yv, 128, False)
+    if name == "deep_tanh_plateau_sgd":
+        return PlainSGD(deep_plain(10, nn.Tanh), lr=0.05), tabular(x, y), tabular(xv, yv, 128, False)
+    if name == "healthy_cnn":
+        return (
+            Classifier(SmallCNN(10), lr=3e-3),
+            DataLoader(images("train"), batch_size=64, shuffle=True),
+            DataLoader(images("val"), batch_size=128),
+        )
+    raise ValueError(name)
+
+
+BROKEN = {
+    "random_binary_mlp": 8,
+    "random_binary_cnn": 6,
+    "random_wine": 10,
+    "wrong_rows_mlp": 8,
+    "wrong_rows_cnn": 6,
+    "blind_imbalanced_mlp": 5,
+    "blind_imbalanced_cnn": 4,
+    "blind_balanced_mlp": 5,
+    "constant_input_wine": 6,
+    "normalize_bug_cnn": 3,
+}
+HEALTHY = {
+    "slow_sgd_mlp": 10,
+    "slow_sgd_cnn": 8,
+    "flipped30_mlp": 8,
+    "flipped30_binary_mlp": 8,
+    "imbalanced_learnable_mlp": 8,
+    "mostly_one_class_mlp": 8,
+    "regression_wine": 6,
+    "frozen_backbone_cnn": 5,
+    "deep_relu_plateau_sgd": 10,
+    "deep_tanh_plateau_sgd": 14,
+    "healthy_cnn": 5,
+}
+
+
+PLATEAU = {"deep_relu_plateau_sgd", "deep_tanh_plateau_sgd", "slow_sgd_cnn"}
+"""Healthy programs that may sit on the ln(C) plateau for much of the horizon: a verdict may stand only if they never
+left it (validation still at chance at the last epoch: "learns nothing" is true so far), and must be resolved if
+they did."""
+
+
+@dataclass
+class Run:
+    name: str
+    seed: int
+    healthy: bool
+    epochs: int
+    standing: list[str]
+    resolved: list[str]
+    first_epoch: int | None
+    history: list[EpochEvidence]
+    losses: list[float]
+    kinds: list[str]
+    seconds: float
+
+
+def fit(name: str, seed: int, epochs: int, healthy: bool) -> Run:
+    pl.seed_everything(seed, verbose=False)
+    model, train, val = build(name, seed)
+    confusion = ConfusionCallback(figure_every_n_epochs=0)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[confusion, ModeGuardCallback()],
+    )
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.fit(model, train, val)
+    serious = [f for f in collect_findings(trainer) if f.severity >= Severity.WARNING]
+    verdicts = [f for f in serious if f.code in VERDICTS]
+    return Run(
+        name=name,
+        seed=seed,
+        healthy=healthy,
+        epochs=epochs,
+        standing=sorted(f.code for f in serious if f.standing),
+        resolved=sorted(f"{f.code}@{f.resolved_epoch}" for f in serious if not f.standing),
+        first_epoch=min((f.epoch for f in verdicts), default=None),
+        history=confusion.history.get("val", []),
+        losses=list(confusion._epoch_losses),
+        kinds=sorted({str(f.evidence.get("training")) for f in verdicts if "training" in f.evidence}),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def train_fall(losses: list[float]) -> float:
+    """Relative fall of the epoch-mean training loss from the first epoch to the last."""
+    return (losses[0] - losses[-1]) / losses[0] if len(losses) > 1 else 0.0
+
+
+def val_follow(losses: list[float], history: list[EpochEvidence]) -> float | None:
+    """Share of the training-loss fall that the validation loss followed, first epoch to last."""
+    measured = [e.eval_loss for e in history if e.eval_loss is not None]
+    fall = losses[0] - losses[-1] if len(losses) > 1 else 0.0
+    if len(measured) < 2 or fall <= 0:
+        return None
+    return (measured[0] - measured[-1]) / fall
+
+
+def chance_margin(entry: EpochEvidence) -> float:
+    """Balanced accuracy above 1/K in units of the allowed margin (<= 1 is "no better than one class")."""
+    summary = entry.summary
+    chance = 1.0 / max(summary.present_classes, 1)
+    noise = binomial_noise(chance, summary.total // max(summary.present_classes, 1))
+    return (summary.balanced_accuracy - chance) / max(0.05, 2.0 * noise)
+
+
+def prior_ratio(entry: EpochEvidence) -> float | None:
+    """Validation loss over the entropy of the validation class prior (< 1 - PRIOR_MARGIN vetoes a verdict)."""
+    if entry.eval_loss is None or entry.summary.prior_entropy <= 0:
+        return None
+    return entry.eval_loss / entry.summary.prior_entropy
+
+
+def recent_fall(history: list[EpochEvidence]) -> float:
+    """Fall of the validation loss over the last four validations over ln C, 0 unless it fell at each of them."""
+    recent = [e.eval_loss for e in history[-4:] if e.eval_loss is not None]
+    if len(recent) < 4 or not all(later < earlier for earlier, later in zip(recent, recent[1:], strict=False)):
+        return 0.0
+    if recent[-1] >= math.log(max(history[-1].summary.present_classes, 2)):
+        return 0.0  # worse than a uniform guess: unlearning its initial bias, not learning
+    return (recent[0] - recent[-1]) / math.log(max(history[-1].summary.present_classes, 2))
+
+
+def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
+    """(statistic and threshold, healthy side, broken side, reading) for the table in docs/findings.md."""
+
+    def fmt(values: list[float], pick: Callable[[list[float]], float]) -> str:
+        return f"{pick(values):.3f} (n={len(values)})" if values else "none"
+
+    # every (run, epoch) prefix: what the verdict saw when the run was stopped there
+    prefixes = [(r, k) for r in runs for k in range(1, len(r.history))]
+    at_chance = [(r, k) for r, k in prefixes if chance_margin(r.history[k]) <= 1]
+    memorising = [r for r in runs if not r.healthy and "memorising" in r.kinds]
+    one_class = [r for r in runs if not r.healthy and "one class throughout" in r.kinds]
+    ratios_broken = [v for r in runs if not r.healthy for e in r.history if (v := prior_ratio(e)) is not None]
+    rescued = [(r, k) for r, k in at_chance if r.healthy and (v := prior_ratio(r.history[k])) is not None and v < 0.98]
+    falling_broken = [recent_fall(r.history[: k + 1]) for r, k in prefixes if not r.healthy]
+    falling_healthy = [f for r, k in at_chance if r.healthy and (f := recent_fall(r.history[: k + 1])) >= 0.002]
+    # healthy epochs at chance where no veto applies: there the memorising rule alone decides
+    decides = [(r, k) for r, k in at_chance if r.healthy and not has_learning_signal(r.history[: k + 1])]
+    unsaved = [r for r in runs if r.healthy and r.history and all((prior_ratio(e) or 1.0) >= 0.98 for e in r.history)]
+    follow_healthy = [
+        v
+        for r, k in decides
+        if train_fall(r.losses[: k + 1]) >= 0.02
+        and (v := val_follow(r.losses[: k + 1], r.history[: k + 1])) is not None
+    ]
+    follow_broken = [v for r in memorising if (v := val_follow(r.losses, r.history)) is not None]
+    learning = [r for r in runs if r.healthy and r.history and chance_margin(r.history[-1]) > 1]
+    rescued_ratios = [prior_ratio(r.history[k]) or 0.0 for r, k in rescued]
+    # the rule's earliest window, the first two validations, is where a run's smallest share is largest
+    lowest_share_unsaved = [min(e.summary.top_predicted_share for e in r.history[:2]) for r in unsaved]
+    lowest_share_broken = [min(e.summary.top_predicted_share for e in r.history[:2]) for r in one_class]
+    return [
+        (
+            "balanced-accuracy margin above 1/K at the last epoch, units of max(5 %, 2 sigma); <= 1 is at chance",
+            f"min {fmt([chance_margin(r.history[-1]) for r in learning], min)} (runs that learned)",
+            f"max {fmt([chance_margin(r.history[-1]) for r in runs if not r.healthy and r.history], max)}",
+            "BALANCED_MARGIN 0.05 / CHANCE_Z 2",
+        ),
+        (
+            "training-loss fall from the first epoch, relative (memorising rule: >= MEMORISE_DROP 0.02)",
+            f"max {fmt([train_fall(r.losses[: k + 1]) for r, k in decides], max)} (epochs at chance, no veto)",
+            f"min {fmt([train_fall(r.losses) for r in memorising], min)} (memorising runs)",
+            "healthy epochs at chance that no veto covers: the training loss did not fall",
+        ),
+        (
+            "validation-loss fall / training-loss fall (memorising rule: < GENERALISE_SHARE 0.25)",
+            f"min {fmt(follow_healthy, min)} (epochs at chance, no veto, train fell >= 2 %)",
+            f"max {fmt(follow_broken, max)} (memorising runs)",
+            "broken runs' validation loss rises while the training loss falls",
+        ),
+        (
+            "validation loss / class-prior entropy (veto: < 1 - PRIOR_MARGIN = 0.98)",
+            f"{len(rescued)} healthy epochs at chance rescued, max {fmt(rescued_ratios, max)}",
+            f"min {fmt(ratios_broken, min)} (every epoch of every broken run)",
+            "a model ignoring its input cannot go below 1; memorisers stay above it",
+        ),
+        (
+            "validation-loss fall over the last 4 validations / ln C, each lower (veto: >= IMPROVING_FALL 0.002)",
+            f"min {fmt(falling_healthy, min)} (healthy epochs at chance it rescued)",
+            f"max {fmt(falling_broken, max)} (every epoch of every broken run)",
+            "overlaps: it only postpones a verdict; every broken run was caught at epochs where it did not hold",
+        ),
+        (
+            f"smallest top-class share over the first two validations (rule: >= ONE_CLASS_SHARE {ONE_CLASS_SHARE})",
+            f"max {fmt(lowest_share_unsaved, max)} (runs the prior veto does not cover)",
+            f"min {fmt(lowest_share_broken, min)} (one-class runs)",
+            "healthy 1.0: plateau runs, said while true and resolved; mostly-one-class models beat the prior",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning_sanity").setLevel(logging.ERROR)
+    runs: list[Run] = []
+    plan = [(name, epochs, False) for name, epochs in BROKEN.items()] + [
+        (name, epochs, True) for name, epochs in HEALTHY.items()
+    ]
+    print(f"{'run':<28} {'seed':>4} {'ep':>3} {'ok':>3} {'first':>5} {'val bal.acc by epoch':<44} standing / resolved")
+    for name, epochs, healthy in plan:
+        if args.only and name not in args.only:
+            continue
+        for seed in range(args.seeds):
+            run = fit(name, seed, epochs, healthy)
+            runs.append(run)
+            verdicts = [code for code in run.standing if code in VERDICTS]
+            ok = run.standing == [] if healthy else bool(verdicts)
+            if name in PLATEAU and not ok and chance_margin(run.history[-1]) <= 1:
+                ok = True  # still on the plateau at the end: "learns nothing" is true so far
+            accuracies = " ".join(f"{e.summary.balanced_accuracy:.2f}" for e in run.history)
+            first = "-" if run.first_epoch is None else str(run.first_epoch)
+            print(
+                f"{('+ ' if healthy else '- ') + name:<28} {seed:>4} {epochs:>3} {'yes' if ok else 'NO':>3} "
+                f"{first:>5} {accuracies:<44} {run.standing} {run.resolved}",
+                flush=True,
+            )
+            print(
+                f"{'':<40}train {' '.join(f'{v:.3f}' for v in run.losses)} | val "
+                f"{' '.join('-' if e.eval_loss is None else f'{e.eval_loss:.3f}' for e in run.history)} | top share "
+                f"{' '.join(f'{e.summary.top_predicted_share:.2f}' for e in run.history)}",
+                flush=True,
+            )
+    healthy_bad = [
+        r for r in runs if r.healthy and r.standing and not (r.name in PLATEAU and chance_margin(r.history[-1]) <= 1)
+    ]
+    broken_missed = [r for r in runs if not r.healthy and not set(r.standing) & VERDICTS]
+    print(f"\nhealthy runs with a standing WARNING/ERROR: {len(healthy_bad)} of {sum(r.healthy for r in runs)}")
+    print(
+        "healthy runs with a verdict resolved later: "
+        f"{sum(bool(r.resolved) for r in runs if r.healthy)}; still on the plateau at the end: "
+        f"{sum(r.name in PLATEAU and chance_margin(r.history[-1]) <= 1 for r in runs)}"
+    )
+    print(f"broken runs without a learnability verdict: {len(broken_missed)} of {sum(not r.healthy for r in runs)}")
+    print("\n| statistic (threshold) | healthy | broken | reading |\n|---|---|---|---|")
+    for statistic, healthy_value, broken_value, reading in statistics(runs):
+        print(f"| {statistic} | {healthy_value} | {broken_value} | {reading} |")
+    print(f"\n{len(runs)} runs, {sum(r.seconds for r in runs):.0f} s of fitting")
+
+
+if __name__ == "__main__":
+    main()

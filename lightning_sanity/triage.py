@@ -1,0 +1,136 @@
+"""Triage: when a run does not learn, which of the usual causes are ruled out, found, or could not be checked.
+
+A pure function of the run's findings and of which sanity callbacks ran: the findings it reads are made by the
+callbacks themselves; this ties them to the symptom (stuck, collapsed or at chance) as the differential diagnosis
+a careful engineer goes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from lightning_sanity.findings import Finding, Severity
+
+Status = Literal["fine", "wrong", "not checkable"]
+
+SYMPTOMS = frozenset({"eval.chance_level", "eval.loss_at_chance", "eval.prediction_collapse", "eval.imbalance_masked"})
+"""Standing findings that say the run is stuck, collapsed or at chance: they open the triage section."""
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One question of the differential diagnosis: the finding codes that answer "wrong" and who checks them."""
+
+    check: str
+    codes: tuple[str, ...]
+    checkers: tuple[str, ...]
+    blind_codes: tuple[str, ...] = ()
+    """INFO codes saying the checker that made them could not look (e.g. a pipeline it cannot reach)."""
+
+
+CAUSES: tuple[Cause, ...] = (
+    Cause(
+        "inputs scaled and normalised?",
+        (
+            "input.non_finite",
+            "input.unscaled",
+            "input.collapsed",
+            "transform.normalize_scale",
+        ),
+        ("BatchStatsCallback", "TransformParityCallback"),
+    ),
+    Cause(
+        "train/val pipelines equal?",
+        (
+            "transform.normalize_missing",
+            "transform.normalize_mismatch",
+            "transform.scaling_mismatch",
+            "transform.output_mismatch",
+            "transform.random_in_eval",
+            "input.split_shift",
+        ),
+        ("TransformParityCallback", "BatchStatsCallback"),
+        blind_codes=("transform.unreachable",),
+    ),
+    Cause(
+        "labels shaped, shuffled, aligned?",
+        ("target.shape", "target.single_class_batches"),
+        ("BatchStatsCallback", "ConfusionCallback"),
+    ),
+    Cause(
+        "gradients reach every layer?",
+        ("grad.missing", "grad.zero", "grad.vanishing", "grad.exploding", "grad.non_finite", "param.not_updated"),
+        ("GradientFlowCallback",),
+    ),
+    Cause("update size sane?", ("update.too_small", "update.too_large"), ("GradientFlowCallback",)),
+    Cause("outputs activated before the loss?", ("output.activated",), ("ConfusionCallback",)),
+    Cause("model in train mode?", ("mode.eval_in_train",), ("ModeGuardCallback",)),
+    Cause("inputs used?", ("model.input_independent",), ("ModelChecksCallback",)),
+)
+
+
+@dataclass(frozen=True)
+class TriageRow:
+    """One line of the triage: the question, its answer, and the finding code that answers "wrong"."""
+
+    check: str
+    status: Status
+    code: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"check": self.check, "status": self.status, "code": self.code}
+
+
+def is_stuck(findings: Iterable[Finding]) -> bool:
+    """Whether a standing finding says the run is stuck, collapsed or at chance."""
+    return any(f.code in SYMPTOMS and f.standing and f.severity >= Severity.WARNING for f in findings)
+
+
+def triage_rows(findings: Sequence[Finding], callbacks_ran: Collection[str]) -> list[TriageRow]:
+    """The differential diagnosis of a run that does not learn; empty when nothing says it is stuck.
+
+    Args:
+        findings: Every finding of the run.
+        callbacks_ran: Class names of the sanity callbacks attached to the run.
+
+    Example::
+
+        >>> from lightning_sanity.findings import Finding, Severity
+        >>> stuck = Finding("eval.chance_level", Severity.WARNING, "", "", "ConfusionCallback", "val", 2, 90)
+        >>> relu = Finding("output.activated", Severity.WARNING, "", "", "ConfusionCallback", "val", 0, 0)
+        >>> rows = triage_rows([stuck, relu], {"ConfusionCallback"})
+        >>> [(row.status, row.code) for row in rows if row.check.startswith("outputs")]
+        [('wrong', 'output.activated')]
+        >>> next(row.status for row in rows if row.check.startswith("inputs used"))
+        'not checkable'
+    """
+    if not is_stuck(findings):
+        return []
+    serious = [f for f in findings if f.severity >= Severity.WARNING and f.standing]
+    rows = []
+    for cause in CAUSES:
+        found = next((f.code for f in serious if f.code in cause.codes), None)
+        if found is None and cause.check.startswith("labels"):
+            # labels that carry no signal: the model memorises them while validation stays at chance
+            found = next((f.code for f in serious if f.evidence.get("training") == "memorising"), None)
+        blind = {f.callback for f in findings if f.code in cause.blind_codes}
+        checked = any(name in callbacks_ran and name not in blind for name in cause.checkers)
+        if found is not None:
+            rows.append(TriageRow(cause.check, "wrong", found))
+        else:
+            rows.append(TriageRow(cause.check, "fine" if checked else "not checkable"))
+    return rows
+
+
+def format_triage(rows: Sequence[TriageRow]) -> str:
+    """The triage as aligned text, one question per line.
+
+    Example::
+
+        >>> print(format_triage([TriageRow("model in train mode?", "wrong", "mode.eval_in_train")]))
+        model in train mode?  wrong (mode.eval_in_train)
+    """
+    width = max((len(row.check) for row in rows), default=0)
+    return "\n".join(f"{row.check.ljust(width)}  {row.status}" + (f" ({row.code})" if row.code else "") for row in rows)
