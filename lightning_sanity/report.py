@@ -71,7 +71,8 @@ class SanityReport:
         counts = ", ".join(f"{severity}: {n}" for severity, n in self.counts.items())
         status = "" if self.status == FINISHED else f", {self.status}"
         resolved = sum(not f.standing for f in self.findings)
-        return f"lightning-sanity report ({self.run}{status}): {counts}" + (f", resolved: {resolved}" * bool(resolved))
+        resolved_note = f", resolved: {resolved}" if resolved else ""
+        return f"lightning-sanity report ({self.run}{status}): {counts}{resolved_note}"
 
     def to_json(self) -> str:
         return json.dumps(
