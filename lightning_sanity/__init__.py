@@ -20,6 +20,7 @@ from lightning_sanity.gradient_flow import GradientFlowCallback
 from lightning_sanity.mode_guard import ModeGuardCallback
 from lightning_sanity.model_checks import ModelChecksCallback
 from lightning_sanity.report import SanityReport
+from lightning_sanity.run import last_report
 from lightning_sanity.transform_parity import TransformParityCallback
 
 __version__ = "0.1.0.dev0"
@@ -39,4 +40,5 @@ __all__ = [
     "TransformParityCallback",
     "collect_findings",
     "default_callbacks",
+    "last_report",
 ]

@@ -70,6 +70,7 @@ class SanityRun:
 @dataclass
 class _TrainerRuns:
     current: SanityRun | None = None
+    last: SanityRun | None = None
     started: Counter[str] = field(default_factory=Counter)
 
 
@@ -80,6 +81,19 @@ def current_run(trainer: pl.Trainer) -> SanityRun | None:
     """The run of ``trainer`` in progress (or ``None`` between runs)."""
     runs = _RUNS.get(trainer)
     return runs.current if runs is not None else None
+
+
+def last_report(trainer: pl.Trainer) -> SanityReport | None:
+    """The report of the trainer's last finished (or interrupted) run; ``None`` before any run ended.
+
+    Example::
+
+        trainer.fit(model, datamodule)
+        report = lightning_sanity.last_report(trainer)
+        print(report.to_text())
+    """
+    runs = _RUNS.get(trainer)
+    return runs.last.report if runs is not None and runs.last is not None else None
 
 
 def join(trainer: pl.Trainer, member: RunMember) -> SanityRun:
@@ -119,7 +133,7 @@ def abort(trainer: pl.Trainer, exception: BaseException) -> None:
 
 def _end(trainer: pl.Trainer, run: SanityRun) -> None:
     runs = _RUNS[trainer]
-    runs.current = None
+    runs.current, runs.last = None, run
     for member in run.members:
         try:
             member.release()

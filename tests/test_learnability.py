@@ -221,11 +221,11 @@ def test_a_deep_plain_network_on_the_plateau_then_learning_ends_resolved(make_tr
     assert {f.code for f in verdicts} >= {"eval.loss_at_chance", "eval.chance_level"}
     assert standing(trainer) == [] and all(f.epoch < f.resolved_epoch for f in verdicts)
     assert callbacks[0].summaries["val"].balanced_accuracy > 0.2  # clearly above 1/10 now
-    report = json.loads(next(tmp_path.glob("**/sanity_report.json")).read_text())
+    report = json.loads(next(tmp_path.glob("**/sanity_report_fit.json")).read_text())
     assert report["summary"]["warning"] == 0 and report["triage"] == []
     resolved = {f["code"]: f["resolved_epoch"] for f in report["findings"]}
     assert resolved["eval.loss_at_chance"] == finding.resolved_epoch
-    markdown = next(tmp_path.glob("**/sanity_report.md")).read_text()
+    markdown = next(tmp_path.glob("**/sanity_report_fit.md")).read_text()
     assert f"resolved at epoch {finding.resolved_epoch}" in markdown
     assert all(not f.standing for f in SanityReport.from_json(json.dumps(report)).findings)
 
@@ -327,23 +327,23 @@ def test_a_stuck_run_gets_a_triage_in_every_report_form(make_trainer: Any, tmp_p
     logger = CSVLogger(str(tmp_path), name="blind")
     callbacks = lightning_sanity.default_callbacks()
     trainer = fit(make_trainer, Blind(mlp(64, 2), lr=1e-2), train, val, 4, callbacks=callbacks, logger=logger)
-    report = json.loads(next(tmp_path.glob("**/sanity_report.json")).read_text())
+    report = json.loads(next(tmp_path.glob("**/sanity_report_fit.json")).read_text())
     rows = {row["check"]: row for row in report["triage"]}
     assert len(rows) == 8 and set(rows["inputs used?"]) == {"check", "status", "code"}
     assert rows["outputs activated before the loss?"]["status"] == "fine"
     assert rows["model in train mode?"]["status"] == "fine"
-    assert rows["inputs used?"]["status"] == "not checkable"  # no ModelChecksCallback in this run
+    assert rows["inputs used?"] == {"check": "inputs used?", "status": "wrong", "code": "model.input_independent"}
     gradients = rows["gradients reach every layer?"]
     assert gradients["status"] == "wrong" and gradients["code"].startswith("grad.")  # the zeroed input's layer
-    markdown = next(tmp_path.glob("**/sanity_report.md")).read_text()
-    assert "## Triage" in markdown and "| inputs used? | not checkable |" in markdown
-    assert "Triage" in SanityReport.from_trainer(trainer, "fit").to_text()
+    markdown = next(tmp_path.glob("**/sanity_report_fit.md")).read_text()
+    assert "## Triage" in markdown and "| inputs used? | wrong | `model.input_independent` |" in markdown
+    assert "Triage" in lightning_sanity.last_report(trainer).to_text()  # type: ignore[union-attr]
 
 
 def test_a_healthy_run_has_no_triage(make_trainer: Any) -> None:
     train, val = loader(*binary_digits("train")), loader(*binary_digits("val"), 128, False)
     trainer = fit(make_trainer, Classifier(mlp(64, 2)), train, val, 2, callbacks=lightning_sanity.default_callbacks())
-    assert SanityReport.from_trainer(trainer, "fit").triage == []
+    assert lightning_sanity.last_report(trainer).triage == []  # type: ignore[union-attr]
 
 
 def finding(code: str, severity: Severity = Severity.WARNING, **kwargs: Any) -> Finding:
