@@ -100,6 +100,22 @@ class ForwardCall:
         """The tensors among the arguments, positional first."""
         return tensors_in((self.args, self.kwargs))
 
+    def head(self, samples: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The recorded arguments cut to their first ``samples`` samples, to replay the call cheaply.
+
+        The batch size is dim 0 of the first tensor argument; only tensors whose dim 0 is that size are sliced (a
+        mask, a lookup table or a scalar is passed as it is).
+        """
+        first = next((tensor for tensor in self.tensors() if tensor.ndim > 0), None)
+        if first is None:
+            return self.args, self.kwargs
+        batch_size = first.shape[0]
+
+        def cut(tensor: Tensor) -> Tensor:
+            return tensor[:samples] if tensor.ndim > 0 and tensor.shape[0] == batch_size else tensor
+
+        return map_tensors(self.args, cut), map_tensors(self.kwargs, cut)
+
     def run(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
         """Call the module again (as the pack's own pass) with these arguments, by default the recorded ones."""
         with own_forward():
@@ -112,11 +128,18 @@ class StepObserver:
     Args:
         pl_module: The LightningModule whose step is watched.
         max_calls: Keep at most this many top-level calls (a step calls its model once or a few times).
+        keep_child_outputs: Also keep the (detached) outputs of the direct children that a top-level call of the
+            LightningModule ran, e.g. the head's logits when ``forward`` returns something else.
     """
 
-    def __init__(self, pl_module: pl.LightningModule, max_calls: int = 4) -> None:
+    _CHILD_OUTPUTS_KEPT = 16
+
+    def __init__(self, pl_module: pl.LightningModule, max_calls: int = 4, keep_child_outputs: bool = False) -> None:
         self.max_calls = max_calls
         self.calls: list[ForwardCall] = []
+        self.child_outputs: list[Any] = []
+        """With ``keep_child_outputs``: outputs of direct children called inside a top-level call, in call order."""
+        self._keep_child_outputs = keep_child_outputs
         self.loss: Tensor | None = None
         """The loss ``training_step`` returned (detached), once :meth:`note_loss` was given it."""
         self._names: dict[int, str] = {id(pl_module): ""}
@@ -175,6 +198,13 @@ class StepObserver:
         if self._depth == 0 and self.calls and self.calls[-1].module is module and not self.calls[-1].returned:
             self.calls[-1].output = map_tensors(output, Tensor.detach)
             self.calls[-1].returned = True
+        elif self._keeps_child_output(module):
+            self.child_outputs.append(map_tensors(output, Tensor.detach))
+
+    def _keeps_child_output(self, module: nn.Module) -> bool:
+        """A direct child returned inside the LightningModule's call (a recursive call of the module is not kept)."""
+        nested = self._depth > 0 and self._names[id(module)] != ""
+        return self._keep_child_outputs and nested and len(self.child_outputs) < self._CHILD_OUTPUTS_KEPT
 
 
 def _private_copy(value: Any) -> Any:
