@@ -19,7 +19,7 @@ from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
-from lightning_sanity.observe import StepObserver, own_forward
+from lightning_sanity.observe import ForwardCall, StepObserver, own_forward
 from lightning_sanity.rng import forked_rng
 
 OUTPUT_KEYS = ("logits", "preds", "y_hat", "outputs")
@@ -462,6 +462,19 @@ def output_tensor(output: Any) -> Tensor | None:
     return None
 
 
+def reconstructs_input(output: Tensor, call: ForwardCall, targets: Tensor) -> bool:
+    """Is ``output`` of ``call`` a reconstruction of its input rather than class scores (an autoencoder)?
+
+    A flat ``[N, D]`` output shaped like a floating input of the same call, whose D columns are more than the
+    classes the targets use (a host read: call it on check steps only). A tabular classifier with as many features
+    as classes still has its targets spanning its D columns.
+    """
+    if output.ndim != 2 or not output.is_floating_point() or targets.numel() == 0 or targets.is_floating_point():
+        return False
+    shaped_like_input = any(t.is_floating_point() and t.shape == output.shape for t in call.tensors())
+    return shaped_like_input and int(targets.max()) + 1 < output.shape[1]
+
+
 @dataclass
 class _SplitState:
     """What the callback knows about one split (val, test, train)."""
@@ -682,12 +695,13 @@ class ConfusionCallback(SanityCallback):
         one first: a head after a backbone), then the children that ``forward`` called.
         """
         calls = [call for call in observer.calls if call.returned] if observer is not None else []
-        module_calls = [call.output for call in calls if call.name == ""]
-        child_calls = [call.output for call in reversed(calls) if call.name != ""]
+        observed = [*(call for call in calls if call.name == ""), *(call for call in reversed(calls) if call.name)]
         nested = [*reversed(observer.child_outputs)] if observer is not None else []
+        candidates: list[tuple[Any, ForwardCall | None]] = [(outputs, None), *((c.output, c) for c in observed)]
+        candidates += [(output, None) for output in nested]
         shapes: list[tuple[int, ...]] = []
         """Shapes of the observed model outputs that did not line up with the targets."""
-        for index, candidate in enumerate([outputs, *module_calls, *child_calls, *nested]):
+        for candidate, call in candidates:
             tensor = output_tensor(candidate)
             if tensor is None:
                 continue
@@ -696,9 +710,15 @@ class ConfusionCallback(SanityCallback):
             except NotClassification as reason:
                 self._not_classification(trainer, split, state, str(reason))
                 return None
+            checking = aligned is not None and state.batches_checked < 3
+            if checking and call is not None and reconstructs_input(tensor, call, targets):
+                name = call.name or type(pl_module).__name__
+                shaped = f"`{name}` returns a tensor shaped like its input {list(tensor.shape)} (a reconstruction)"
+                self._not_classification(trainer, split, state, shaped)
+                return None
             if aligned is not None:
                 return aligned
-            if index > 0:
+            if call is not None:
                 shapes.append(tuple(tensor.shape))
         if split == "train" or pl_module.training:
             return None

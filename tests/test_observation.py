@@ -14,13 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.demos import Transformer
-from support import codes
+from support import codes, problems
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sanity as ls
 from lightning_sanity import ConfusionCallback, ModeGuardCallback, Severity
+from lightning_sanity.confusion import reconstructs_input
 from lightning_sanity.demos import digits_tensors, mlp, wine_tensors
+from lightning_sanity.observe import ForwardCall
 
 
 def digit_images(split: str, batch_size: int = 32) -> DataLoader:
@@ -73,17 +75,28 @@ class FlatteningAutoencoder(pl.LightningModule):
 @pytest.mark.parametrize("dropout_in_eval", [False, True], ids=["healthy", "dropout_in_eval"])
 def test_a_step_that_reshapes_the_batch_runs_every_check(make_trainer: Any, dropout_in_eval: bool) -> None:
     pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(callbacks=ls.default_callbacks(), max_epochs=2)
+    trainer = make_trainer(callbacks=ls.default_callbacks(), max_epochs=4)
     trainer.fit(FlatteningAutoencoder(dropout_in_eval), digit_images("train"), digit_images("val"))
     assert internal_errors(trainer) == []
     assert skipped_by(trainer, "ModeGuardCallback") == []  # the stochastic check replayed self(x.view(N, -1))
+    [reconstruction] = [f for f in ls.collect_findings(trainer) if f.code == "eval.not_classification"]
+    assert "shaped like its input [32, 64]" in reconstruction.message  # not 64 "classes" judged against the labels
     found = [f for f in ls.collect_findings(trainer) if f.code == "mode.stochastic_eval"]
     if dropout_in_eval:
         [stochastic] = found
         assert stochastic.severity is Severity.ERROR
         assert stochastic.evidence["samples"] == ModeGuardCallback().stochastic_samples
     else:
-        assert found == []
+        assert found == [] and problems(trainer) == []
+
+
+def test_a_reconstruction_is_told_from_class_scores() -> None:
+    x = torch.randn(8, 3)
+    call = ForwardCall(nn.Identity(), "", (x,), {}, output=x, returned=True)
+    assert reconstructs_input(x, call, torch.zeros(8, dtype=torch.long))  # one class used, 3 columns: autoencoder
+    # a tabular classifier with as many features as classes: its targets span the columns
+    assert not reconstructs_input(x, call, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    assert not reconstructs_input(torch.randn(8, 5), call, torch.zeros(8, dtype=torch.long))  # shaped otherwise
 
 
 def test_validate_of_a_reshaping_step_catches_dropout_left_active(make_trainer: Any) -> None:
