@@ -586,13 +586,19 @@ class ConfusionCallback(SanityCallback):
     # ----------------------------------------------------------------- capture
     def _start_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_capture()
-        self._observer = StepObserver(pl_module, keep_child_outputs=True)
+        # the outputs are read, the arguments only for their shapes (no call is replayed): no copy per step
+        self._observer = StepObserver(pl_module, keep_child_outputs=True, copy_args=False)
 
     def _stop_capture(self) -> StepObserver | None:
         observer, self._observer = self._observer, None
         if observer is not None:
             observer.close()
         return observer
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._stop_capture()
+        super().on_exception(trainer, pl_module, exception)
 
     @override
     def on_validation_batch_start(

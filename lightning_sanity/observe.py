@@ -83,7 +83,7 @@ class ForwardCall:
     Attributes:
         module: The module that was called (the LightningModule or one of its direct children).
         name: Its attribute name: ``""`` for the LightningModule itself, e.g. ``"model"`` for a child.
-        args: Private (cloned, detached) copies of the positional arguments.
+        args: Private (cloned, detached) copies of the positional arguments (detached views with ``copy_args=False``).
         kwargs: Private copies of the keyword arguments.
         output: What the call returned, tensors detached; ``None`` until the call returned (or if it raised).
         returned: Whether the call has finished.
@@ -130,12 +130,21 @@ class StepObserver:
         max_calls: Keep at most this many top-level calls (a step calls its model once or a few times).
         keep_child_outputs: Also keep the (detached) outputs of the direct children that a top-level call of the
             LightningModule ran, e.g. the head's logits when ``forward`` returns something else.
+        copy_args: Keep private copies of the arguments (to replay the call). ``False`` keeps detached views: no
+            copy per step, for a caller that only reads their shapes.
     """
 
     _CHILD_OUTPUTS_KEPT = 16
 
-    def __init__(self, pl_module: pl.LightningModule, max_calls: int = 4, keep_child_outputs: bool = False) -> None:
+    def __init__(
+        self,
+        pl_module: pl.LightningModule,
+        max_calls: int = 4,
+        keep_child_outputs: bool = False,
+        copy_args: bool = True,
+    ) -> None:
         self.max_calls = max_calls
+        self._copy = _private_copy if copy_args else _detached
         self.calls: list[ForwardCall] = []
         self.child_outputs: list[Any] = []
         """With ``keep_child_outputs``: outputs of direct children called inside a top-level call, in call order."""
@@ -188,7 +197,7 @@ class StepObserver:
             return
         self._depth += 1
         if self._depth == 1 and len(self.calls) < self.max_calls:
-            copy = _private_copy
+            copy = self._copy
             self.calls.append(ForwardCall(module, self._names[id(module)], copy(args), copy(kwargs)))
 
     def _after(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
@@ -205,6 +214,11 @@ class StepObserver:
         """A direct child returned inside the LightningModule's call (a recursive call of the module is not kept)."""
         nested = self._depth > 0 and self._names[id(module)] != ""
         return self._keep_child_outputs and nested and len(self.child_outputs) < self._CHILD_OUTPUTS_KEPT
+
+
+def _detached(value: Any) -> Any:
+    """Detached views, no copy: enough to read shapes (a replay would see in-place edits made by forward)."""
+    return map_tensors(value, Tensor.detach)
 
 
 def _private_copy(value: Any) -> Any:
