@@ -811,6 +811,8 @@ class ModeGuardCallback(SanityCallback):
             self._check_unchanged(trainer, pl_module, run, call)
         if run.stochastic_pending and not in_training_mode:
             self._check_stochastic_eval(trainer, pl_module, call)
+        elif run.stochastic_pending:
+            self._stochastic_checked = False  # the step put modules in training mode: try the next batch
         run.stochastic_pending = False
         if torch.is_grad_enabled() or any(t.requires_grad for t in output_tensors(outputs)):
             run.grad_enabled = True
