@@ -106,6 +106,24 @@ def test_validate_of_a_reshaping_step_catches_dropout_left_active(make_trainer: 
     assert "mode.stochastic_eval" in codes(trainer, Severity.ERROR)
 
 
+def test_replaying_the_step_call_leaves_the_weights_bit_identical(make_trainer: Any) -> None:
+    """The replays run in a forked RNG: here they draw dropout masks, yet training's masks and weights do not move."""
+
+    def fit_weights(callbacks: list[pl.Callback]) -> dict[str, Tensor]:
+        pl.seed_everything(7, verbose=False)
+        model = FlatteningAutoencoder(dropout_in_eval=True)
+        # no sanity check (Lightning isolates its RNG): the check runs between the two training epochs
+        trainer = make_trainer(
+            callbacks=callbacks, max_epochs=2, limit_train_batches=6, limit_val_batches=3, num_sanity_val_steps=0
+        )
+        trainer.fit(model, digit_images("train"), digit_images("val"))
+        return {key: value.clone() for key, value in model.state_dict().items()}
+
+    without = fit_weights([])
+    observed = fit_weights(ls.default_callbacks())
+    assert [key for key in without if not torch.equal(without[key], observed[key])] == []
+
+
 # ------------------------------------------------------------ (b) a LightningModule without forward
 class ModelAttribute(pl.LightningModule):
     """Holds its network in ``self.model`` and has no ``forward``: the steps call ``self.model(x)``."""
