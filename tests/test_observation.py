@@ -22,7 +22,7 @@ import lightning_sanity as ls
 from lightning_sanity import ConfusionCallback, ModeGuardCallback, Severity
 from lightning_sanity.confusion import reconstructs_input
 from lightning_sanity.demos import digits_tensors, mlp, wine_tensors
-from lightning_sanity.observe import ForwardCall
+from lightning_sanity.observe import ForwardCall, StepObserver
 
 
 def digit_images(split: str, batch_size: int = 32) -> DataLoader:
@@ -231,3 +231,58 @@ def test_a_transformer_language_model_without_forward_runs_every_check(make_trai
     assert "mode.stochastic_eval" not in codes(trainer)
     [reason] = [f.evidence["reason"] for f in ls.collect_findings(trainer) if f.code == "eval.not_classification"]
     assert "[96, 40]" in reason and "[8, 12]" in reason  # said once, naming the shapes that do not line up
+
+
+# ------------------------------------------------------------ the observation layer itself
+class ScoresInADict(pl.LightningModule):
+    """``forward`` returns a dict under keys the callback does not read: the head's output is found instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(13, 16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = self.body(x)
+        return {"features": features, "class_scores": self.head(features)}
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x)["class_scores"], y)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x)["class_scores"], y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_the_head_called_inside_forward_gives_the_predictions(make_trainer: Any) -> None:
+    pl.seed_everything(0, verbose=False)
+    x, y = wine_tensors("val")
+    train = DataLoader(TensorDataset(*wine_tensors("train")), batch_size=16, shuffle=True)
+    confusion = ConfusionCallback()
+    trainer = make_trainer(callbacks=[confusion], max_epochs=2)
+    trainer.fit(ScoresInADict(), train, DataLoader(TensorDataset(x, y), batch_size=16))
+    assert codes(trainer) == set()  # neither recomputed nor skipped
+    assert confusion.confusion_matrix is not None and confusion.confusion_matrix.shape == (3, 3)
+    assert torch.equal(confusion.confusion_matrix.sum(dim=1), torch.bincount(y, minlength=3))
+
+
+def test_the_observer_records_the_step_call_not_our_own_replay() -> None:
+    module = ModelAttribute(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)))
+    x, mask = torch.randn(8, 6), torch.ones(3)
+    with StepObserver(module, keep_child_outputs=True) as observer:
+        module.model(x)
+    [call] = observer.calls
+    assert call.name == "model" and call.returned and call.args[0] is not x and torch.equal(call.args[0], x)
+    with StepObserver(module) as replay_observer:
+        call.run()
+    assert replay_observer.calls == []  # our own pass is not recorded
+    call.args = (x, mask)
+    args, _ = call.head(3)
+    assert args[0].shape == (3, 6) and args[1] is mask  # only tensors with the batch's dim 0 are cut
+    with StepObserver(module, copy_args=False) as observer:
+        module.model(x)
+    assert observer.calls[0].args[0].data_ptr() == x.data_ptr()  # a view: no copy per step
