@@ -14,8 +14,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
+from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
@@ -24,6 +23,7 @@ from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
+from lightning_sanity.observe import ForwardCall, StepObserver, own_forward
 from lightning_sanity.rng import forked_rng
 
 OUTPUT_KEYS = ("logits", "preds", "y_hat", "outputs")
@@ -588,38 +588,6 @@ class EvalLoss(Metric):
         return self.total / self.count.clamp(min=1), self.count
 
 
-class _Capture:
-    """Keeps the outputs of the LightningModule's forward calls during one step; children's outputs as a fallback.
-
-    Another callback may run extra forward passes on a few samples (ModeGuard's stochastic check) before or after
-    the user's call: every module-level output is kept (a few at most) and the first one aligned with the batch's
-    targets wins.
-    """
-
-    _KEPT = 4
-
-    def __init__(self, module: pl.LightningModule) -> None:
-        self.module_outputs: list[Any] = []
-        self.child_outputs: list[Any] = []
-        self._handles: list[RemovableHandle] = [module.register_forward_hook(self._on_module)]
-        for child in module.children():
-            if not isinstance(child, (Metric, *compat.LOSS)):
-                self._handles.append(child.register_forward_hook(self._on_child))
-
-    def _on_module(self, module: nn.Module, args: Any, output: Any) -> None:
-        if len(self.module_outputs) < self._KEPT:
-            self.module_outputs.append(output)
-
-    def _on_child(self, module: nn.Module, args: Any, output: Any) -> None:
-        if len(self.child_outputs) < 4 * self._KEPT:
-            self.child_outputs.append(output)
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-
 def output_tensor(output: Any) -> Tensor | None:
     """The prediction tensor in a step's or forward's output: a tensor, a dict key, a ``.logits`` attribute, or the
     first element of a tuple."""
@@ -635,6 +603,19 @@ def output_tensor(output: Any) -> Tensor | None:
     return None
 
 
+def reconstructs_input(output: Tensor, call: ForwardCall, targets: Tensor) -> bool:
+    """Is ``output`` of ``call`` a reconstruction of its input rather than class scores (an autoencoder)?
+
+    A flat ``[N, D]`` output shaped like a floating input of the same call, whose D columns are more than the
+    classes the targets use (a host read: call it on check steps only). A tabular classifier with as many features
+    as classes still has its targets spanning its D columns.
+    """
+    if output.ndim != 2 or not output.is_floating_point() or targets.numel() == 0 or targets.is_floating_point():
+        return False
+    shaped_like_input = any(t.is_floating_point() and t.shape == output.shape for t in call.tensors())
+    return shaped_like_input and int(targets.max()) + 1 < output.shape[1]
+
+
 @dataclass
 class _SplitState:
     """What the callback knows about one split (val, test, train)."""
@@ -642,6 +623,7 @@ class _SplitState:
     classification: bool | None = None
     batches_checked: int = 0
     recompute_announced: bool = False
+    recompute_failed: bool = False
 
 
 class ConfusionCallback(SanityCallback):
@@ -745,7 +727,7 @@ class ConfusionCallback(SanityCallback):
         self._counts: dict[tuple[str, int], EvalCounts] = {}
         self._eval_losses: dict[tuple[str, int], EvalLoss] = {}
         self._splits: dict[str, _SplitState] = {}
-        self._capture: _Capture | None = None
+        self._observer: StepObserver | None = None
         self._train_loss: TrainLoss | None = None
         self._epoch_losses: list[float] = []
         self._lowest_loss = math.inf
@@ -758,13 +740,19 @@ class ConfusionCallback(SanityCallback):
     # ----------------------------------------------------------------- capture
     def _start_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_capture()
-        self._capture = _Capture(pl_module)
+        # the outputs are read, the arguments only for their shapes (no call is replayed): no copy per step
+        self._observer = StepObserver(pl_module, keep_child_outputs=True, copy_args=False)
 
-    def _stop_capture(self) -> _Capture | None:
-        capture, self._capture = self._capture, None
-        if capture is not None:
-            capture.remove()
-        return capture
+    def _stop_capture(self) -> StepObserver | None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.close()
+        return observer
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._stop_capture()
+        super().on_exception(trainer, pl_module, exception)
 
     @override
     def on_validation_batch_start(
@@ -820,14 +808,14 @@ class ConfusionCallback(SanityCallback):
     def _observe(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, outputs: Any, batch: Any, loader: int
     ) -> None:
-        capture = self._stop_capture()
+        observer = self._stop_capture()
         state = self._splits.setdefault(split, _SplitState())
         if state.classification is False:
             return
         parts = self.split_batch(trainer, batch)
         if parts is None or parts.targets is None or parts.inputs is None:
             return
-        aligned = self._aligned_scores(trainer, pl_module, split, state, outputs, capture, parts.inputs, parts.targets)
+        aligned = self._aligned_scores(trainer, pl_module, split, state, outputs, observer, parts.inputs, parts.targets)
         if aligned is None:
             return
         scores, targets = aligned
@@ -860,15 +848,23 @@ class ConfusionCallback(SanityCallback):
         split: str,
         state: _SplitState,
         outputs: Any,
-        capture: _Capture | None,
+        observer: StepObserver | None,
         inputs: Tensor,
         targets: Tensor,
     ) -> tuple[Tensor, Tensor] | None:
-        """Scores aligned with targets from the step output, the captured forward, or (last resort) a recompute."""
-        candidates = [outputs]
-        if capture is not None:
-            candidates += [*capture.module_outputs, *reversed(capture.child_outputs)]
-        for candidate in candidates:
+        """Scores aligned with targets from the step output, the observed forward calls, or (last resort) a recompute.
+
+        Observed candidates: the LightningModule's own calls, then the direct children called by the step (the last
+        one first: a head after a backbone), then the children that ``forward`` called.
+        """
+        calls = [call for call in observer.calls if call.returned] if observer is not None else []
+        observed = [*(call for call in calls if call.name == ""), *(call for call in reversed(calls) if call.name)]
+        nested = [*reversed(observer.child_outputs)] if observer is not None else []
+        candidates: list[tuple[Any, ForwardCall | None]] = [(outputs, None), *((c.output, c) for c in observed)]
+        candidates += [(output, None) for output in nested]
+        shapes: list[tuple[int, ...]] = []
+        """Shapes of the observed model outputs that did not line up with the targets."""
+        for candidate, call in candidates:
             tensor = output_tensor(candidate)
             if tensor is None:
                 continue
@@ -877,9 +873,28 @@ class ConfusionCallback(SanityCallback):
             except NotClassification as reason:
                 self._not_classification(trainer, split, state, str(reason))
                 return None
+            checking = aligned is not None and state.batches_checked < 3
+            if checking and call is not None and reconstructs_input(tensor, call, targets):
+                name = call.name or type(pl_module).__name__
+                shaped = f"`{name}` returns a tensor shaped like its input {list(tensor.shape)} (a reconstruction)"
+                self._not_classification(trainer, split, state, shaped)
+                return None
             if aligned is not None:
                 return aligned
+            if call is not None:
+                shapes.append(tuple(tensor.shape))
         if split == "train" or pl_module.training:
+            return None
+        if any(call.name == "" for call in calls) or (calls and type(pl_module).forward is pl.LightningModule.forward):
+            # the model's own call was seen: replaying what the step passed to it gives the same unaligned output
+            if shapes:
+                self._not_classification(
+                    trainer,
+                    split,
+                    state,
+                    f"the model's outputs (shape {list(shapes[0])}) do not line up with the targets (shape "
+                    f"{list(targets.shape)})",
+                )
             return None
         return self._recompute(trainer, pl_module, split, state, inputs, targets)
 
@@ -892,11 +907,19 @@ class ConfusionCallback(SanityCallback):
         inputs: Tensor,
         targets: Tensor,
     ) -> tuple[Tensor, Tensor] | None:
+        """Run ``forward`` on the batch's inputs: only when the step called no module whose call could be replayed."""
         # a module in train mode here would update BatchNorm statistics: never recompute then
-        if any(m.training for m in pl_module.modules()):
+        if state.recompute_failed or any(m.training for m in pl_module.modules()):
             return None
-        with forked_rng(), torch.no_grad():
-            tensor = output_tensor(pl_module(inputs))
+        if type(pl_module).forward is pl.LightningModule.forward:
+            self._cannot_recompute(trainer, split, state, "the LightningModule has no forward")
+            return None
+        try:
+            with forked_rng(), torch.no_grad(), own_forward():
+                tensor = output_tensor(pl_module(inputs))
+        except Exception as error:  # the step may feed forward something else than the batch's inputs
+            self._cannot_recompute(trainer, split, state, f"forward(inputs) raised {error!r}")
+            return None
         if tensor is None:
             return None
         try:
@@ -916,6 +939,20 @@ class ConfusionCallback(SanityCallback):
                 subject=split,
             )
         return aligned
+
+    def _cannot_recompute(self, trainer: pl.Trainer, split: str, state: _SplitState, reason: str) -> None:
+        state.recompute_failed = True
+        self.record(
+            trainer,
+            "sanity.skipped",
+            Severity.INFO,
+            f"ConfusionCallback found no {split} predictions in the step's output or in a forward call of the module "
+            f"or its direct children, and cannot recompute them from the batch: {reason}.",
+            "Return the logits from the step (e.g. `return {'logits': logits}`), call `self(x)` or a direct child "
+            "module in it, or pass batch_adapter so the batch's inputs are what forward takes.",
+            subject=f"{split}:predictions",
+            evidence={"reason": reason},
+        )
 
     def _is_classification(
         self, trainer: pl.Trainer, split: str, state: _SplitState, scores: Tensor, targets: Tensor

@@ -13,8 +13,10 @@ dropout-carrying RNNs and attention, stochastic-depth layers, and user-defined m
 device work). Parameters and BatchNorm statistics are compared as per-tensor norms taken at the
 first evaluation batch and compared after the first and after the last one, so weight swaps done
 in ``on_validation_(epoch_)start``/``end`` hooks (EMA, :class:`~lightning.pytorch.callbacks.WeightAveraging`)
-are outside the window. The stochastic-output check runs a few samples through ``forward`` two
-times per run (three if they differ, to replay the first pass and rule out a stateful forward).
+are outside the window. The stochastic-output check replays the forward call the user's step made on
+its first evaluation batch (:class:`~lightning_sanity.observe.StepObserver`: the LightningModule, or the
+direct child such as ``self.model`` it called) on a few samples, two times per run (three if they
+differ, to replay the first pass and rule out a stateful forward).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -41,6 +42,7 @@ from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, require, stage_of
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.findings import Severity
+from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, tensors_in
 from lightning_sanity.rng import forked_rng
 
 log = logging.getLogger("lightning_sanity")
@@ -244,22 +246,6 @@ def owners(tensor_names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(name.rpartition(".")[0] for name in tensor_names))
 
 
-def accepts_one_input(forward: Callable[..., Any]) -> bool:
-    """Can ``forward`` be called with a single positional tensor?"""
-    try:
-        parameters = list(inspect.signature(forward).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    required = [
-        p
-        for p in parameters
-        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
-    takes_one = any(p.kind in positional or p.kind is p.VAR_POSITIONAL for p in parameters)
-    return takes_one and len(required) <= 1 and all(p.kind in positional for p in required)
-
-
 _WRITES_IN_PLACE = re.compile(r"\.data\s*(?:[-+*/]?=(?!=)|\[|\.\w+_\()|\.\w+_\(")
 """Forward rewrites a tensor: ``w.data *= mask``, ``w.data = w * mask``, ``w.data[i] = 0``, ``w.clamp_()``."""
 _WRITES_IN_PLACE_CACHE: dict[type, bool] = {}
@@ -331,6 +317,10 @@ class _EvalRun:
     """Parameters of modules whose ``forward`` writes tensors in place (``w.data *= mask``)..."""
     before_rewrite: dict[str, Tensor] = field(default_factory=dict)
     """...and their values at the start of the first batch, to replay what ``forward`` did to them (freed after it)."""
+    observer: StepObserver | None = None
+    """Watches the step of a batch whose forward call a check replays (the first batch, the stochastic check's)."""
+    stochastic_pending: bool = False
+    """The stochastic check replays the forward call of the running batch at its end."""
 
 
 @dataclass
@@ -422,8 +412,8 @@ class ModeGuardCallback(SanityCallback):
         allow_stochastic_eval: The model is random in evaluation on purpose (MC dropout, stochastic
             depth, sampling in ``forward``): skip ``mode.stochastic_eval`` and do not report dropout or
             stochastic-depth layers in training mode during evaluation.
-        stochastic_samples: How many samples of the first evaluation batch the stochastic check feeds
-            through ``forward``.
+        stochastic_samples: How many samples of the first evaluation batch the stochastic check replays
+            through the forward call the step made.
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: ``batch -> (inputs, targets)`` for batch structures not understood by default.
         ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
@@ -780,6 +770,8 @@ class ModeGuardCallback(SanityCallback):
         if self._run is not None:
             for handle in self._run.hooks:
                 handle.remove()
+            if self._run.observer is not None:
+                self._run.observer.close()
             self._run = None
 
     def _eval_batch_start(
@@ -793,14 +785,18 @@ class ModeGuardCallback(SanityCallback):
             run.params = Checksums.of(named_parameters_to_watch(pl_module))
             run.running_stats = Checksums.of(named_running_stats(run.modules))
             run.before_rewrite = _clone_named(pl_module, run.rewritable)
-        if (
+        stochastic = (
             check_stochastic
             and not in_training_mode
             and not self._stochastic_checked
             and not self.allow_stochastic_eval
-        ):
-            self._stochastic_checked = True
-            self._check_stochastic_eval(trainer, pl_module, batch)
+        )
+        self._stochastic_checked |= stochastic
+        if can_replay(trainer, pl_module) and (stochastic or bool(run.before_rewrite)):
+            if run.observer is not None:
+                run.observer.close()
+            run.stochastic_pending = stochastic
+            run.observer = StepObserver(pl_module)
 
     def _eval_batch_end(
         self,
@@ -815,9 +811,18 @@ class ModeGuardCallback(SanityCallback):
         if run is None:
             return
         run.batches += 1
-        self._check_train_in_eval(trainer, run, batch_idx, "end")
+        call = None
+        if run.observer is not None:
+            run.observer.close()
+            call, run.observer = run.observer.model_call, None
+        in_training_mode = self._check_train_in_eval(trainer, run, batch_idx, "end")
         if run.batches == 1 or _is_last_batch(trainer, batch_idx, dataloader_idx):
-            self._check_unchanged(trainer, pl_module, run, batch)
+            self._check_unchanged(trainer, pl_module, run, call)
+        if run.stochastic_pending and not in_training_mode:
+            self._check_stochastic_eval(trainer, pl_module, call)
+        elif run.stochastic_pending:
+            self._stochastic_checked = False  # the step put modules in training mode: try the next batch
+        run.stochastic_pending = False
         if torch.is_grad_enabled() or any(t.requires_grad for t in output_tensors(outputs)):
             run.grad_enabled = True
         if run.grad_enabled:
@@ -849,10 +854,12 @@ class ModeGuardCallback(SanityCallback):
 
     # ---- mode.bn_updated_in_eval / mode.params_changed_in_eval -----------------------------
 
-    def _check_unchanged(self, trainer: pl.Trainer, pl_module: pl.LightningModule, run: _EvalRun, batch: Any) -> None:
+    def _check_unchanged(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, run: _EvalRun, call: ForwardCall | None
+    ) -> None:
         if run.params is not None:
             changed = run.params.changed(Checksums.of(named_parameters_to_watch(pl_module)))
-            if changed and self._rewritten_by_forward(trainer, pl_module, changed, batch, run.before_rewrite):
+            if changed and self._rewritten_by_forward(pl_module, changed, call, run.before_rewrite):
                 # re-masking in forward: compare later batches against the re-parametrised weights
                 run.params = Checksums.of(named_parameters_to_watch(pl_module))
                 changed = []
@@ -896,26 +903,23 @@ class ModeGuardCallback(SanityCallback):
 
     def _rewritten_by_forward(
         self,
-        trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         changed: list[str],
-        batch: Any,
+        call: ForwardCall | None,
         before: Mapping[str, Tensor],
     ) -> bool:
         """Is the whole change the in-place re-parametrisation ``forward`` itself does (``w.data *= mask``)?
 
-        The changed parameters are set back to their values before the batch and ``forward`` runs on a few
-        samples: if it rewrites them to exactly their current values, and a second pass leaves them unchanged (a
-        projection), evaluation computes with what training's forward computes with (masked entries are zero
-        either way, no output can differ). A change made in the step or a hook (training leaking into
-        evaluation) is not reproduced; a forward that drifts the weights moves them again. Every parameter and
-        buffer is restored bit-exactly afterwards; the RNG is forked.
+        The changed parameters are set back to their values before the batch and the step's forward call is
+        replayed on a few samples (:meth:`ForwardCall.head`): if it rewrites them to exactly their current values,
+        and a second pass leaves them unchanged (a projection), evaluation computes with what training's forward
+        computes with (masked entries are zero either way, no output can differ). A change made in the step or a
+        hook (training leaking into evaluation) is not reproduced; a forward that drifts the weights moves them
+        again. Every parameter and buffer is restored bit-exactly afterwards; the RNG is forked.
         """
-        if not changed or any(name not in before for name in changed):
-            return False
-        sample = self._one_input_sample(trainer, pl_module, batch)
-        if sample is None:
-            return False  # cannot replay the forward: keep the finding
+        if not changed or call is None or any(name not in before for name in changed):
+            return False  # nothing to replay: keep the finding
+        args, kwargs = call.head(self.stochastic_samples)
         named = dict(named_parameters_to_watch(pl_module))
         state = [t for t in (*pl_module.parameters(), *pl_module.buffers()) if not t.is_meta]
         with forked_rng(), torch.no_grad():
@@ -924,25 +928,17 @@ class ModeGuardCallback(SanityCallback):
             try:
                 for name in changed:
                     named[name].copy_(before[name])
-                pl_module(sample)
+                call.run(args, kwargs)
                 if not all(torch.equal(named[name], after[name]) for name in changed):
                     return False
-                pl_module(sample)  # a projection (re-masking) has nothing left to change; a drift moves them again
+                call.run(args, kwargs)  # a projection (re-masking) has nothing left to change; a drift moves them again
                 return all(torch.equal(named[name], after[name]) for name in changed)
+            except Exception:  # a replay that fails proves nothing: keep the finding
+                log.debug("ModeGuardCallback: replaying the forward call failed", exc_info=True)
+                return False
             finally:
                 for tensor, value in zip(state, saved, strict=True):
                     tensor.copy_(value)
-
-    def _one_input_sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> Tensor | None:
-        """A few inputs of ``batch`` that ``pl_module(sample)`` accepts, or ``None``."""
-        if type(pl_module).forward is pl.LightningModule.forward or not accepts_one_input(pl_module.forward):
-            return None
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or compat.is_compiled(pl_module):
-            return None
-        parts = self.split_batch(trainer, batch)
-        if parts is None or not isinstance(parts.inputs, Tensor) or parts.inputs.dim() == 0 or not len(parts.inputs):
-            return None
-        return parts.inputs[: self.stochastic_samples]
 
     # ---- mode.grad_in_eval -----------------------------------------------------------------
 
@@ -962,30 +958,35 @@ class ModeGuardCallback(SanityCallback):
 
     # ---- mode.stochastic_eval --------------------------------------------------------------
 
-    def _check_stochastic_eval(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
-        if type(pl_module).forward is pl.LightningModule.forward or not accepts_one_input(pl_module.forward):
+    def _check_stochastic_eval(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, call: ForwardCall | None
+    ) -> None:
+        """Replay the step's forward call on a few samples twice (three times if they differ), RNG forked."""
+        if call is None:
+            self._cannot_replay(trainer, "the step called neither the LightningModule nor one of its direct children")
             return
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or compat.is_compiled(pl_module):
-            return  # sharded strategies run collectives in forward; compiled models would recompile for the sample
-        parts = self.split_batch(trainer, batch)
-        if parts is None or not isinstance(parts.inputs, Tensor) or parts.inputs.dim() == 0 or not len(parts.inputs):
+        args, kwargs = call.head(self.stochastic_samples)
+        device = next((t.device for t in tensors_in((args, kwargs))), pl_module.device)
+        if device.type not in ("cpu", "cuda"):
             return
-        sample = parts.inputs[: self.stochastic_samples]
-        if sample.device.type not in ("cpu", "cuda"):
+        try:
+            with forked_rng(), torch.no_grad(), _ActivationRecorder(call.module) as recorder:
+                start = _RngState(device)
+                first = output_tensors(call.run(args, kwargs))
+                second = output_tensors(call.run(args, kwargs))
+                difference = relative_difference(first, second)
+                if difference <= _DIFFERENT_OUTPUTS:
+                    return
+                start.restore()
+                replay = output_tensors(call.run(args, kwargs))
+        except Exception as error:  # the sliced replay may not fit the module: say so
+            self._cannot_replay(trainer, f"replaying `{call.name or type(pl_module).__name__}` raised {error!r}")
             return
-        with forked_rng(), torch.no_grad(), _ActivationRecorder(pl_module) as recorder:
-            start = _RngState(sample.device)
-            first = output_tensors(pl_module(sample))
-            second = output_tensors(pl_module(sample))
-            difference = relative_difference(first, second)
-            if difference <= _DIFFERENT_OUTPUTS:
-                return
-            start.restore()
-            replay = output_tensors(pl_module(sample))
         if relative_difference(first, replay) > _SAME_OUTPUTS:
             log.debug("ModeGuardCallback: forward is not reproducible with the same RNG state (stateful?); skipped")
             return
-        sources = recorder.random_sources()
+        samples = min((t.shape[0] for t in tensors_in((args, kwargs)) if t.ndim > 0), default=1)
+        sources = [(_qualified(call.name, name), kind) for name, kind in recorder.random_sources()]
         culprit = (
             f"the randomness starts in {', '.join(f'`{n or type(pl_module).__name__}` ({t})' for n, t in sources[:3])}"
             if sources
@@ -995,7 +996,7 @@ class ModeGuardCallback(SanityCallback):
             trainer,
             "mode.stochastic_eval",
             Severity.ERROR,
-            f"With every dropout/BatchNorm layer in eval mode, two forward passes of {len(sample)} {stage_of(trainer)} "
+            f"With every dropout/BatchNorm layer in eval mode, two forward passes of {samples} {stage_of(trainer)} "
             f"samples give different outputs (relative difference {difference:.3g}); {culprit}.",
             "Make evaluation deterministic: pass training=self.training to F.dropout/F.alpha_dropout, guard random "
             "sampling with `if self.training`. If the model is random on purpose (MC dropout, stochastic depth, VAE "
@@ -1003,10 +1004,28 @@ class ModeGuardCallback(SanityCallback):
             subject="forward",
             evidence={
                 "relative_difference": difference,
-                "samples": len(sample),
+                "samples": samples,
+                "module": call.name or type(pl_module).__name__,
                 "sources": [{"module": n, "type": t} for n, t in sources[:_NAMES_SHOWN]],
             },
         )
+
+    def _cannot_replay(self, trainer: pl.Trainer, reason: str) -> None:
+        self.record(
+            trainer,
+            "sanity.skipped",
+            Severity.INFO,
+            f"ModeGuardCallback could not run the mode.stochastic_eval check: {reason}.",
+            "Call the model (`self(x)` or a direct child module such as `self.model(x)`) in the evaluation step so "
+            "the check can replay that call on a few samples.",
+            subject="mode.stochastic_eval",
+            evidence={"reason": reason},
+        )
+
+
+def _qualified(prefix: str, name: str) -> str:
+    """``name`` relative to the LightningModule, for a module named relative to its child ``prefix``."""
+    return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
 class _ActivationRecorder:

@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -37,7 +36,7 @@ from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.confusion import NotClassification, class_scores, output_tensor
 from lightning_sanity.findings import Severity
-from lightning_sanity.observe import ForwardCall, StepObserver, map_tensors
+from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, map_tensors
 from lightning_sanity.rng import forked_rng
 
 log = logging.getLogger("lightning_sanity")
@@ -748,9 +747,8 @@ class ModelChecksCallback(SanityCallback):
         if observer.loss is not None and pl_module.automatic_optimization:
             self._check_loss(trainer, pl_module, observer, observer.loss)
         self._check_layout(trainer, pl_module, call)
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or compat.is_compiled(pl_module):
-            return  # sharded strategies run collectives in forward; a compiled model would recompile for the sample
-        self._check_dependence(trainer, pl_module, call)
+        if can_replay(trainer, pl_module):
+            self._check_dependence(trainer, pl_module, call)
 
     # ---- the image layout ------------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
@@ -58,6 +59,13 @@ def is_own_forward() -> bool:
     return _own_depth > 0
 
 
+def can_replay(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+    """Whether the pack may run extra forward passes of ``pl_module``: not under sharded strategies (FSDP, DeepSpeed
+    run collectives inside ``forward``, which the other ranks would not join) nor on compiled models (a sliced
+    replay would trigger a recompilation)."""
+    return isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) and not compat.is_compiled(pl_module)
+
+
 def map_tensors(value: Any, fn: Callable[[Tensor], Any]) -> Any:
     """Apply ``fn`` to every tensor in nested tuples, lists and mappings; other values are kept as they are."""
     if isinstance(value, Tensor):
@@ -85,7 +93,7 @@ class ForwardCall:
     Attributes:
         module: The module that was called (the LightningModule or one of its direct children).
         name: Its attribute name: ``""`` for the LightningModule itself, e.g. ``"model"`` for a child.
-        args: Private (cloned, detached) copies of the positional arguments.
+        args: Private (cloned, detached) copies of the positional arguments (detached views with ``copy_args=False``).
         kwargs: Private copies of the keyword arguments.
         output: What the call returned, tensors detached; ``None`` until the call returned (or if it raised).
         returned: Whether the call has finished.
@@ -102,6 +110,22 @@ class ForwardCall:
         """The tensors among the arguments, positional first."""
         return tensors_in((self.args, self.kwargs))
 
+    def head(self, samples: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The recorded arguments cut to their first ``samples`` samples, to replay the call cheaply.
+
+        The batch size is dim 0 of the first tensor argument; only tensors whose dim 0 is that size are sliced (a
+        mask, a lookup table or a scalar is passed as it is).
+        """
+        first = next((tensor for tensor in self.tensors() if tensor.ndim > 0), None)
+        if first is None:
+            return self.args, self.kwargs
+        batch_size = first.shape[0]
+
+        def cut(tensor: Tensor) -> Tensor:
+            return tensor[:samples] if tensor.ndim > 0 and tensor.shape[0] == batch_size else tensor
+
+        return map_tensors(self.args, cut), map_tensors(self.kwargs, cut)
+
     def run(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
         """Call the module again (as the pack's own pass) with these arguments, by default the recorded ones."""
         with own_forward():
@@ -114,11 +138,27 @@ class StepObserver:
     Args:
         pl_module: The LightningModule whose step is watched.
         max_calls: Keep at most this many top-level calls (a step calls its model once or a few times).
+        keep_child_outputs: Also keep the (detached) outputs of the direct children that a top-level call of the
+            LightningModule ran, e.g. the head's logits when ``forward`` returns something else.
+        copy_args: Keep private copies of the arguments (to replay the call). ``False`` keeps detached views: no
+            copy per step, for a caller that only reads their shapes.
     """
 
-    def __init__(self, pl_module: pl.LightningModule, max_calls: int = 4) -> None:
+    _CHILD_OUTPUTS_KEPT = 16
+
+    def __init__(
+        self,
+        pl_module: pl.LightningModule,
+        max_calls: int = 4,
+        keep_child_outputs: bool = False,
+        copy_args: bool = True,
+    ) -> None:
         self.max_calls = max_calls
+        self._copy = _private_copy if copy_args else _detached
         self.calls: list[ForwardCall] = []
+        self.child_outputs: list[Any] = []
+        """With ``keep_child_outputs``: outputs of direct children called inside a top-level call, in call order."""
+        self._keep_child_outputs = keep_child_outputs
         self.loss: Tensor | None = None
         """The loss ``training_step`` returned (detached), once :meth:`note_loss` was given it."""
         self._names: dict[int, str] = {id(pl_module): ""}
@@ -167,7 +207,7 @@ class StepObserver:
             return
         self._depth += 1
         if self._depth == 1 and len(self.calls) < self.max_calls:
-            copy = _private_copy
+            copy = self._copy
             self.calls.append(ForwardCall(module, self._names[id(module)], copy(args), copy(kwargs)))
 
     def _after(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
@@ -177,6 +217,18 @@ class StepObserver:
         if self._depth == 0 and self.calls and self.calls[-1].module is module and not self.calls[-1].returned:
             self.calls[-1].output = map_tensors(output, Tensor.detach)
             self.calls[-1].returned = True
+        elif self._keeps_child_output(module):
+            self.child_outputs.append(map_tensors(output, Tensor.detach))
+
+    def _keeps_child_output(self, module: nn.Module) -> bool:
+        """A direct child returned inside the LightningModule's call (a recursive call of the module is not kept)."""
+        nested = self._depth > 0 and self._names[id(module)] != ""
+        return self._keep_child_outputs and nested and len(self.child_outputs) < self._CHILD_OUTPUTS_KEPT
+
+
+def _detached(value: Any) -> Any:
+    """Detached views, no copy: enough to read shapes (a replay would see in-place edits made by forward)."""
+    return map_tensors(value, Tensor.detach)
 
 
 def _private_copy(value: Any) -> Any:

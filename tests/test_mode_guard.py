@@ -21,7 +21,6 @@ from lightning_sanity.mode_guard import (
     NORMALIZATION,
     STOCHASTIC,
     Checksums,
-    accepts_one_input,
     describe_modules,
     innermost_sources,
     mode_kind,
@@ -430,12 +429,6 @@ def test_innermost_sources_keeps_the_deepest_module() -> None:
     assert innermost_sources(["net.3.drop", "net.3", "net", ""]) == ["net.3.drop"]
     assert innermost_sources(["", "head"]) == ["head"]
     assert innermost_sources([""]) == [""]
-
-
-def test_accepts_one_input() -> None:
-    assert accepts_one_input(lambda x: x) and accepts_one_input(lambda x, mask=None: x)
-    assert accepts_one_input(lambda *args: args)
-    assert not accepts_one_input(lambda x, y: x) and not accepts_one_input(lambda *, x: x)
 
 
 def test_relative_difference_and_checksums() -> None:
