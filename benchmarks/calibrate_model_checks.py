@@ -493,6 +493,13 @@ def _digit_arrays(seed: int, size: int) -> Tensor:
     return torch.stack([data[int(i)][0] for i in order]).permute(0, 2, 3, 1)
 
 
+def _collapsed_digits(seed: int) -> Tensor:
+    """The demo's bug: digits after ``ToTensor`` normalised with 0-255 ImageNet constants (each channel ~ -2.1 with a
+    spread of a few thousandths, a different offset per channel)."""
+    mean, std = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.395, 57.12, 57.375])
+    return (_digit_arrays(seed, 12) - mean) / std
+
+
 def _stripes(seed: int) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     time_axis, frequency = torch.linspace(0, 20, 32), torch.linspace(0, 5, 32)
@@ -514,6 +521,7 @@ LAYOUTS: list[tuple[str, Callable[[int], Tensor]]] = [
     ("photo crops 224 px from 400", lambda seed: _photo_crops(seed, 224, 400)),
     ("digits RGB 32 px (PIL)", lambda seed: _digit_arrays(seed, 32)),
     ("digits RGB 8 px (PIL)", lambda seed: _digit_arrays(seed, 8)),
+    ("digits RGB 12 px, 0-255 Normalize constants (collapsed)", _collapsed_digits),
     ("3-channel spectrogram-like stripes", _stripes),
     ("white noise", lambda seed: _noise(seed, smooth=False)),
     ("smooth noise (random walk)", lambda seed: _noise(seed, smooth=True)),

@@ -340,12 +340,16 @@ def _reading(
 # ---- image layout ---------------------------------------------------------------------------------------------
 
 
-def _roughness(images: Tensor) -> float:
-    """Mean absolute difference between neighbouring pixels after standardising each channel over the batch."""
+def _standardised(images: Tensor) -> Tensor:
+    """Each channel of ``[N, C, H, W]`` images shifted and scaled to mean 0, std 1 over the batch."""
     images = images.float()
-    standard = (images - images.mean((0, 2, 3), keepdim=True)) / (images.std((0, 2, 3), keepdim=True) + 1e-6)
-    horizontal = (standard[..., :, 1:] - standard[..., :, :-1]).abs().mean()
-    vertical = (standard[..., 1:, :] - standard[..., :-1, :]).abs().mean()
+    return (images - images.mean((0, 2, 3), keepdim=True)) / (images.std((0, 2, 3), keepdim=True) + 1e-6)
+
+
+def _roughness(images: Tensor) -> float:
+    """Mean absolute difference between neighbouring pixels."""
+    horizontal = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    vertical = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
     return float(horizontal + vertical)
 
 
@@ -369,7 +373,9 @@ def layout_ratio(images: Tensor) -> float | None:
     batch, channels, height, width = images.shape
     if height < 8 or width < 8:
         return None
-    images = images.detach()[:LAYOUT_SAMPLES]
+    # Both readings are of the same channel-standardised memory: per-channel offsets and scales (Normalize constants,
+    # a collapsed input) must not make one reading look smoother than the other.
+    images = _standardised(images.detach()[:LAYOUT_SAMPLES])
     observed = _roughness(images)
     if not math.isfinite(observed) or observed == 0:
         return None

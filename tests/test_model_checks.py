@@ -569,6 +569,14 @@ def test_natural_photos_and_permuted_arrays_are_healthy(make_trainer: Any) -> No
     )
 
 
+def test_collapsed_inputs_with_per_channel_offsets_are_not_read_as_a_scrambled_layout(make_trainer: Any) -> None:
+    """The demo's bug: 0-255 Normalize constants after ToTensor give each channel its own offset, -2.1 ± 0.005; that
+    is input.collapsed, not a layout problem."""
+    collapsed = T.Compose([T.ToTensor(), T.Normalize([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])])
+    loader = DataLoader(DigitImages(collapsed, size=12), batch_size=32, shuffle=True)
+    quiet(fit(make_trainer, Net(SmallCNN(10, width=8)), loader))
+
+
 class RaisesAfterForward(Net):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         self(batch[0])
