@@ -174,7 +174,7 @@ def split_shift(seeds: Sequence[int]) -> list[Row]:
     return rows
 
 
-def collapse(seeds: Sequence[int]) -> list[Row]:
+def collapse() -> list[Row]:
     rows: list[Row] = []
     variants = {
         "digits 0-1 (ToTensor)": ("healthy", T.ToTensor()),
@@ -363,7 +363,7 @@ def main() -> None:
     if "collapse" in args.checks:
         report(
             "input.collapsed: min over channels of std/|mean| per batch",
-            collapse(seeds),
+            collapse(),
             "min std/|mean|",
             COLLAPSE_RATIO,
             False,
