@@ -43,6 +43,9 @@ IMBALANCE_MIN_SAMPLES = 100
 _SHOWN = 8  # channels listed in messages and evidence
 _FIGURE_SAMPLES = 64
 """Inputs per split kept (on figure epochs only) for the histogram and sample-grid figures."""
+EPOCH_VALUES_PER_CHANNEL = 4096
+"""Values per channel and batch that feed the epoch statistics (fixed pseudo-random positions, every sample); a
+32x32 RGB batch of 32 has 32,768 per channel. The first ``check_batches`` batches are judged on every value."""
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,13 @@ def _host(summary: ChannelSummary) -> ChannelSummary:
 
 
 class ChannelStats(Metric):
-    """Exact per-channel count, sum, sum of squares, min, max and non-finite count of float inputs over an epoch.
+    """Per-channel count, sum, sum of squares, min, max and non-finite count of float inputs over an epoch.
 
-    Sized on the first update; a later batch with a different channel count is ignored.
+    Sized on the first update; a later batch with a different channel count is ignored. Batches with more than
+    ``values_per_channel`` values per channel contribute the values at fixed pseudo-random positions (the same
+    for every batch, all samples, at least one position each): an unbiased sample whose cost does not grow with the
+    image size. Non-finite values are detected in every value (the sum of ``0 * value`` per channel is NaN then):
+    a channel with any NaN/Inf counts at least one non-finite value.
 
     Example::
 
@@ -159,8 +166,10 @@ class ChannelStats(Metric):
     maximum: Tensor
     non_finite: Tensor
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, values_per_channel: int = EPOCH_VALUES_PER_CHANNEL, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.values_per_channel = values_per_channel
+        self._positions: dict[tuple[int, int, torch.device], Tensor] = {}
         self.add_state("samples", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         for state, reduce in (
             ("count", "sum"),
@@ -182,14 +191,31 @@ class ChannelStats(Metric):
             self.maximum = view.new_full((channels,), -math.inf, dtype=torch.float64)
         elif self.count.numel() != channels:
             return
-        moments = batch_moments(view)
-        self.samples += moments.samples
+        sampled = self._sampled(view)
+        moments = batch_moments(sampled)
+        non_finite = moments.non_finite
+        if sampled is not view:  # 0 * NaN/Inf is NaN, 0 * any finite value is 0: no overflow, one cheap pass
+            missed = torch.isnan((view * 0).sum((0, 2))) & (non_finite == 0)
+            non_finite = non_finite + missed.double()
+        self.samples += view.shape[0]
         self.count += moments.count
         self.total += moments.total
         self.total_sq += moments.total_sq
         self.minimum = torch.minimum(self.minimum, moments.minimum)
         self.maximum = torch.maximum(self.maximum, moments.maximum)
-        self.non_finite += moments.non_finite
+        self.non_finite += non_finite
+
+    def _sampled(self, view: Tensor) -> Tensor:
+        samples, _, values = view.shape
+        per_sample = max(1, self.values_per_channel // max(samples, 1))
+        if per_sample >= values:
+            return view
+        key = (values, per_sample, view.device)
+        if key not in self._positions:  # own generator: the user's random streams are never touched
+            generator = torch.Generator().manual_seed(values)
+            positions = torch.randperm(values, generator=generator)[:per_sample].sort().values
+            self._positions[key] = positions.to(view.device)
+        return view.index_select(2, self._positions[key])
 
     def compute(self) -> dict[str, Tensor]:
         return {state: getattr(self, state) for state in self._defaults}

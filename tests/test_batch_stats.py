@@ -433,6 +433,25 @@ def test_channel_stats_metric_is_exact_and_skips_mismatched_batches() -> None:
     assert single.summary().mean.tolist() == [2.0] and single.summary().std.tolist() == [1.0]
 
 
+def test_channel_stats_of_large_batches_sample_values_but_see_every_non_finite_one() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(32, 3, 64, 64, generator=generator) * torch.tensor([1.0, 0.5, 0.1]).view(1, 3, 1, 1)
+    stats = ChannelStats(values_per_channel=4096)
+    stats.update(channel_view(images))  # type: ignore[arg-type]
+    summary = stats.summary()
+    assert summary.count.tolist() == [4096] * 3 and summary.samples == 32  # 128 positions of each of 32 images
+    torch.testing.assert_close(summary.mean, torch.tensor([0.5, 0.25, 0.05], dtype=torch.float64), rtol=0.03, atol=0)
+    torch.testing.assert_close(
+        summary.std, torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64) / 12**0.5, rtol=0.03, atol=0
+    )
+    sampled = stats._positions[(64 * 64, 128, images.device)]
+    outside = next(position for position in range(64 * 64) if position not in set(sampled.tolist()))
+    images[7, 1].view(-1)[outside] = math.nan
+    stats.reset()
+    stats.update(channel_view(images))  # type: ignore[arg-type]
+    assert stats.summary().non_finite.tolist() == [0, 1, 0]
+
+
 def test_class_counts_ignores_out_of_range_labels() -> None:
     counts = ClassCounts(capacity=4)
     counts.update(torch.tensor([0, 0, 3, -100, 7]))
