@@ -18,13 +18,15 @@ the report files written, as in a real run) and use one torch thread, for repeat
 validation run (weight checksums, epoch-end judgements) is spread over the steps of an epoch: with the short epochs
 here (32-43 training steps) that inflates the per-step figure compared with real epochs of hundreds of steps.
 
-The script also measures two scale properties: ConfusionCallback's state on a 50,000-class head and
+It also times the CPU spent inside the pack's hooks during one fit (a direct per-step measurement), and two scale
+properties: ConfusionCallback's state on a 50,000-class head and
 GradientFlowCallback's per-step cost on a 100-layer MLP.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import io
 import logging
@@ -35,6 +37,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -45,6 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms as T
 
 import lightning_sanity as ls
+import lightning_sanity.base as ls_base
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN
 
 MEAN, STD = (0.1, 0.1, 0.1), (0.25, 0.25, 0.25)
@@ -153,6 +157,37 @@ def overhead_table(repeats: int, short: int, long: int) -> None:
         print(overhead_row(program, short, long, repeats), flush=True)
 
 
+def time_in_hooks(program: Program, epochs: int) -> None:
+    """CPU time spent inside the pack's own hooks during one fit, per callback and hook: a direct measurement that
+    does not depend on subtracting two noisy fits (it leaves out forward/backward hooks the pack registers)."""
+    spent: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+    run_isolated = ls_base._run_isolated
+
+    def timed(callback: Any, hook: Any, trainer: pl.Trainer, args: tuple, kwargs: dict) -> Any:
+        start = time.process_time()
+        try:
+            return run_isolated(callback, hook, trainer, args, kwargs)
+        finally:
+            key = f"{type(callback).__name__}.{hook.__name__}"
+            spent[key] += time.process_time() - start
+            calls[key] += 1
+
+    ls_base._run_isolated = timed  # every hook of every sanity callback runs through this one function
+    try:
+        total = cpu_seconds_of_fit(program, epochs, with_pack=True)
+    finally:
+        ls_base._run_isolated = run_isolated
+    steps = program.train_batches * epochs
+    print(f"\n### CPU time inside the pack's hooks: {program.name}, {epochs} epochs ({steps} training steps)")
+    print(
+        f"fit {total:.2f} s, in hooks {sum(spent.values()):.3f} s = {sum(spent.values()) / steps * 1e3:.2f} ms per step"
+    )
+    print("| hook | calls | total | per call |\n|---|---|---|---|")
+    for key, seconds in spent.most_common(8):
+        print(f"| {key} | {calls[key]} | {seconds * 1e3:.1f} ms | {seconds / calls[key] * 1e3:.3f} ms |")
+
+
 def confusion_at_scale(num_classes: int = 50_000) -> None:
     train, val = synthetic(4, 64, num_classes, (32,))
     callback = ls.ConfusionCallback()
@@ -204,6 +239,7 @@ def main() -> None:
     print(f"machine: {cpu}, 1 torch thread, torch {torch.__version__}, lightning {pl.__version__}")
     if not args.skip_overhead:
         overhead_table(args.repeats, *args.epochs)
+    time_in_hooks(PROGRAMS[0], epochs=4)
     confusion_at_scale()
     gradient_flow_deep_mlp(*args.epochs)
 
