@@ -22,16 +22,17 @@ import contextlib
 import io
 import logging
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms as T
@@ -40,8 +41,20 @@ from lightning_sanity import ConfusionCallback, ModeGuardCallback, Severity, col
 from lightning_sanity.confusion import ONE_CLASS_SHARE, EpochEvidence, binomial_noise, has_learning_signal
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 
+# The programs the tests assert on are the ones calibrated here: one definition, in tests/test_learnability.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_learnability import (
+    NORMALIZED,
+    Blind,
+    FrozenBackbone,
+    PlainSGD,
+    Regressor,
+    deep_plain,
+    flipped,
+    rare_positives,
+)
+
 VERDICTS = {"eval.chance_level", "eval.prediction_collapse", "eval.imbalance_masked", "eval.loss_at_chance"}
-NORMALIZED = T.Compose([T.ToTensor(), T.Normalize([0.3] * 3, [0.32] * 3)])
 
 
 class Relabelled(Dataset):
@@ -57,86 +70,11 @@ class Relabelled(Dataset):
         return self.base[index][0], int(self.labels[index])
 
 
-class PlainSGD(Classifier):
-    """SGD without momentum: the slow learner."""
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-class Blind(Classifier):
-    """Multiplies its input by zero before the network: outputs do not depend on the input."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x * 0)
-
-
 class ConstantInput(Classifier):
     """Feeds a constant tensor instead of the batch."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(torch.ones_like(x))
-
-
-class Regressor(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = mlp(12, 1)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        return F.mse_loss(self.net(x).squeeze(1), y)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        prediction = self.net(x).squeeze(1)
-        self.log("val_mse", F.mse_loss(prediction, y))
-        return prediction
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
-
-
-def pretrained_cnn(epochs: int = 2) -> SmallCNN:
-    """A SmallCNN trained on the digit images by a plain loop, as a backbone to fine-tune."""
-    net = SmallCNN(10)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(epochs):
-        for x, y in DataLoader(DigitImages(NORMALIZED, "train", size=16), batch_size=64, shuffle=True):
-            optimizer.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            optimizer.step()
-    return net
-
-
-class FrozenBackbone(Classifier):
-    """Fine-tuning: a trained convolutional backbone frozen and kept in eval mode, a new head trains."""
-
-    def __init__(self) -> None:
-        super().__init__(pretrained_cnn(), lr=3e-3)
-        self.net[-1].reset_parameters()
-        self.backbone = list(self.net)[:8]
-        for layer in self.backbone:
-            layer.requires_grad_(False)
-
-    def on_train_epoch_start(self) -> None:
-        for layer in self.backbone:
-            layer.eval()
-
-
-def deep_plain(depth: int, activation: type[nn.Module], width: int = 32) -> nn.Sequential:
-    """A deep MLP without normalisation layers: on plain SGD it sits on the ln(C) plateau, then learns."""
-    layers: list[nn.Module] = [nn.Linear(64, width), activation()]
-    for _ in range(depth - 2):
-        layers += [nn.Linear(width, width), activation()]
-    return nn.Sequential(*layers, nn.Linear(width, 10))
-
-
-def rare_positives(n: int, seed: int) -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(4000 + seed)
-    x = torch.randn(n, 8, generator=generator)
-    probability = torch.sigmoid(4.0 * x[:, 0] - 7.0)
-    return x, (torch.rand(n, generator=generator) < probability).long()
 
 
 def tabular(x: Tensor, y: Tensor, batch_size: int = 32, shuffle: bool = True) -> DataLoader:
@@ -153,12 +91,6 @@ def random_labels(seed: int, classes: int, n: int) -> np.ndarray:
 
 def permuted(labels: Any, seed: int) -> np.ndarray:
     return np.random.default_rng(2000 + seed).permutation(np.asarray(labels))
-
-
-def flipped(labels: Tensor, share: float, classes: int, seed: int) -> Tensor:
-    generator = torch.Generator().manual_seed(3000 + seed)
-    flip = torch.rand(len(labels), generator=generator) < share
-    return torch.where(flip, torch.randint(0, classes, labels.shape, generator=generator), labels)
 
 
 Built = tuple[pl.LightningModule, DataLoader, DataLoader]
