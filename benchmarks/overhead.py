@@ -184,7 +184,7 @@ def time_in_hooks(program: Program, epochs: int) -> None:
         f"fit {total:.2f} s, in hooks {sum(spent.values()):.3f} s = {sum(spent.values()) / steps * 1e3:.2f} ms per step"
     )
     print("| hook | calls | total | per call |\n|---|---|---|---|")
-    for key, seconds in spent.most_common(8):
+    for key, seconds in spent.most_common(14):
         print(f"| {key} | {calls[key]} | {seconds * 1e3:.1f} ms | {seconds / calls[key] * 1e3:.3f} ms |")
 
 
