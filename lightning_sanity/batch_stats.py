@@ -20,6 +20,7 @@ from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import input_histogram_figure, sample_grid_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
+from lightning_sanity.observe import dataloader_label
 from lightning_sanity.pipelines import find_normalize
 
 IMAGE_MAX = 50.0
@@ -361,7 +362,7 @@ def _channel_list(values: Tensor, channels: Sequence[int] | None = None) -> list
 class BatchStatsCallback(SanityCallback):
     """What enters the model: per-split input statistics and the target distribution.
 
-    Per split (``train``, ``val``, ``test``; further val/test dataloaders as ``val_dl1`` ...) it
+    Per split (``train``, ``val``, ``test``; further val/test dataloaders as ``val/dataloader_idx_1`` ...) it
     accumulates exact per-channel statistics of float inputs with a torchmetrics metric (channel =
     dim 1 of >= 3-D inputs, the last dim of 2-D inputs) and logs them each epoch as
     ``sanity/batch_stats/<split>/{mean,std,min,max}_c<i>`` and ``.../non_finite_fraction``. The first
@@ -456,13 +457,13 @@ class BatchStatsCallback(SanityCallback):
     def on_validation_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._observe(trainer, batch, "val", _label("val", dataloader_idx))
+        self._observe(trainer, batch, "val", dataloader_label("val", dataloader_idx))
 
     @override
     def on_test_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._observe(trainer, batch, "test", _label("test", dataloader_idx))
+        self._observe(trainer, batch, "test", dataloader_label("test", dataloader_idx))
 
     def _observe(self, trainer: pl.Trainer, batch: Any, split: str, label: str) -> None:
         parts = self.split_batch(trainer, batch)
@@ -819,12 +820,8 @@ class BatchStatsCallback(SanityCallback):
         log_scalars(trainer, metrics)
 
 
-def _label(split: str, dataloader_idx: int) -> str:
-    return split if dataloader_idx == 0 else f"{split}_dl{dataloader_idx}"
-
-
 def _labels_of(labels: Any, split: str) -> list[str]:
-    return [label for label in labels if label == split or label.startswith(f"{split}_dl")]
+    return [label for label in labels if label == split or label.startswith(f"{split}/")]
 
 
 def _rest_scale(summary: ChannelSummary, channels: Sequence[int]) -> str:

@@ -23,7 +23,7 @@ from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
-from lightning_sanity.observe import ForwardCall, StepObserver, own_forward
+from lightning_sanity.observe import ForwardCall, StepObserver, dataloader_label, own_forward
 from lightning_sanity.rng import forked_rng
 
 OUTPUT_KEYS = ("logits", "preds", "y_hat", "outputs")
@@ -1067,7 +1067,7 @@ class ConfusionCallback(SanityCallback):
                 values = counts.compute()
             counts.reset()
             eval_loss = self._read_eval_loss(split, loader)
-            label = split if loader == 0 else f"{split}/dataloader_idx_{loader}"
+            label = dataloader_label(split, loader)
             summary = ConfusionSummary.from_counts(values["true_positives"], values["predicted"], values["actual"])
             if summary.total == 0:
                 continue

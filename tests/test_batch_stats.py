@@ -367,7 +367,7 @@ def test_multiple_val_dataloaders_are_compared_to_train_one_by_one(make_trainer:
     assert problems(trainer) == []
     trainer = fit(make_trainer, MultiVal(SmallCNN(10, width=4)), loaders[0], [healthy, forgot_normalize])
     [shift] = [f for f in problems(trainer) if f.code == "input.split_shift"]
-    assert shift.subject == "val_dl1" and "val_dl1" in shift.message
+    assert shift.subject == "val/dataloader_idx_1" and "val/dataloader_idx_1" in shift.message
 
 
 def test_validate_after_fit_compares_with_the_training_epoch(make_trainer: Any) -> None:
