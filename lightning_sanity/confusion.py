@@ -19,7 +19,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity import compat
-from lightning_sanity.base import SanityCallback, is_int, require
+from lightning_sanity.base import SanityCallback, is_int, jsonable, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
@@ -1277,10 +1277,12 @@ class ConfusionCallback(SanityCallback):
         subject: str,
         evidence: dict[str, Any],
     ) -> None:
-        """Record a verdict about learning; one resolved earlier stands again."""
+        """Record a verdict about learning. A repeat keeps the first epoch and its count but shows the latest
+        evidence (the class a collapsed model now predicts, today's accuracy); one resolved earlier stands again."""
         finding = self.record(trainer, code, severity, message, hint, subject=subject, evidence=evidence)
-        if finding.resolved_epoch is not None:
-            self._findings[finding.key] = dataclasses.replace(finding, resolved_epoch=None)
+        if finding.key in self._findings and finding.count > 1:
+            latest = dataclasses.replace(finding, message=message, evidence=jsonable(evidence), resolved_epoch=None)
+            self._findings[finding.key] = latest
 
     def _resolve(self, code: str, subject: str, epoch: int) -> None:
         """A standing verdict about learning stopped holding at ``epoch``: the run broke out of it."""

@@ -172,7 +172,8 @@ def test_majority_only_model_on_imbalanced_data_is_imbalance_masked(make_trainer
     masked = next(f for f in callback.findings if f.code == "eval.imbalance_masked")
     assert masked.evidence["accuracy"] == pytest.approx(2 / 3, abs=0.01)
     assert masked.evidence["balanced_accuracy"] == pytest.approx(0.5, abs=0.01)
-    assert masked.evidence["training"] == "one class throughout"  # every prediction the majority, epochs 0 and 1
+    assert masked.evidence["training"] == "stuck"  # the last validation's story: the train loss sits at the prior
+    assert masked.evidence["balanced_accuracies"] == [0.5] * len(masked.evidence["eval_losses"])
     assert "eval.chance_level" not in codes(trainer)
 
 
