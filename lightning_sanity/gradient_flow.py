@@ -350,17 +350,18 @@ class GradientFlowCallback(SanityCallback):
             with torch.no_grad():
                 grads = [p.grad for p in params if p.grad is not None]
                 weights = [p.detach() for p in params]
-                magnitudes = compat.foreach_abs(grads)  # L1 and max-abs via _foreach_norm are slow on CPU
+                # L1 and max-abs read |grad| (_foreach_norm with ord 1 or inf is several times slower on CPU); the
+                # |grad| buffers then hold the weight snapshot, so a check allocates one model-sized copy, not two
+                magnitudes = compat.foreach_abs(grads)
                 norms = [
                     compat.foreach_norm(grads, 2, dtype=torch.float32),
                     [m.sum(dtype=torch.float32) for m in magnitudes],
                     [m.amax().float() for m in magnitudes],
                     compat.foreach_norm(weights, 2, dtype=torch.float32),
                 ]
-                del magnitudes
                 device = weights[0].device
                 grad_stats = torch.stack([torch.stack([value.to(device) for value in n]) for n in norms])
-                snapshot = [w.clone() for w in weights]
+                snapshot = _snapshot(weights, magnitudes)
         group_lrs = [float(group.get("lr", 0.0)) for group in optimizer.param_groups]
         return _PendingCheck(
             index, step, infos, params, lrs, group_lrs, _group_peaks(optimizer), grad_stats, snapshot, without_grad
@@ -958,6 +959,16 @@ def _plain_tensor_kind(tensor: Tensor) -> str:
 def _anonymous(param: Tensor, number: int) -> _ParamInfo:
     """A parameter the optimizer holds but the LightningModule does not (e.g. a loss module kept outside)."""
     return _ParamInfo(f"param{number}", "(outside the model)", None, param.numel(), False)
+
+
+def _snapshot(weights: Sequence[Tensor], buffers: Sequence[Tensor]) -> list[Tensor]:
+    """Copies of ``weights``, written into ``buffers`` (spare tensors of their shapes) where dtype and device match."""
+    return [
+        buffer.copy_(weight)
+        if (buffer.dtype, buffer.device, buffer.shape) == (weight.dtype, weight.device, weight.shape)
+        else weight.clone()
+        for weight, buffer in zip(weights, buffers, strict=True)
+    ]
 
 
 def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
