@@ -351,7 +351,8 @@ class GradientFlowCallback(SanityCallback):
                 grads = [p.grad for p in params if p.grad is not None]
                 weights = [p.detach() for p in params]
                 # L1 and max-abs read |grad| (_foreach_norm with ord 1 or inf is several times slower on CPU); the
-                # |grad| buffers then hold the weight snapshot, so a check allocates one model-sized copy, not two
+                # |grad| buffers (a gradient has its parameter's shape, dtype and device) then hold the weight
+                # snapshot, so a check allocates one model-sized copy, not two
                 magnitudes = compat.foreach_abs(grads)
                 norms = [
                     compat.foreach_norm(grads, 2, dtype=torch.float32),
@@ -361,7 +362,7 @@ class GradientFlowCallback(SanityCallback):
                 ]
                 device = weights[0].device
                 grad_stats = torch.stack([torch.stack([value.to(device) for value in n]) for n in norms])
-                snapshot = _snapshot(weights, magnitudes)
+                snapshot = [buffer.copy_(weight) for buffer, weight in zip(magnitudes, weights, strict=True)]
         group_lrs = [float(group.get("lr", 0.0)) for group in optimizer.param_groups]
         return _PendingCheck(
             index, step, infos, params, lrs, group_lrs, _group_peaks(optimizer), grad_stats, snapshot, without_grad
@@ -959,16 +960,6 @@ def _plain_tensor_kind(tensor: Tensor) -> str:
 def _anonymous(param: Tensor, number: int) -> _ParamInfo:
     """A parameter the optimizer holds but the LightningModule does not (e.g. a loss module kept outside)."""
     return _ParamInfo(f"param{number}", "(outside the model)", None, param.numel(), False)
-
-
-def _snapshot(weights: Sequence[Tensor], buffers: Sequence[Tensor]) -> list[Tensor]:
-    """Copies of ``weights``, written into ``buffers`` (spare tensors of their shapes) where dtype and device match."""
-    return [
-        buffer.copy_(weight)
-        if (buffer.dtype, buffer.device, buffer.shape) == (weight.dtype, weight.device, weight.shape)
-        else weight.clone()
-        for weight, buffer in zip(weights, buffers, strict=True)
-    ]
 
 
 def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
