@@ -238,7 +238,13 @@ def checksums(seeds: Sequence[int]) -> list[Row]:
             with torch.no_grad():
                 model(inputs(4))
                 model(inputs(4))
-            row(f"{name} seed {seed}: two eval forwards", "healthy", before, Checksums.of(watched), "max checksum change")
+            row(
+                f"{name} seed {seed}: two eval forwards",
+                "healthy",
+                before,
+                Checksums.of(watched),
+                "max checksum change",
+            )
             model.load_state_dict(model.state_dict())
             row(
                 f"{name} seed {seed}: state_dict round trip",
