@@ -228,9 +228,10 @@ class ChannelStats(FoldingMetric):
             values = values.clone() if values.data_ptr() == view.data_ptr() else values
             self.queue(_SampledBatch(values, samples, None), values.numel())
             return
-        values = view.reshape(-1).index_select(0, positions).view(channels, -1)
-        # float32 at least: a float16 sum of ordinary pixels overflows to Inf
+        # float32 at least: a float16 sum of ordinary pixels overflows to Inf. This streaming pass first, so that the
+        # gather finds the batch in cache.
         full_sums = view.sum(2, dtype=torch.promote_types(view.dtype, torch.float32))
+        values = view.reshape(-1).index_select(0, positions).view(channels, -1)
         self.queue(_SampledBatch(values, samples, full_sums), values.numel())
 
     @override
