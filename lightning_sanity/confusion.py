@@ -136,7 +136,9 @@ def class_predictions(
     if num_classes is not None and scores.is_floating_point() and scores.shape[1] > 1 and num_classes != classes:
         raise NotClassification(f"the outputs have {classes} classes but num_classes={num_classes}")
     targets = targets.long()
-    valid = (targets >= 0) & (targets < classes) & (predicted >= 0) & (predicted < classes)
+    valid = (targets >= 0) & (targets < classes)
+    if not scores.is_floating_point():  # an argmax or a threshold is always a class
+        valid &= (predicted >= 0) & (predicted < classes)
     if ignore_index is not None:
         valid &= targets != ignore_index
     return ClassPredictions(predicted, targets, valid, classes)
@@ -602,9 +604,10 @@ class ProbabilityLoss(Metric):
         return self.total / self.count.clamp(min=1)
 
 
-class EvalLoss(Metric):
+class EvalLoss(FoldingMetric):
     """Mean cross-entropy of the scores against the targets over an evaluation epoch (softmax cross-entropy, or
-    binary cross-entropy of a single logit): the model's own validation loss, whatever loss the user trains with."""
+    binary cross-entropy of a single logit): the model's own validation loss, whatever loss the user trains with.
+    Per batch the per-element losses are queued; their weighted sum is taken when folded."""
 
     full_state_update = False
     total: Tensor
@@ -622,7 +625,12 @@ class EvalLoss(Metric):
             losses = F.binary_cross_entropy_with_logits(scores[:, 0], targets, reduction="none")
         else:
             losses = F.cross_entropy(scores, predictions.targets.clamp(0, scores.shape[1] - 1), reduction="none")
-        weight = predictions.valid.double()
+        self.queue((losses, predictions.valid.clone()), losses.numel())
+
+    @override
+    def _fold(self, pending: list[tuple[Tensor, Tensor]]) -> None:
+        losses, valid = (torch.cat(tensors) for tensors in zip(*pending, strict=True))
+        weight = valid.double()
         self.total += (losses.double() * weight).sum()
         self.count += weight.sum()
 
