@@ -153,6 +153,17 @@ def _finite_moments(values: Tensor, samples: int) -> ChannelSummary:
     )
 
 
+def _checked_moments(view: Tensor) -> ChannelSummary:
+    """:func:`batch_moments` of one judged batch; on CPU (where the host read is free) by :func:`_finite_moments` on a
+    channel-major copy when every value is finite."""
+    if view.device.type == "cpu":
+        values = view.transpose(0, 1).reshape(view.shape[1], -1)
+        values = values.clone() if values.data_ptr() == view.data_ptr() else values
+        if bool(torch.isfinite(values.sum(1)).all()):
+            return _finite_moments(values, view.shape[0])
+    return batch_moments(view)
+
+
 def _host(summary: ChannelSummary) -> ChannelSummary:
     # One stacked copy: a single device-to-host transfer per checked batch.
     stacked = torch.stack(
@@ -565,7 +576,7 @@ class BatchStatsCallback(SanityCallback):
             self._check_first_inputs(trainer, view, split, label)
 
     def _check_first_inputs(self, trainer: pl.Trainer, view: Tensor, split: str, label: str) -> None:
-        summary = _host(batch_moments(view))
+        summary = _host(_checked_moments(view))
         self._judge_inputs(trainer, summary, label, f"batch {self._checked[label] - 1}")
         earlier = self._first_batches.get(label)
         if earlier is None or earlier.channels == summary.channels:
