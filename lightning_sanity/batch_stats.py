@@ -178,9 +178,9 @@ class _SampledBatch(NamedTuple):
     values: Tensor
     """A copy of the batch's sampled values, ``(channels, samples * positions)``."""
     samples: int
-    full_sums: Tensor | None
-    """Per-sample, per-channel sum of every value of the batch, ``(samples, channels)``, non-finite when one of them
-    is (finite float32 values overflow it only above ~1e35 on average); ``None`` when every value was sampled."""
+    full_sum: Tensor | None
+    """Per-channel sum of every value of the batch, non-finite when one of them is (finite float32 values overflow it
+    only above ~1e33 on average); ``None`` when every value was sampled."""
 
 
 class ChannelStats(FoldingMetric):
@@ -239,11 +239,10 @@ class ChannelStats(FoldingMetric):
             values = values.clone() if values.data_ptr() == view.data_ptr() else values
             self.queue(_SampledBatch(values, samples, None), values.numel())
             return
-        # float32 at least: a float16 sum of ordinary pixels overflows to Inf. This streaming pass first, so that the
-        # gather finds the batch in cache.
-        full_sums = view.sum(2, dtype=torch.promote_types(view.dtype, torch.float32))
+        # float32 at least: a float16 sum of ordinary pixels overflows to Inf
+        full_sum = view.sum((0, 2), dtype=torch.promote_types(view.dtype, torch.float32))
         values = view.reshape(-1).index_select(0, positions).view(channels, -1)
-        self.queue(_SampledBatch(values, samples, full_sums), values.numel())
+        self.queue(_SampledBatch(values, samples, full_sum), values.numel())
 
     @override
     def _fold(self, pending: list[_SampledBatch]) -> None:
@@ -257,20 +256,21 @@ class ChannelStats(FoldingMetric):
         values = torch.cat([batch.values for batch in pending], 1) if len(pending) > 1 else pending[0].values
         samples = sum(batch.samples for batch in pending)
         # On CPU a host read is free: take the cheap path when every value is finite (a finite sum says so).
-        if values.device.type == "cpu" and bool(torch.isfinite(values.sum(1)).all()):
-            moments = _finite_moments(values, samples)
-            sampled_finite = [torch.ones(1, dtype=torch.bool, device=values.device)] * len(pending)
-        else:
-            moments = batch_moments(values[None])
-            finite = torch.isfinite(values)
-            sampled_finite = [part.all(1) for part in finite.split([batch.values.shape[1] for batch in pending], 1)]
-        # A batch's NaN/Inf outside its sampled positions counts once in its channel.
-        missed = [
-            ~torch.isfinite(batch.full_sums).all(0) & all_finite
-            for batch, all_finite in zip(pending, sampled_finite, strict=True)
-            if batch.full_sums is not None
-        ]
-        non_finite = moments.non_finite + torch.stack(missed).sum(0) if missed else moments.non_finite
+        all_finite = values.device.type == "cpu" and bool(torch.isfinite(values.sum(1)).all())
+        moments = batch_moments(values[None]) if not all_finite else None
+        full_sums = [batch.full_sum for batch in pending if batch.full_sum is not None]
+        missed = None
+        if full_sums:  # a batch's NaN/Inf outside its sampled positions counts once in its channel
+            missed = ~torch.isfinite(torch.stack(full_sums))
+            if not all_finite:
+                parts = torch.isfinite(values).split([batch.values.shape[1] for batch in pending], 1)
+                sampled = (
+                    part.all(1) for batch, part in zip(pending, parts, strict=True) if batch.full_sum is not None
+                )
+                missed &= torch.stack(list(sampled))
+        if moments is None:
+            moments = _finite_moments(values, samples)  # last: it overwrites the values
+        non_finite = moments.non_finite if missed is None else moments.non_finite + missed.sum(0)
         self.samples += samples
         self.count += moments.count
         self.total += moments.total
