@@ -254,6 +254,8 @@ class ChannelStats(FoldingMetric):
             self.minimum = torch.full((channels,), math.inf, dtype=torch.float64, device=device)
             self.maximum = torch.full((channels,), -math.inf, dtype=torch.float64, device=device)
         values = torch.cat([batch.values for batch in pending], 1) if len(pending) > 1 else pending[0].values
+        if values.dtype.itemsize < 4:  # float16 sums of many batches overflow; float32 holds them exactly
+            values = values.float()
         samples = sum(batch.samples for batch in pending)
         # On CPU a host read is free: take the cheap path when every value is finite (a finite sum says so).
         all_finite = values.device.type == "cpu" and bool(torch.isfinite(values.sum(1)).all())

@@ -502,6 +502,19 @@ def test_channel_stats_folding_queued_batches_equals_judging_them_one_by_one() -
     assert stats.summary().mean.tolist() == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_channel_stats_of_half_precision_batches_fold_without_overflow(dtype: torch.dtype) -> None:
+    """32 queued batches of 4,096 values per channel around 2 sum far beyond float16's 65,504."""
+    generator = torch.Generator().manual_seed(0)
+    stats = ChannelStats()
+    for _ in range(40):
+        stats.update(channel_view((torch.randn(32, 3, 32, 32, generator=generator) * 0.5 + 2).to(dtype)))  # type: ignore[arg-type]
+    summary = stats.summary()
+    assert summary.samples == 40 * 32 and summary.non_finite.tolist() == [0, 0, 0]
+    torch.testing.assert_close(summary.mean, torch.full((3,), 2.0, dtype=torch.float64), rtol=0.01, atol=0)
+    torch.testing.assert_close(summary.std, torch.full((3,), 0.5, dtype=torch.float64), rtol=0.02, atol=0)
+
+
 def test_class_counts_ignores_out_of_range_labels() -> None:
     counts = ClassCounts(capacity=4)
     counts.update(torch.tensor([0, 0, 3, -100, 7]))
