@@ -189,7 +189,7 @@ class ChannelStats(FoldingMetric):
     Sized on the first update; a later batch with a different channel count is ignored. Batches with more than
     ``values_per_channel`` values per channel contribute the values at fixed pseudo-random positions (the same
     for every batch, all samples, at least one position each): an unbiased sample whose cost does not grow with the
-    image size. Non-finite values are detected in every value (a per-sample sum of the channel is NaN/Inf then): a
+    image size. Non-finite values are detected in every value (the batch's sum of the channel is NaN/Inf then): a
     channel with any NaN/Inf counts at least one non-finite value.
     Per batch only the sampled values and that sum are taken (two kernels); the moments of the queued batches are
     taken together (see :class:`~lightning_sanity.folding.FoldingMetric`), equal up to float summation order.
