@@ -284,7 +284,9 @@ class GradientFlowCallback(SanityCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
         index = _optimizer_index(trainer, optimizer)
-        watch = self._watches.setdefault(index, _Watch())
+        watch = self._watches.get(index)
+        if watch is None:  # not setdefault: a _Watch is a dozen containers, and most steps are not checked
+            watch = self._watches[index] = _Watch()
         step, watch.steps = watch.steps, watch.steps + 1
         self._close_reset_window(watch)
         if is_check_step(step, self.dense_steps, self.every_n_steps):
