@@ -8,7 +8,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -40,7 +40,11 @@ _STAGE_NAMES = {
     RunningStage.PREDICTING: "predict",
 }
 
-_HOOK_NAMES = frozenset(name for name in dir(Callback) if name.startswith("on_")) | {"setup", "teardown"}
+EvalSplit = Literal["val", "test", "predict"]
+_EVAL_BATCH_HOOKS = frozenset({"on_eval_batch_start", "on_eval_batch_end"})  # SanityCallback's own, see there
+_HOOK_NAMES = (
+    frozenset(name for name in dir(Callback) if name.startswith("on_")) | {"setup", "teardown"} | _EVAL_BATCH_HOOKS
+)
 _LIFECYCLE_HOOKS = frozenset({"setup", "teardown", "on_exception"})
 _NOT_USER_CODE = ("lightning_sanity", "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities",
                   "torch", "torchmetrics", "contextlib", "functools", "typing_extensions")  # fmt: skip
@@ -285,6 +289,61 @@ class SanityCallback(Callback):
         self._findings = {finding.key: finding for finding in findings}
         for finding in new:
             self._announce(trainer, finding)
+
+    # One hook per batch event for every evaluation split ------------------------------------------------------
+    # Lightning has one batch hook per split and event; checks that treat validation, test and predict batches
+    # alike override these two instead, and name the dataloader with ``dataloader_label(split, dataloader_idx)``.
+
+    def on_eval_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: EvalSplit,
+        dataloader_idx: int,
+    ) -> None:  # fmt: skip
+        """Before every validation, test and predict batch (``split`` is ``"val"``, ``"test"`` or ``"predict"``)."""
+
+    def on_eval_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        split: EvalSplit, dataloader_idx: int,
+    ) -> None:  # fmt: skip
+        """After every validation, test and predict batch, with the step's ``outputs``."""
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self.on_eval_batch_start(trainer, pl_module, batch, batch_idx, "val", dataloader_idx)
+
+    @override
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self.on_eval_batch_start(trainer, pl_module, batch, batch_idx, "test", dataloader_idx)
+
+    @override
+    def on_predict_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self.on_eval_batch_start(trainer, pl_module, batch, batch_idx, "predict", dataloader_idx)
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self.on_eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, "val", dataloader_idx)
+
+    @override
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self.on_eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, "test", dataloader_idx)
+
+    @override
+    def on_predict_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self.on_eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, "predict", dataloader_idx)
 
     def split_batch(self, trainer: pl.Trainer, batch: Any) -> BatchParts | None:
         """The batch's ``(inputs, targets)``, or ``None`` (with one ``sanity.skipped`` INFO) if not understood."""

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_sanity.base import SanityCallback, is_int, require
+from lightning_sanity.base import EvalSplit, SanityCallback, is_int, require
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import input_histogram_figure, sample_grid_figure
 from lightning_sanity.findings import Severity
@@ -544,16 +544,12 @@ class BatchStatsCallback(SanityCallback):
         self._observe(trainer, batch, "train", "train")
 
     @override
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._observe(trainer, batch, "val", dataloader_label("val", dataloader_idx))
-
-    @override
-    def on_test_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._observe(trainer, batch, "test", dataloader_label("test", dataloader_idx))
+    def on_eval_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: EvalSplit,
+        dataloader_idx: int,
+    ) -> None:  # fmt: skip
+        if split != "predict":  # compared with training, split by split; prediction inputs are not judged
+            self._observe(trainer, batch, split, dataloader_label(split, dataloader_idx))
 
     def _observe(self, trainer: pl.Trainer, batch: Any, split: str, label: str) -> None:
         parts = self.split_batch(trainer, batch)

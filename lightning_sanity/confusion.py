@@ -19,7 +19,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity import compat
-from lightning_sanity.base import SanityCallback, is_int, jsonable, require
+from lightning_sanity.base import EvalSplit, SanityCallback, is_int, jsonable, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.folding import FOLD_BATCHES, FoldingMetric
@@ -805,16 +805,12 @@ class ConfusionCallback(SanityCallback):
         super().on_exception(trainer, pl_module, exception)
 
     @override
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._start_capture(trainer, pl_module)
-
-    @override
-    def on_test_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._start_capture(trainer, pl_module)
+    def on_eval_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: EvalSplit,
+        dataloader_idx: int,
+    ) -> None:  # fmt: skip
+        if split != "predict":  # prediction batches come without targets
+            self._start_capture(trainer, pl_module)
 
     @override
     def on_train_batch_start(
@@ -824,28 +820,12 @@ class ConfusionCallback(SanityCallback):
             self._start_capture(trainer, pl_module)
 
     @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._observe(trainer, pl_module, "val", outputs, batch, dataloader_idx)
-
-    @override
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._observe(trainer, pl_module, "test", outputs, batch, dataloader_idx)
+    def on_eval_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        split: EvalSplit, dataloader_idx: int,
+    ) -> None:  # fmt: skip
+        if split != "predict":
+            self._observe(trainer, pl_module, split, outputs, batch, dataloader_idx)
 
     @override
     def on_train_batch_end(

@@ -40,7 +40,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_sanity import compat
-from lightning_sanity.base import SanityCallback, require, stage_of
+from lightning_sanity.base import EvalSplit, SanityCallback, require, stage_of
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.findings import Severity
 from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, tensors_in
@@ -700,57 +700,17 @@ class ModeGuardCallback(SanityCallback):
         return [m.register_forward_hook(note_grad_mode) for m in trainable]
 
     @override
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._eval_batch_start(trainer, pl_module, batch, batch_idx, check_stochastic=True)
+    def on_eval_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: EvalSplit,
+        dataloader_idx: int,
+    ) -> None:  # fmt: skip
+        self._eval_batch_start(trainer, pl_module, batch, batch_idx, check_stochastic=split != "predict")
 
     @override
-    def on_test_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._eval_batch_start(trainer, pl_module, batch, batch_idx, check_stochastic=True)
-
-    @override
-    def on_predict_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._eval_batch_start(trainer, pl_module, batch, batch_idx, check_stochastic=False)
-
-    @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-
-    @override
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-
-    @override
-    def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_eval_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        split: EvalSplit, dataloader_idx: int,
+    ) -> None:  # fmt: skip
         self._eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     @override

@@ -326,3 +326,40 @@ def test_dataloader_collections_are_named_as_the_batch_hooks_see_them() -> None:
     assert [label for label, _ in iter_loaders([a, b], "train")] == ["train/0", "train/1"]
     assert [label for label, _ in iter_loaders([a], "train")] == ["train"]
     assert list(iter_loaders(None, "val")) == []
+
+
+# ------------------------------------------------------------ one hook per batch event for every evaluation split
+class CountEvalBatches(ls.SanityCallback):
+    """A new check in a few lines: it sees validation, test and predict batches through one guarded hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def on_eval_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        split: str, dataloader_idx: int,
+    ) -> None:  # fmt: skip
+        from lightning_sanity.observe import dataloader_label
+
+        where = dataloader_label(split, dataloader_idx)
+        self.seen.append((split, where))
+        if dataloader_idx == 1:
+            self.record(trainer, "myteam.second_loader", Severity.INFO, f"{where} seen", "none", subject=where)
+        if split == "test":
+            raise RuntimeError("a bug in this check")
+
+
+def test_a_new_check_sees_every_evaluation_batch_through_one_guarded_hook(make_trainer: Any) -> None:
+    callback = CountEvalBatches()
+    trainer = make_trainer(callbacks=[callback], max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0)
+    model = TwoValLoaders(mlp(64, 10))
+    val = DataLoader(TensorDataset(*digits_tensors("val")), batch_size=200)
+    trainer.fit(model, DataLoader(TensorDataset(*digits_tensors("train")), batch_size=64), [val, val])
+    assert sorted(set(callback.seen)) == [("val", "val"), ("val", "val/dataloader_idx_1")]
+    [own] = [f for f in ls.last_report(trainer).findings if f.code == "myteam.second_loader"]
+    assert own.subject == "val/dataloader_idx_1" and own.callback == "CountEvalBatches"
+    trainer.test(model, val)  # the check's own bug is reported; the run goes on
+    assert ("test", "test") in callback.seen and "sanity.internal_error" in codes(trainer)
+    trainer.predict(model, DataLoader(torch.randn(8, 64), batch_size=4))
+    assert callback.seen[-2:] == [("predict", "predict")] * 2
