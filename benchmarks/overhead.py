@@ -49,6 +49,8 @@ from torchvision import transforms as T
 
 import lightning_sanity as ls
 import lightning_sanity.base as ls_base
+import lightning_sanity.figures as ls_figures
+import lightning_sanity.loggers as ls_loggers
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN
 
 MEAN, STD = (0.1, 0.1, 0.1), (0.25, 0.25, 0.25)
@@ -225,6 +227,49 @@ def gradient_flow_deep_mlp(short: int, long: int) -> None:
     print(overhead_row(program, short, long, repeats=3))
 
 
+def figure_inputs() -> dict[str, Callable[[], Any]]:
+    """Each default figure, as a function drawing it from realistic inputs: a 10-class confusion matrix, the ~60
+    parameterised layers of a ResNet-18, 3-channel histograms of 64 32x32 images per split, 8 RGB samples per split."""
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randint(0, 40, (10, 10), generator=generator) + torch.diag(torch.full((10,), 300))
+    classes = [f"class {index}" for index in range(10)]
+    resnet = torchvision.models.resnet18(num_classes=10)
+    names = [name for name, _ in resnet.named_parameters()]
+    layers = {name: (1e-4 * 1.2**index, 1e-3 * 1.2**index) for index, name in enumerate(names)}
+    images = {split: torch.randn(64, 3, 32, 32, generator=generator) for split in ("train", "val")}
+    per_channel = {split: batch.transpose(0, 1).reshape(3, -1).T for split, batch in images.items()}
+    normalization = {"train": (MEAN, STD), "val": None}
+    return {
+        "confusion matrix": lambda: ls_figures.confusion_figure(matrix, classes, "val confusion matrix, epoch 4"),
+        f"gradient flow ({len(layers)} layers)": lambda: ls_figures.gradient_flow_figure(layers),
+        "input histograms": lambda: ls_figures.input_histogram_figure(per_channel),
+        "sample grid": lambda: ls_figures.sample_grid_figure(images, normalization),
+    }
+
+
+def figure_cost(repeats: int = 5) -> None:
+    """CPU time to draw and save each default figure as a PNG (as written for a CSVLogger), median of ``repeats``
+    after one warm-up (fonts and caches are loaded once per process, by the first figure)."""
+    print(f"\n### CPU time per default figure (median of {repeats}, after a warm-up)")
+    print("| figure | build | save PNG | total |\n|---|---|---|---|")
+    totals = []
+    with tempfile.TemporaryDirectory() as directory:
+        for name, draw in figure_inputs().items():
+            ls_loggers.save_png(draw(), directory, "warm-up", 0)
+            build, save = [], []
+            for _ in range(repeats):
+                start = time.process_time()
+                figure = draw()
+                built = time.process_time()
+                ls_loggers.save_png(figure, directory, "figure", 0)
+                build.append(built - start)
+                save.append(time.process_time() - built)
+            row = statistics.median(build), statistics.median(save)
+            totals.append(sum(row))
+            print(f"| {name} | {row[0] * 1e3:.0f} ms | {row[1] * 1e3:.0f} ms | {sum(row) * 1e3:.0f} ms |")
+    print(f"| all | | | {sum(totals) * 1e3:.0f} ms |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -239,6 +284,7 @@ def main() -> None:
     print(f"machine: {cpu}, 1 torch thread, torch {torch.__version__}, lightning {pl.__version__}")
     if not args.skip_overhead:
         overhead_table(args.repeats, *args.epochs)
+    figure_cost()
     time_in_hooks(PROGRAMS[0], epochs=4)
     confusion_at_scale()
     gradient_flow_deep_mlp(*args.epochs)
