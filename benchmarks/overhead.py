@@ -228,14 +228,16 @@ def gradient_flow_deep_mlp(short: int, long: int) -> None:
 
 
 def figure_inputs() -> dict[str, Callable[[], Any]]:
-    """Each default figure, as a function drawing it from realistic inputs: a 10-class confusion matrix, the ~60
-    parameterised layers of a ResNet-18, 3-channel histograms of 64 32x32 images per split, 8 RGB samples per split."""
+    """Each default figure, as a function drawing it from realistic inputs: a 10-class confusion matrix, the 41
+    modules with parameters of a ResNet-18, 3-channel histograms of 64 32x32 images per split, 8 RGB samples per
+    split."""
     generator = torch.Generator().manual_seed(0)
     matrix = torch.randint(0, 40, (10, 10), generator=generator) + torch.diag(torch.full((10,), 300))
     classes = [f"class {index}" for index in range(10)]
     resnet = torchvision.models.resnet18(num_classes=10)
-    names = [name for name, _ in resnet.named_parameters()]
-    layers = {name: (1e-4 * 1.2**index, 1e-3 * 1.2**index) for index, name in enumerate(names)}
+    # GradientFlowCallback draws one bar per module holding parameters, named as in ``named_modules``.
+    names = [name for name, module in resnet.named_modules() if list(module.parameters(recurse=False))]
+    layers = {name: (1e-4 * 1.3**index, 1e-3 * 1.3**index) for index, name in enumerate(names)}
     images = {split: torch.randn(64, 3, 32, 32, generator=generator) for split in ("train", "val")}
     per_channel = {split: batch.transpose(0, 1).reshape(3, -1).T for split, batch in images.items()}
     normalization = {"train": (MEAN, STD), "val": None}
