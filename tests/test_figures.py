@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
@@ -27,17 +28,33 @@ from lightning_sanity.figures import (
 from lightning_sanity.loggers import new_figure, save_png
 
 
+def drawn_texts(figure: Figure) -> list[Text]:
+    """Every non-empty text that is drawn (not the labels of an axes switched off or of ticks outside the view)."""
+    hidden: set[Text] = set()
+    for axes in figure.axes:
+        for axis in (axes.xaxis, axes.yaxis):
+            if not axes.axison:
+                hidden |= set(axis.findobj(Text))
+            low, high = sorted(axis.get_view_interval())
+            hidden |= {tick.label1 for tick in axis.get_major_ticks() if not low <= tick.get_loc() <= high}
+    found = figure.findobj(lambda artist: isinstance(artist, Text) and artist.get_visible() and bool(artist.get_text()))
+    return [text for text in found if isinstance(text, Text) and text not in hidden]
+
+
 def texts_of(figure: Figure) -> list[str]:
-    return [text.get_text() for text in figure.findobj(lambda artist: hasattr(artist, "get_text"))]
+    return [text.get_text() for text in drawn_texts(figure)]
 
 
 def assert_all_text_inside(figure: Figure) -> None:
     """No label is cut off: the margins are computed from label lengths, not measured by a layout engine."""
     canvas = FigureCanvasAgg(figure)
     canvas.draw()  # places the axis labels
-    drawn = figure.get_tightbbox(canvas.get_renderer())  # inches, everything visible
-    width, height = figure.get_size_inches()
-    assert drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= width + 0.01 and drawn.y1 <= height + 0.01, drawn
+    renderer = canvas.get_renderer()
+    width, height = figure.bbox.width, figure.bbox.height
+    for text in drawn_texts(figure):
+        box = text.get_window_extent(renderer)
+        inside = box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1
+        assert inside, f"{text.get_text()!r} at {box} is cut off by the figure's edge ({width} x {height})"
 
 
 def test_confusion_figure_shows_every_count_in_its_cell_and_the_class_names() -> None:
