@@ -98,8 +98,8 @@ def confusion_figure(matrix: Tensor, class_names: Sequence[str] | None = None, t
         for (row, column), text in zip(np.ndindex(counts.shape), texts, strict=True):
             colour = "black" if bright[row, column] else "white"
             axes.text(column, row, text, ha="center", va="center", fontsize=fontsize, color=colour)
-    axes.set_xlabel("predicted class", labelpad=column_labels * _POINTS_PER_INCH + 2 if labelled else 4)
-    axes.set_ylabel("true class", labelpad=row_labels * _POINTS_PER_INCH + 2 if labelled else 4)
+    axes.set_xlabel("predicted class", labelpad=column_labels * _POINTS_PER_INCH + 4 if labelled else 4)
+    axes.set_ylabel("true class", labelpad=row_labels * _POINTS_PER_INCH + 6 if labelled else 4)
     axes.set_title(title or "confusion matrix (rows: true, columns: predicted)", fontsize=10)
     return figure
 

@@ -74,6 +74,22 @@ def test_confusion_figure_shows_every_count_in_its_cell_and_the_class_names() ->
     assert_all_text_inside(figure)
 
 
+@pytest.mark.parametrize("names", [None, ["cat", "dog", "a much longer class name", "w"]])
+def test_confusion_figure_axis_titles_clear_the_class_names(names: list[str] | None) -> None:
+    figure = confusion_figure(torch.arange(16).reshape(4, 4), names)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    [axes] = figure.axes
+    labels = [
+        text.get_window_extent(canvas.get_renderer()) for text in axes.texts if text.get_transform() != axes.transData
+    ]
+    assert len(labels) == 8
+    for title in (axes.xaxis.label, axes.yaxis.label):
+        box = title.get_window_extent(canvas.get_renderer())
+        assert not any(box.overlaps(label) for label in labels), title.get_text()
+    assert_all_text_inside(figure)
+
+
 def test_confusion_figure_for_many_classes_keeps_the_matrix_without_unreadable_text() -> None:
     matrix = torch.randint(0, 9, (60, 60))
     figure = confusion_figure(matrix, [f"class {index}" for index in range(60)])
