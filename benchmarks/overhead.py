@@ -18,8 +18,9 @@ the report files written, as in a real run) and use one torch thread, for repeat
 validation run (weight checksums, epoch-end judgements) is spread over the steps of an epoch: with the short epochs
 here (32-43 training steps) that inflates the per-step figure compared with real epochs of hundreds of steps.
 
-It also times the CPU spent inside the pack's hooks during one fit (a direct per-step measurement), and two scale
-properties: ConfusionCallback's state on a 50,000-class head and
+It also times the CPU spent drawing and saving each default figure (``figure_cost``: a fit pays it once, at its
+end, for a logger without an image API), the CPU spent inside the pack's hooks during one fit (a direct per-step
+measurement), and two scale properties: ConfusionCallback's state on a 50,000-class head and
 GradientFlowCallback's per-step cost on a 100-layer MLP.
 """
 

@@ -16,7 +16,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from matplotlib.transforms import offset_copy
 from torch import Tensor
 
@@ -108,7 +108,7 @@ def gradient_flow_figure(layer_norms: Mapping[str, tuple[float, float]], title: 
     """Per-layer gradient norm (mean and max over the layer's parameters) from input to output, log scale.
 
     Vanishing layers show as a slope down towards the input; dead or cut-off layers drop out of the
-    plot (a zero norm has no logarithm) and are marked at the bottom.
+    plot (a zero norm has no logarithm) and are marked at the bottom, layers with NaN or Inf at the top.
     """
     names = list(layer_norms)
     means = np.array([layer_norms[name][0] for name in names], dtype=float)
@@ -120,12 +120,13 @@ def gradient_flow_figure(layer_norms: Mapping[str, tuple[float, float]], title: 
     figure = new_figure(width, bottom + 3.2 + top, layout=None)
     axes = _axes_at(figure, left, bottom, right, top)
     axes.set_yscale("log")
-    positive = np.concatenate([means[means > 0], maxima[maxima > 0]])
+    values = np.concatenate([means, maxima])
+    positive = values[np.isfinite(values) & (values > 0)]
     low, high = (positive.min(), positive.max()) if positive.size else (1e-12, 1.0)
-    floor = low / 10
+    floor, ceiling = low / 10, high * 2
     positions = np.arange(len(names))
     for values, colour, label, alpha in ((maxima, "tab:cyan", "max", 0.5), (means, "tab:blue", "mean", 1.0)):
-        shown = values > 0
+        shown = np.isfinite(values) & (values > 0)
         bars = [
             [(x - 0.4, floor), (x - 0.4, v), (x + 0.4, v), (x + 0.4, floor)]
             for x, v in zip(positions[shown], values[shown], strict=True)
@@ -134,9 +135,15 @@ def gradient_flow_figure(layer_norms: Mapping[str, tuple[float, float]], title: 
     dead = positions[maxima <= 0]
     if len(dead):
         axes.scatter(dead, np.full(len(dead), floor * 2), marker="x", color="tab:red", label="zero / no gradient")
+    broken = positions[~np.isfinite(means) | ~np.isfinite(maxima)]
+    if len(broken):
+        axes.scatter(broken, np.full(len(broken), ceiling / 2), marker="^", color="tab:red", label="NaN / Inf")
     axes.set_xlim(-0.6, len(names) - 0.4)
-    axes.set_ylim(floor, high * 2)
+    axes.set_ylim(floor, ceiling)
+    # No minor ticks (dozens of artists, unlabelled); over a short range 2 and 5 times a power of ten are labelled.
     axes.yaxis.set_minor_locator(NullLocator())
+    if np.log10(ceiling / floor) < 3:
+        axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     # 1e-03 rather than the default mathtext 10^{-3}: typesetting mathtext costs more than the rest of the axis.
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}"))
     axes.set_xticks([])

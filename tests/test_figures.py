@@ -118,6 +118,21 @@ def test_gradient_flow_figure_draws_the_norms_of_every_layer_in_order_and_marks_
     assert_all_text_inside(figure)
 
 
+def test_gradient_flow_figure_reads_on_a_short_range_and_marks_non_finite_layers() -> None:
+    figure = gradient_flow_figure(
+        {"encoder": (2e-3, 3e-3), "decoder": (float("nan"), float("inf")), "head": (3e-3, 4e-3)}
+    )
+    [axes] = figure.axes
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    low, high = axes.get_ylim()
+    labelled = [tick for tick in axes.yaxis.get_major_locator()() if low <= tick <= high]
+    assert len(labelled) >= 3  # values readable although the norms span less than a decade
+    [broken] = [c for c in axes.collections if c.get_label() == "NaN / Inf"]
+    assert broken.get_offsets()[:, 0].tolist() == [1]
+    assert_all_text_inside(figure)
+
+
 def test_input_histogram_figure_overlays_the_splits_per_channel() -> None:
     generator = torch.Generator().manual_seed(0)
     samples = {
