@@ -91,7 +91,8 @@ def confusion_figure(matrix: Tensor, class_names: Sequence[str] | None = None, t
         for axis in (axes.xaxis, axes.yaxis):
             axis.set_major_locator(MaxNLocator(integer=True))
     if classes <= _MAX_ANNOTATED_CLASSES:
-        texts = [f"{count:d}" if counts.dtype.kind in "iu" else f"{count:.3g}" for count in counts.flat]
+        whole = counts.dtype.kind in "iub" or bool(np.all(np.mod(counts, 1) == 0))  # counts kept as floats, too
+        texts = [f"{count:.0f}" if whole else f"{count:.3g}" for count in counts.flat]
         # The widest count fills at most 70% of its cell (a digit is about 0.6 em wide).
         fontsize = min(12.0, 0.7 * side / classes * _POINTS_PER_INCH / (0.6 * max(2, *map(len, texts))))
         bright = counts > (counts.min() + counts.max()) / 2  # upper half of viridis: dark text reads better

@@ -68,6 +68,8 @@ def test_confusion_figure_shows_every_count_in_its_cell_and_the_class_names() ->
         if t.get_text().isdigit()
     }
     assert cells == {(row, column): str(int(matrix[row, column])) for row in range(3) for column in range(3)}
+    floats = confusion_figure(matrix.float(), names)
+    assert sorted(t.get_text() for t in floats.axes[0].texts if t.get_text().isdigit()) == sorted(cells.values())
     assert texts_of(figure).count("automobile with a long name") == 2  # labels a row (true) and a column (predicted)
     assert {"true class", "predicted class", "val confusion matrix, epoch 3"} <= set(texts_of(figure))
     np.testing.assert_array_equal(axes.images[0].get_array(), matrix.numpy())
