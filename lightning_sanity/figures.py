@@ -1,7 +1,7 @@
 """The pictures: pure functions from measured numbers to matplotlib figures (see ``loggers.log_figure``).
 
 They are drawn for every fit that has a logger, so they are built to render in one cheap pass: axes are placed at
-fixed margins computed from the label lengths (no layout engine, which draws every figure twice), bars are one
+fixed margins computed from the label lengths (no layout engine and its extra measuring pass), bars are one
 collection rather than one patch each, and no axis carries ticks that say nothing (minor log ticks, histogram
 densities). ``python benchmarks/overhead.py --skip-overhead`` prints what each one costs.
 """

@@ -39,7 +39,11 @@ def figure_file_name(tag: str, epoch: int) -> str:
 
 
 def save_png(figure: Figure, directory: str, tag: str, epoch: int) -> str:
-    """Render ``figure`` to ``<directory>/sanity/<tag>_epochNNN.png`` (constrained layout: no second tight pass)."""
+    """Render ``figure`` to ``<directory>/sanity/<tag>_epochNNN.png`` at 100 dpi.
+
+    Text is rendered unhinted and the PNG compressed at zlib level 1: glyph hinting and the default level 6 add
+    20-30% to the rendering time of a figure, for no visible difference at this resolution.
+    """
     folder = os.path.join(directory, "sanity")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, figure_file_name(tag, epoch))
@@ -94,7 +98,7 @@ def new_figure(
 
     Building figures this way (rather than ``plt.subplots``) keeps memory flat over hundreds of
     epochs and leaves the user's interactive matplotlib backend alone. ``layout=None`` is for figures that place
-    their axes themselves: constrained layout draws the figure twice, more than doubling its rendering cost.
+    their axes themselves: constrained layout measures every text in an extra pass over the figure.
     """
     return Figure(figsize=(width, height), layout=layout)
 
