@@ -25,9 +25,10 @@ from lightning_sanity.loggers import new_figure
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
 _POINTS_PER_INCH = 72.0
-# Width of an average character in em (DejaVu Sans, matplotlib's default, runs 0.55-0.6): margins sized with it
-# fit the labels without measuring them, which would cost a draw.
+# Character widths in em, a little above DejaVu Sans' (matplotlib's default: lower case and digits 0.3-0.65, capitals
+# and m/w up to 1.0): margins sized with them fit the labels without measuring them, which would cost a draw.
 _CHARACTER_EM = 0.62
+_WIDE_CHARACTER_EM = 0.85
 # Every class gets a labelled row and column up to this many classes; above, the labels cannot be read anyway and
 # the axes get a few index ticks instead of thousands of text objects.
 _MAX_LABELLED_CLASSES = 40
@@ -36,8 +37,9 @@ _LABEL_GAP = 3.0  # points between an axes and the texts labelling its rows or c
 
 
 def _text_inches(text: str, fontsize: float) -> float:
-    """Estimated width of ``text`` set at ``fontsize`` points."""
-    return len(text) * _CHARACTER_EM * fontsize / _POINTS_PER_INCH
+    """Estimated width of ``text`` set at ``fontsize`` points (at least its width in DejaVu Sans)."""
+    wide = sum(character.isupper() or character in "mw" for character in text)
+    return (wide * _WIDE_CHARACTER_EM + (len(text) - wide) * _CHARACTER_EM) * fontsize / _POINTS_PER_INCH
 
 
 def _axes_at(figure: Figure, left: float, bottom: float, right: float, top: float) -> Axes:

@@ -76,7 +76,9 @@ def test_confusion_figure_shows_every_count_in_its_cell_and_the_class_names() ->
     assert_all_text_inside(figure)
 
 
-@pytest.mark.parametrize("names", [None, ["cat", "dog", "a much longer class name", "w"]])
+@pytest.mark.parametrize(
+    "names", [None, ["cat", "dog", "a much longer class name", "w"], ["AIRPLANE", "WWW MMM WWW MMM WWW", "HEAD", "x"]]
+)
 def test_confusion_figure_axis_titles_clear_the_class_names(names: list[str] | None) -> None:
     figure = confusion_figure(torch.arange(16).reshape(4, 4), names)
     canvas = FigureCanvasAgg(figure)
@@ -103,7 +105,7 @@ def test_confusion_figure_for_many_classes_keeps_the_matrix_without_unreadable_t
 
 
 def test_gradient_flow_figure_draws_the_norms_of_every_layer_in_order_and_marks_dead_ones() -> None:
-    norms = {"backbone.0": (0.0, 0.0), "backbone.layer3.0.downsample.0": (1e-5, 4e-5), "head": (0.1, 0.3)}
+    norms = {"backbone.0": (0.0, 0.0), "backbone.layer3.0.downsample.0": (1e-5, 4e-5), "HEAD_MMM": (0.1, 0.3)}
     figure = gradient_flow_figure(norms)
     [axes] = figure.axes
     assert axes.get_yscale() == "log"
