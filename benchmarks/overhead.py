@@ -13,10 +13,14 @@ process CPU time (``time.process_time``: what the machine spends, independent of
 and the pack's fixed cost is ``fixed_with - fixed_without`` (seconds the user waits once per fit:
 one-time checks, pipeline inspection, figures, the report), its per-step cost
 ``per_epoch_with / per_epoch_without - 1`` (what it adds to every training and validation step).
-Both are medians over ``--repeats``. Programs log to a ``CSVLogger`` (so figures are rendered and
-the report files written, as in a real run) and use one torch thread, for repeatable numbers. Work done once per
-validation run (weight checksums, epoch-end judgements) is spread over the steps of an epoch: with the short epochs
-here (32-43 training steps) that inflates the per-step figure compared with real epochs of hundreds of steps.
+Both are medians over ``--repeats``. The difference of two whole fits is noisy (about +-10 % per step at these run
+lengths), so the same split is also applied to the CPU time spent inside the pack's hooks during the fits with
+the pack (the last column): a direct measurement, which leaves out only the forward/backward hooks the pack
+registers and Lightning's own dispatch of hooks to callbacks. Programs log to a ``CSVLogger`` (so figures are
+rendered and the report files written, as in a real run) and use one torch thread, for repeatable numbers. Work
+done once per validation run (weight checksums, epoch-end judgements) is spread over the steps of an epoch: with
+the short epochs here (32-43 training steps) that inflates the per-step figure compared with real epochs of
+hundreds of steps.
 
 It also times the CPU spent drawing and saving each default figure (``figure_cost``: a fit pays it once, at its
 end, for a logger without an image API), the CPU spent inside the pack's hooks during one fit (a direct per-step
@@ -36,7 +40,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,50 +123,11 @@ PROGRAMS = (
 )
 
 
-def cpu_seconds_of_fit(program: Program, epochs: int, with_pack: bool) -> float:
-    pl.seed_everything(0, verbose=False)
-    train, val = program.loaders()
-    model = program.model()
-    with tempfile.TemporaryDirectory() as log_dir:
-        trainer = pl.Trainer(
-            accelerator="cpu", max_epochs=epochs, logger=pl.loggers.CSVLogger(log_dir), enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=2,
-            callbacks=ls.default_callbacks() if with_pack else [],
-        )  # fmt: skip
-        start = time.process_time()
-        with contextlib.redirect_stdout(io.StringIO()):  # the run report
-            trainer.fit(model, train, val)
-        return time.process_time() - start
-
-
-def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
-    times: dict[tuple[bool, int], list[float]] = {(pack, e): [] for pack in (False, True) for e in (short, long)}
-    cpu_seconds_of_fit(program, short, with_pack=False)  # warm-up: imports, allocator, dataset caches
-    for _ in range(repeats):
-        for key in times:
-            times[key].append(cpu_seconds_of_fit(program, key[1], with_pack=key[0]))
-    median = {key: statistics.median(values) for key, values in times.items()}
-    per_epoch = {pack: (median[pack, long] - median[pack, short]) / (long - short) for pack in (False, True)}
-    fixed = {pack: median[pack, short] - short * per_epoch[pack] for pack in (False, True)}
-    extra_fixed = fixed[True] - fixed[False]
-    per_step = per_epoch[True] / per_epoch[False] - 1
-    step_ms = (per_epoch[True] - per_epoch[False]) / program.train_batches * 1e3
-    return (
-        f"| {program.name} | {median[False, long]:.1f} s | {extra_fixed:+.2f} s | {per_step:+.1%} ({step_ms:+.2f} ms) |"
-    )
-
-
-def overhead_table(repeats: int, short: int, long: int) -> None:
-    print(f"\n### Overhead of default_callbacks(): CPU time, fits of {short} and {long} epochs, {repeats} repeats")
-    print(f"| program | fit of {long} epochs without the pack | fixed cost per fit | per-step cost |")
-    print("|---|---|---|---|")
-    for program in PROGRAMS:
-        print(overhead_row(program, short, long, repeats), flush=True)
-
-
-def time_in_hooks(program: Program, epochs: int) -> None:
-    """CPU time spent inside the pack's own hooks during one fit, per callback and hook: a direct measurement that
-    does not depend on subtracting two noisy fits (it leaves out forward/backward hooks the pack registers)."""
+@contextlib.contextmanager
+def timed_hooks() -> Iterator[tuple[collections.Counter[str], collections.Counter[str]]]:
+    """CPU seconds and calls per ``Callback.hook`` spent inside the pack's hooks while the block runs (every hook of
+    every sanity callback runs through ``base._run_isolated``; forward/backward hooks the pack registers are not
+    included)."""
     spent: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
     run_isolated = ls_base._run_isolated
@@ -176,11 +141,74 @@ def time_in_hooks(program: Program, epochs: int) -> None:
             spent[key] += time.process_time() - start
             calls[key] += 1
 
-    ls_base._run_isolated = timed  # every hook of every sanity callback runs through this one function
+    ls_base._run_isolated = timed
     try:
-        total = cpu_seconds_of_fit(program, epochs, with_pack=True)
+        yield spent, calls
     finally:
         ls_base._run_isolated = run_isolated
+
+
+@dataclass
+class Fit:
+    cpu: float  # process CPU seconds of trainer.fit
+    in_hooks: float  # of which inside the pack's hooks
+
+
+def cpu_seconds_of_fit(program: Program, epochs: int, with_pack: bool) -> Fit:
+    pl.seed_everything(0, verbose=False)
+    train, val = program.loaders()
+    model = program.model()
+    with tempfile.TemporaryDirectory() as log_dir, timed_hooks() as (spent, _):
+        trainer = pl.Trainer(
+            accelerator="cpu", max_epochs=epochs, logger=pl.loggers.CSVLogger(log_dir), enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=2,
+            callbacks=ls.default_callbacks() if with_pack else [],
+        )  # fmt: skip
+        start = time.process_time()
+        with contextlib.redirect_stdout(io.StringIO()):  # the run report
+            trainer.fit(model, train, val)
+        return Fit(time.process_time() - start, sum(spent.values()))
+
+
+def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
+    fits: dict[tuple[bool, int], list[Fit]] = {(pack, e): [] for pack in (False, True) for e in (short, long)}
+    cpu_seconds_of_fit(program, short, with_pack=False)  # warm-up: imports, allocator, dataset caches
+    for _ in range(repeats):
+        for key in fits:
+            fits[key].append(cpu_seconds_of_fit(program, key[1], with_pack=key[0]))
+    median = {key: statistics.median(fit.cpu for fit in values) for key, values in fits.items()}
+    per_epoch = {pack: (median[pack, long] - median[pack, short]) / (long - short) for pack in (False, True)}
+    fixed = {pack: median[pack, short] - short * per_epoch[pack] for pack in (False, True)}
+    extra_fixed = fixed[True] - fixed[False]
+    per_step = per_epoch[True] / per_epoch[False] - 1
+    step_ms = (per_epoch[True] - per_epoch[False]) / program.train_batches * 1e3
+    # The same split of the CPU time inside the pack's hooks: far less noisy than a difference of two whole fits.
+    hooks = {e: statistics.median(fit.in_hooks for fit in fits[True, e]) for e in (short, long)}
+    hooks_per_epoch = (hooks[long] - hooks[short]) / (long - short)
+    hooks_step = hooks_per_epoch / per_epoch[False]
+    hooks_step_ms = hooks_per_epoch / program.train_batches * 1e3
+    return (
+        f"| {program.name} | {median[False, long]:.1f} s | {extra_fixed:+.2f} s | {per_step:+.1%} ({step_ms:+.2f} ms) "
+        f"| {hooks_step:+.1%} ({hooks_step_ms:+.2f} ms) |"
+    )
+
+
+def overhead_table(repeats: int, short: int, long: int) -> None:
+    print(f"\n### Overhead of default_callbacks(): CPU time, fits of {short} and {long} epochs, {repeats} repeats")
+    print(
+        f"| program | fit of {long} epochs without the pack | fixed cost per fit | per-step cost "
+        "| per-step cost inside the pack's hooks |"
+    )
+    print("|---|---|---|---|---|")
+    for program in PROGRAMS:
+        print(overhead_row(program, short, long, repeats), flush=True)
+
+
+def time_in_hooks(program: Program, epochs: int) -> None:
+    """CPU time spent inside the pack's own hooks during one fit, per callback and hook: a direct measurement that
+    does not depend on subtracting two noisy fits (it leaves out forward/backward hooks the pack registers)."""
+    with timed_hooks() as (spent, calls):
+        total = cpu_seconds_of_fit(program, epochs, with_pack=True).cpu
     steps = program.train_batches * epochs
     print(f"\n### CPU time inside the pack's hooks: {program.name}, {epochs} epochs ({steps} training steps)")
     print(
@@ -224,7 +252,8 @@ class DeepMLP(Classifier):
 def gradient_flow_deep_mlp(short: int, long: int) -> None:
     program = Program("100-layer MLP", DeepMLP, lambda: synthetic(32, 64, 10, (32,)), train_batches=32)
     print("\n### GradientFlowCallback's share on a 100-layer MLP (LayerNorm + ReLU, 64 wide), whole pack")
-    print("| program | fit without | fixed cost per fit | per-step cost |\n|---|---|---|---|")
+    print("| program | fit without | fixed cost per fit | per-step cost | per-step cost inside the pack's hooks |")
+    print("|---|---|---|---|---|")
     print(overhead_row(program, short, long, repeats=3))
 
 

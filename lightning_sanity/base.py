@@ -250,7 +250,7 @@ class SanityCallback(Callback):
             stage=stage or stage_of(trainer),
             epoch=trainer.current_epoch,
             step=trainer.global_step,
-            evidence=_jsonable(evidence or {}),
+            evidence=jsonable(evidence or {}),
             subject=subject,
         )
         if code in self.ignore:
@@ -447,16 +447,16 @@ def _user_stacklevel() -> int:
     return max(outermost, 1)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Evidence must survive ``json.dumps``: tensors and numpy scalars become Python numbers and lists."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Tensor):
-        return _jsonable(value.detach().cpu().tolist())
+        return jsonable(value.detach().cpu().tolist())
     if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, (str, int, float, bool)) or value is None:

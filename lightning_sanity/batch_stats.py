@@ -7,19 +7,20 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import input_histogram_figure, sample_grid_figure
 from lightning_sanity.findings import Severity
+from lightning_sanity.folding import FoldingMetric
 from lightning_sanity.loggers import log_scalars, scalar_key
+from lightning_sanity.observe import dataloader_label
 from lightning_sanity.pipelines import find_normalize
 
 IMAGE_MAX = 50.0
@@ -132,6 +133,38 @@ def batch_moments(view: Tensor) -> ChannelSummary:
     )
 
 
+def _finite_moments(values: Tensor, samples: int) -> ChannelSummary:
+    """:func:`batch_moments` of ``(channels, values)`` that are all finite, by reductions and in-place operations on
+    ``values`` (which it overwrites): no temporary as large as ``values``. On CPU such temporaries (an allocation and
+    a pass each) cost more than the arithmetic, and masking out non-finite values needs several."""
+    count = values.shape[1]
+    minimum, maximum = values.amin(1).double(), values.amax(1).double()
+    shift = values.sum(1) / count
+    centred = values.sub_(shift[:, None])
+    centred_sum, shift64 = centred.sum(1).double(), shift.double()
+    centred_sq = centred.square_().sum(1).double()
+    return ChannelSummary(
+        samples=samples,
+        count=torch.full_like(shift64, count),
+        total=count * shift64 + centred_sum,
+        total_sq=centred_sq + 2 * shift64 * centred_sum + count * shift64.square(),
+        minimum=minimum,
+        maximum=maximum,
+        non_finite=torch.zeros_like(shift64),
+    )
+
+
+def _checked_moments(view: Tensor) -> ChannelSummary:
+    """:func:`batch_moments` of one judged batch; on CPU (where the host read is free) by :func:`_finite_moments` on a
+    channel-major copy when every value is finite."""
+    if view.device.type == "cpu":
+        values = view.transpose(0, 1).reshape(view.shape[1], -1)
+        values = values.clone() if values.data_ptr() == view.data_ptr() else values
+        if bool(torch.isfinite(values.sum(1)).all()):
+            return _finite_moments(values, view.shape[0])
+    return batch_moments(view)
+
+
 def _host(summary: ChannelSummary) -> ChannelSummary:
     # One stacked copy: a single device-to-host transfer per checked batch.
     stacked = torch.stack(
@@ -140,14 +173,27 @@ def _host(summary: ChannelSummary) -> ChannelSummary:
     return ChannelSummary(summary.samples, *stacked.unbind(0))
 
 
-class ChannelStats(Metric):
+class _SampledBatch(NamedTuple):
+    """What :class:`ChannelStats` queues of one batch."""
+
+    values: Tensor
+    """A copy of the batch's sampled values, ``(channels, samples * positions)``."""
+    samples: int
+    full_sum: Tensor | None
+    """Per-channel sum of every value of the batch, non-finite when one of them is (finite float32 values overflow it
+    only above ~1e33 on average); ``None`` when every value was sampled."""
+
+
+class ChannelStats(FoldingMetric):
     """Per-channel count, sum, sum of squares, min, max and non-finite count of float inputs over an epoch.
 
     Sized on the first update; a later batch with a different channel count is ignored. Batches with more than
     ``values_per_channel`` values per channel contribute the values at fixed pseudo-random positions (the same
     for every batch, all samples, at least one position each): an unbiased sample whose cost does not grow with the
-    image size. Non-finite values are detected in every value (the sum of ``0 * value`` per channel is NaN then):
-    a channel with any NaN/Inf counts at least one non-finite value.
+    image size. Non-finite values are detected in every value (the batch's sum of the channel is NaN/Inf then): a
+    channel with any NaN/Inf counts at least one non-finite value.
+    Per batch only the sampled values and that sum are taken (two kernels); the moments of the queued batches are
+    taken together (see :class:`~lightning_sanity.folding.FoldingMetric`), equal up to float summation order.
 
     Example::
 
@@ -169,7 +215,8 @@ class ChannelStats(Metric):
     def __init__(self, values_per_channel: int = EPOCH_VALUES_PER_CHANNEL, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.values_per_channel = values_per_channel
-        self._positions: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._positions: dict[tuple[int, int, int, int, torch.device], Tensor] = {}
+        self._channels: int | None = None
         self.add_state("samples", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         for state, reduce in (
             ("count", "sum"),
@@ -182,22 +229,52 @@ class ChannelStats(Metric):
             self.add_state(state, default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx=reduce)
 
     def update(self, view: Tensor) -> None:
-        channels = view.shape[1]
-        if self.count.numel() == 0:
-            self.count, self.total, self.total_sq, self.non_finite = (
-                view.new_zeros(channels, dtype=torch.float64) for _ in range(4)
-            )
-            self.minimum = view.new_full((channels,), math.inf, dtype=torch.float64)
-            self.maximum = view.new_full((channels,), -math.inf, dtype=torch.float64)
-        elif self.count.numel() != channels:
+        samples, channels, _ = view.shape
+        if self._channels is None:
+            self._channels = channels
+        elif channels != self._channels:
             return
-        sampled = self._sampled(view)
-        moments = batch_moments(sampled)
-        non_finite = moments.non_finite
-        if sampled is not view:  # 0 * NaN/Inf is NaN, 0 * any finite value is 0: no overflow, one cheap pass
-            missed = torch.isnan((view * 0).sum((0, 2))) & (non_finite == 0)
-            non_finite = non_finite + missed.double()
-        self.samples += view.shape[0]
+        positions = self._sampled_positions(view)
+        if positions is None:  # channel-major copy (the step may change the batch in place after this hook)
+            values = view.transpose(0, 1).reshape(channels, -1)
+            values = values.clone() if values.data_ptr() == view.data_ptr() else values
+            self.queue(_SampledBatch(values, samples, None), values.numel())
+            return
+        # float32 at least: a float16 sum of ordinary pixels overflows to Inf
+        full_sum = view.sum((0, 2), dtype=torch.promote_types(view.dtype, torch.float32))
+        values = view.reshape(-1).index_select(0, positions).view(channels, -1)
+        self.queue(_SampledBatch(values, samples, full_sum), values.numel())
+
+    @override
+    def _fold(self, pending: list[_SampledBatch]) -> None:
+        if self.count.numel() == 0:
+            channels, device = pending[0].values.shape[0], self.samples.device
+            self.count, self.total, self.total_sq, self.non_finite = (
+                torch.zeros(channels, dtype=torch.float64, device=device) for _ in range(4)
+            )
+            self.minimum = torch.full((channels,), math.inf, dtype=torch.float64, device=device)
+            self.maximum = torch.full((channels,), -math.inf, dtype=torch.float64, device=device)
+        values = torch.cat([batch.values for batch in pending], 1) if len(pending) > 1 else pending[0].values
+        if values.dtype.itemsize < 4:  # float16 sums of many batches overflow; float32 holds them exactly
+            values = values.float()
+        samples = sum(batch.samples for batch in pending)
+        # On CPU a host read is free: take the cheap path when every value is finite (a finite sum says so).
+        all_finite = values.device.type == "cpu" and bool(torch.isfinite(values.sum(1)).all())
+        moments = batch_moments(values[None]) if not all_finite else None
+        full_sums = [batch.full_sum for batch in pending if batch.full_sum is not None]
+        missed = None
+        if full_sums:  # a batch's NaN/Inf outside its sampled positions counts once in its channel
+            missed = ~torch.isfinite(torch.stack(full_sums))
+            if not all_finite:
+                parts = torch.isfinite(values).split([batch.values.shape[1] for batch in pending], 1)
+                sampled = (
+                    part.all(1) for batch, part in zip(pending, parts, strict=True) if batch.full_sum is not None
+                )
+                missed &= torch.stack(list(sampled))
+        if moments is None:
+            moments = _finite_moments(values, samples)  # last: it overwrites the values
+        non_finite = moments.non_finite if missed is None else moments.non_finite + missed.sum(0)
+        self.samples += samples
         self.count += moments.count
         self.total += moments.total
         self.total_sq += moments.total_sq
@@ -205,17 +282,27 @@ class ChannelStats(Metric):
         self.maximum = torch.maximum(self.maximum, moments.maximum)
         self.non_finite += non_finite
 
-    def _sampled(self, view: Tensor) -> Tensor:
-        samples, _, values = view.shape
+    @override
+    def reset(self) -> None:
+        self._channels = None
+        super().reset()
+
+    def _sampled_positions(self, view: Tensor) -> Tensor | None:
+        """Flat indices into ``view`` of its sampled values in channel-major order, ``None`` when all are taken."""
+        samples, channels, values = view.shape
         per_sample = max(1, self.values_per_channel // max(samples, 1))
         if per_sample >= values:
-            return view
-        key = (values, per_sample, view.device)
+            return None
+        key = (samples, channels, values, per_sample, view.device)
         if key not in self._positions:  # own generator: the user's random streams are never touched
             generator = torch.Generator().manual_seed(values)
             positions = torch.randperm(values, generator=generator)[:per_sample].sort().values
-            self._positions[key] = positions.to(view.device)
-        return view.index_select(2, self._positions[key])
+            # One gather over the flattened batch: much cheaper than index_select along the last dim.
+            rows = torch.arange(channels)[:, None, None] * values + torch.arange(samples)[None, :, None] * (
+                channels * values
+            )
+            self._positions[key] = (rows + positions).reshape(-1).to(view.device)
+        return self._positions[key]
 
     def compute(self) -> dict[str, Tensor]:
         return {state: getattr(self, state) for state in self._defaults}
@@ -237,7 +324,7 @@ class ChannelStats(Metric):
         )
 
 
-class ClassCounts(Metric):
+class ClassCounts(FoldingMetric):
     """Exact count of each class index in ``[0, capacity)`` over an epoch; other values are counted as out of range.
 
     Example::
@@ -256,8 +343,12 @@ class ClassCounts(Metric):
         self.add_state("counts", default=torch.zeros(capacity, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, labels: Tensor) -> None:
+        self.queue(labels.reshape(-1).to(torch.long, copy=True), labels.numel())
+
+    @override
+    def _fold(self, pending: list[Tensor]) -> None:
         # index_add_ rather than masking + bincount: both of those read a size back to the host on GPU.
-        labels = labels.reshape(-1).long()
+        labels = torch.cat(pending)
         in_range = (labels >= 0) & (labels < self.capacity)
         self.counts.index_add_(0, labels.clamp(0, self.capacity - 1), in_range.long())
 
@@ -361,7 +452,7 @@ def _channel_list(values: Tensor, channels: Sequence[int] | None = None) -> list
 class BatchStatsCallback(SanityCallback):
     """What enters the model: per-split input statistics and the target distribution.
 
-    Per split (``train``, ``val``, ``test``; further val/test dataloaders as ``val_dl1`` ...) it
+    Per split (``train``, ``val``, ``test``; further val/test dataloaders as ``val/dataloader_idx_1`` ...) it
     accumulates exact per-channel statistics of float inputs with a torchmetrics metric (channel =
     dim 1 of >= 3-D inputs, the last dim of 2-D inputs) and logs them each epoch as
     ``sanity/batch_stats/<split>/{mean,std,min,max}_c<i>`` and ``.../non_finite_fraction``. The first
@@ -456,13 +547,13 @@ class BatchStatsCallback(SanityCallback):
     def on_validation_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._observe(trainer, batch, "val", _label("val", dataloader_idx))
+        self._observe(trainer, batch, "val", dataloader_label("val", dataloader_idx))
 
     @override
     def on_test_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._observe(trainer, batch, "test", _label("test", dataloader_idx))
+        self._observe(trainer, batch, "test", dataloader_label("test", dataloader_idx))
 
     def _observe(self, trainer: pl.Trainer, batch: Any, split: str, label: str) -> None:
         parts = self.split_batch(trainer, batch)
@@ -488,7 +579,7 @@ class BatchStatsCallback(SanityCallback):
             self._check_first_inputs(trainer, view, split, label)
 
     def _check_first_inputs(self, trainer: pl.Trainer, view: Tensor, split: str, label: str) -> None:
-        summary = _host(batch_moments(view))
+        summary = _host(_checked_moments(view))
         self._judge_inputs(trainer, summary, label, f"batch {self._checked[label] - 1}")
         earlier = self._first_batches.get(label)
         if earlier is None or earlier.channels == summary.channels:
@@ -819,12 +910,8 @@ class BatchStatsCallback(SanityCallback):
         log_scalars(trainer, metrics)
 
 
-def _label(split: str, dataloader_idx: int) -> str:
-    return split if dataloader_idx == 0 else f"{split}_dl{dataloader_idx}"
-
-
 def _labels_of(labels: Any, split: str) -> list[str]:
-    return [label for label in labels if label == split or label.startswith(f"{split}_dl")]
+    return [label for label in labels if label == split or label.startswith(f"{split}/")]
 
 
 def _rest_scale(summary: ChannelSummary, channels: Sequence[int]) -> str:

@@ -19,11 +19,12 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity import compat
-from lightning_sanity.base import SanityCallback, is_int, require
+from lightning_sanity.base import SanityCallback, is_int, jsonable, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
+from lightning_sanity.folding import FOLD_BATCHES, FoldingMetric
 from lightning_sanity.loggers import log_scalars, scalar_key
-from lightning_sanity.observe import ForwardCall, StepObserver, own_forward
+from lightning_sanity.observe import ForwardCall, StepObserver, dataloader_label, own_forward
 from lightning_sanity.rng import forked_rng
 
 OUTPUT_KEYS = ("logits", "preds", "y_hat", "outputs")
@@ -135,7 +136,9 @@ def class_predictions(
     if num_classes is not None and scores.is_floating_point() and scores.shape[1] > 1 and num_classes != classes:
         raise NotClassification(f"the outputs have {classes} classes but num_classes={num_classes}")
     targets = targets.long()
-    valid = (targets >= 0) & (targets < classes) & (predicted >= 0) & (predicted < classes)
+    valid = (targets >= 0) & (targets < classes)
+    if not scores.is_floating_point():  # an argmax or a threshold is always a class
+        valid &= (predicted >= 0) & (predicted < classes)
     if ignore_index is not None:
         valid &= targets != ignore_index
     return ClassPredictions(predicted, targets, valid, classes)
@@ -424,13 +427,23 @@ def format_matrix(matrix: Tensor, names: Sequence[str] | None = None) -> str:
     return "\n".join([head, *rows])
 
 
-class EvalCounts(Metric):
+class _EvalBatch(NamedTuple):
+    """What :class:`EvalCounts` queues of one batch (its own copies)."""
+
+    predicted: Tensor
+    targets: Tensor
+    valid: Tensor
+    batch_size: int
+
+
+class EvalCounts(FoldingMetric):
     """Per-epoch counts behind every accuracy reading; sum-reduced, so exact across DDP ranks.
 
     ``dense=True`` keeps the full ``[C, C]`` confusion matrix; otherwise only per-class true positive, predicted and
     actual counts (O(C) memory for very large heads). It also keeps per-batch micro and macro accuracies,
     sample-weighted (what ``self.log`` in a step produces) and unweighted, to recognise a correctly logged accuracy.
-    Updates never read a tensor to the host: ignored targets go to an extra bin that is dropped.
+    Updates never read a tensor to the host: ignored targets go to an extra bin that is dropped. Batches are queued
+    and counted together, one row per batch (see :class:`~lightning_sanity.folding.FoldingMetric`).
     """
 
     full_state_update = False
@@ -446,7 +459,8 @@ class EvalCounts(Metric):
     batches: Tensor
 
     def __init__(self, num_classes: int, dense: bool) -> None:
-        super().__init__()
+        # each fold counts [batches, C + 1] per-batch bins three times: bound that for very large heads
+        super().__init__(fold_batches=max(1, min(FOLD_BATCHES, (1 << 18) // (num_classes + 1))))
         self.num_classes = num_classes
         self.dense = dense
         if dense:
@@ -458,31 +472,50 @@ class EvalCounts(Metric):
             self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, predicted: Tensor, targets: Tensor, valid: Tensor, batch_size: int) -> None:
-        classes = self.num_classes
+        batch = _EvalBatch(
+            predicted.to(torch.long, copy=True), targets.to(torch.long, copy=True), valid.clone(), batch_size
+        )
+        self.queue(batch, targets.numel())
+
+    @override
+    def _fold(self, pending: list[_EvalBatch]) -> None:
+        groups: dict[tuple[int, int], list[_EvalBatch]] = {}  # batches of one shape are counted together
+        for batch in pending:
+            groups.setdefault((batch.targets.numel(), batch.batch_size), []).append(batch)
+        for (_, batch_size), batches in groups.items():
+            predicted, targets, valid = (
+                torch.stack(tensors) for tensors in zip(*(b[:3] for b in batches), strict=True)
+            )
+            self._count(predicted, targets, valid, batch_size)
+
+    def _count(self, predicted: Tensor, targets: Tensor, valid: Tensor, batch_size: int) -> None:
+        """Add ``[batches, elements]`` predictions of batches of ``batch_size`` samples."""
+        classes, rows = self.num_classes, targets.shape[0]
         trash = torch.full_like(targets, classes)
-        ones = torch.ones_like(targets)
         correct = valid & (predicted == targets)
-        tp = _bincount(torch.where(correct, targets, trash), classes)
-        actual = _bincount(torch.where(valid, targets, trash), classes)
-        pred = _bincount(torch.where(valid, predicted, trash), classes)
+        tp = _bincount_rows(torch.where(correct, targets, trash), classes)
+        actual = _bincount_rows(torch.where(valid, targets, trash), classes)
+        pred = _bincount_rows(torch.where(valid, predicted, trash), classes)
         if self.dense:
             cells = torch.where(valid, targets * classes + predicted, torch.full_like(targets, classes * classes))
             counts = torch.zeros(classes * classes + 1, dtype=torch.long, device=targets.device)
-            self.matrix += counts.index_add_(0, cells, ones)[:-1].view(classes, classes)
+            self.matrix += counts.index_add_(0, cells.reshape(-1), torch.ones_like(cells).reshape(-1))[:-1].view(
+                classes, classes
+            )
         else:
-            self.true_positives += tp
-            self.predicted += pred
-            self.actual += actual
-        micro = tp.sum() / actual.sum().clamp(min=1)
+            self.true_positives += tp.sum(0)
+            self.predicted += pred.sum(0)
+            self.actual += actual.sum(0)
+        micro = tp.sum(1) / actual.sum(1).clamp(min=1)
         counted = (actual > 0) | (pred > 0)
         recall = tp / actual.clamp(min=1)
-        macro = (recall * counted).sum() / counted.sum().clamp(min=1)
-        self.micro_weighted += micro * batch_size
-        self.macro_weighted += macro * batch_size
-        self.weight += batch_size
-        self.micro += micro
-        self.macro += macro
-        self.batches += 1
+        macro = (recall * counted).sum(1) / counted.sum(1).clamp(min=1)
+        self.micro_weighted += (micro * batch_size).double().sum()
+        self.macro_weighted += (macro * batch_size).double().sum()
+        self.weight += batch_size * rows
+        self.micro += micro.double().sum()
+        self.macro += macro.double().sum()
+        self.batches += rows
 
     def compute(self) -> dict[str, Tensor]:
         if self.dense:
@@ -501,14 +534,21 @@ class EvalCounts(Metric):
         }
 
 
-def _bincount(indices: Tensor, classes: int) -> Tensor:
-    """Counts of ``0..classes-1`` in ``indices`` (``classes`` is the dropped trash bin), without a host sync."""
-    counts = torch.zeros(classes + 1, dtype=torch.long, device=indices.device)
-    return counts.index_add_(0, indices, torch.ones_like(indices))[:-1]
+def _bincount_rows(indices: Tensor, classes: int) -> Tensor:
+    """Counts of ``0..classes-1`` in each row of ``[rows, n]`` ``indices`` (``classes`` is a dropped trash bin), as
+    ``[rows, classes]``, without a host sync."""
+    rows = indices.shape[0]
+    offsets = torch.arange(rows, device=indices.device)[:, None] * (classes + 1)
+    counts = torch.zeros(rows * (classes + 1), dtype=torch.long, device=indices.device)
+    flat = (indices + offsets).reshape(-1)
+    return counts.index_add_(0, flat, torch.ones_like(flat)).view(rows, classes + 1)[:, :-1]
 
 
-class TrainLoss(Metric):
-    """Mean and minimum of the training loss over an epoch (sum-reduced / min-reduced across ranks)."""
+class TrainLoss(FoldingMetric):
+    """Mean and minimum of the training loss over an epoch (sum-reduced / min-reduced across ranks).
+
+    Each step's loss is only queued (a detached reference, the step's own tensor); queued losses are folded together.
+    """
 
     full_state_update = False
     total: Tensor
@@ -522,10 +562,14 @@ class TrainLoss(Metric):
         self.add_state("lowest", torch.full((), math.inf, dtype=torch.float64), dist_reduce_fx="min")
 
     def update(self, loss: Tensor) -> None:
-        loss = loss.detach().double()
-        self.total += loss
-        self.steps += 1
-        self.lowest = torch.minimum(self.lowest, loss)
+        self.queue(loss.detach(), 1)
+
+    @override
+    def _fold(self, pending: list[Tensor]) -> None:
+        losses = torch.stack(pending).double()
+        self.total += losses.sum()
+        self.steps += len(pending)
+        self.lowest = torch.minimum(self.lowest, losses.min())
 
     def compute(self) -> tuple[Tensor, Tensor]:
         return self.total / self.steps.clamp(min=1), self.lowest
@@ -560,9 +604,10 @@ class ProbabilityLoss(Metric):
         return self.total / self.count.clamp(min=1)
 
 
-class EvalLoss(Metric):
+class EvalLoss(FoldingMetric):
     """Mean cross-entropy of the scores against the targets over an evaluation epoch (softmax cross-entropy, or
-    binary cross-entropy of a single logit): the model's own validation loss, whatever loss the user trains with."""
+    binary cross-entropy of a single logit): the model's own validation loss, whatever loss the user trains with.
+    Per batch the per-element losses are queued; their weighted sum is taken when folded."""
 
     full_state_update = False
     total: Tensor
@@ -580,7 +625,12 @@ class EvalLoss(Metric):
             losses = F.binary_cross_entropy_with_logits(scores[:, 0], targets, reduction="none")
         else:
             losses = F.cross_entropy(scores, predictions.targets.clamp(0, scores.shape[1] - 1), reduction="none")
-        weight = predictions.valid.double()
+        self.queue((losses, predictions.valid.clone()), losses.numel())
+
+    @override
+    def _fold(self, pending: list[tuple[Tensor, Tensor]]) -> None:
+        losses, valid = (torch.cat(tensors) for tensors in zip(*pending, strict=True))
+        weight = valid.double()
         self.total += (losses.double() * weight).sum()
         self.count += weight.sum()
 
@@ -1019,7 +1069,7 @@ class ConfusionCallback(SanityCallback):
         if self._train_loss is None:
             self._train_loss = TrainLoss().to(pl_module.device)
         scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
-        self._train_loss.update(loss.reshape(()) * scale)
+        self._train_loss.update(loss.reshape(()) * scale if scale != 1 else loss.reshape(()))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -1067,7 +1117,7 @@ class ConfusionCallback(SanityCallback):
                 values = counts.compute()
             counts.reset()
             eval_loss = self._read_eval_loss(split, loader)
-            label = split if loader == 0 else f"{split}/dataloader_idx_{loader}"
+            label = dataloader_label(split, loader)
             summary = ConfusionSummary.from_counts(values["true_positives"], values["predicted"], values["actual"])
             if summary.total == 0:
                 continue
@@ -1277,10 +1327,12 @@ class ConfusionCallback(SanityCallback):
         subject: str,
         evidence: dict[str, Any],
     ) -> None:
-        """Record a verdict about learning; one resolved earlier stands again."""
+        """Record a verdict about learning. A repeat keeps the first epoch and its count but shows the latest
+        evidence (the class a collapsed model now predicts, today's accuracy); one resolved earlier stands again."""
         finding = self.record(trainer, code, severity, message, hint, subject=subject, evidence=evidence)
-        if finding.resolved_epoch is not None:
-            self._findings[finding.key] = dataclasses.replace(finding, resolved_epoch=None)
+        if finding.key in self._findings and finding.count > 1:
+            latest = dataclasses.replace(finding, message=message, evidence=jsonable(evidence), resolved_epoch=None)
+            self._findings[finding.key] = latest
 
     def _resolve(self, code: str, subject: str, epoch: int) -> None:
         """A standing verdict about learning stopped holding at ``epoch``: the run broke out of it."""

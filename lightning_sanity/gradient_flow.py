@@ -284,7 +284,9 @@ class GradientFlowCallback(SanityCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
         index = _optimizer_index(trainer, optimizer)
-        watch = self._watches.setdefault(index, _Watch())
+        watch = self._watches.get(index)
+        if watch is None:  # not setdefault: a _Watch is a dozen containers, and most steps are not checked
+            watch = self._watches[index] = _Watch()
         step, watch.steps = watch.steps, watch.steps + 1
         self._close_reset_window(watch)
         if is_check_step(step, self.dense_steps, self.every_n_steps):
@@ -349,18 +351,19 @@ class GradientFlowCallback(SanityCallback):
         if params:
             with torch.no_grad():
                 grads = [p.grad for p in params if p.grad is not None]
-                weights = [p.detach() for p in params]
-                magnitudes = compat.foreach_abs(grads)  # L1 and max-abs via _foreach_norm are slow on CPU
+                # L1 and max-abs read |grad| (_foreach_norm with ord 1 or inf is several times slower on CPU); the
+                # |grad| buffers (a gradient has its parameter's shape, dtype and device) then hold the weight
+                # snapshot, so a check allocates one model-sized copy, not two
+                magnitudes = compat.foreach_abs(grads)
                 norms = [
                     compat.foreach_norm(grads, 2, dtype=torch.float32),
                     [m.sum(dtype=torch.float32) for m in magnitudes],
-                    [m.amax().float() for m in magnitudes],
-                    compat.foreach_norm(weights, 2, dtype=torch.float32),
+                    compat.foreach_max(magnitudes),
+                    compat.foreach_norm(params, 2, dtype=torch.float32),
                 ]
-                del magnitudes
-                device = weights[0].device
-                grad_stats = torch.stack([torch.stack([value.to(device) for value in n]) for n in norms])
-                snapshot = [w.clone() for w in weights]
+                device = params[0].device
+                grad_stats = torch.stack([_float_vector(values, device) for values in norms])
+                snapshot = [buffer.copy_(param) for buffer, param in zip(magnitudes, params, strict=True)]
         group_lrs = [float(group.get("lr", 0.0)) for group in optimizer.param_groups]
         return _PendingCheck(
             index, step, infos, params, lrs, group_lrs, _group_peaks(optimizer), grad_stats, snapshot, without_grad
@@ -960,6 +963,13 @@ def _anonymous(param: Tensor, number: int) -> _ParamInfo:
     return _ParamInfo(f"param{number}", "(outside the model)", None, param.numel(), False)
 
 
+def _float_vector(values: Sequence[Tensor], device: torch.device) -> Tensor:
+    """Per-tensor scalars as one float32 vector on ``device`` (with model parallelism they sit on several devices)."""
+    if any(value.device != device for value in values):
+        values = [value.to(device) for value in values]
+    return torch.stack(list(values)).float()
+
+
 def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
     """Measure the updates of the pending checks and read all their numbers to the host in one transfer."""
     rows: list[Tensor] = []
@@ -967,10 +977,9 @@ def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
         if check.grad_stats is None:
             continue
         with torch.no_grad():
-            compat.foreach_sub_(check.snapshot, [p.detach() for p in check.params])
+            compat.foreach_sub_(check.snapshot, check.params)
             updates = compat.foreach_norm(check.snapshot, 2, dtype=torch.float32)
-            device = check.grad_stats.device
-            rows.append(torch.cat([check.grad_stats, torch.stack([u.to(device) for u in updates])[None]]))
+            rows.append(torch.cat([check.grad_stats, _float_vector(updates, check.grad_stats.device)[None]]))
         check.snapshot = []
     if not rows:
         return [[] for _ in pending]

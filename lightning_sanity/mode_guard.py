@@ -10,13 +10,14 @@ What is watched is a list of *mode-dependent* modules computed once per loop run
 (:func:`mode_dependent_modules`): dropout, BatchNorm/InstanceNorm with running statistics,
 dropout-carrying RNNs and attention, stochastic-depth layers, and user-defined modules whose
 ``forward`` reads ``self.training``. Per batch only their ``training`` flags are read (no
-device work). Parameters and BatchNorm statistics are compared as per-tensor norms taken at the
+device work). Parameters and BatchNorm statistics are compared as per-tensor sums and norms taken at the
 first evaluation batch and compared after the first and after the last one, so weight swaps done
 in ``on_validation_(epoch_)start``/``end`` hooks (EMA, :class:`~lightning.pytorch.callbacks.WeightAveraging`)
 are outside the window. The stochastic-output check replays the forward call the user's step made on
 its first evaluation batch (:class:`~lightning_sanity.observe.StepObserver`: the LightningModule, or the
-direct child such as ``self.model`` it called) on a few samples, two times per run (three if they
-differ, to replay the first pass and rule out a stateful forward).
+direct child such as ``self.model`` it called) on a few samples, two times per run (if they differ,
+both again from the first pass's RNG state, recording every module's activations, to rule out a stateful
+forward and find where the randomness starts).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ _SAME_OUTPUTS = 1e-5
 _ATTRIBUTION_TOLERANCE = 1e-4
 """Relative tolerance when comparing per-module activation fingerprints to find where randomness starts."""
 _CHECKSUM_TOLERANCE = 1e-6
-"""Relative change of a parameter/buffer norm that counts as changed (norms of unchanged tensors are bit-equal)."""
+"""Relative change of a parameter/buffer sum or norm that counts as changed (unchanged tensors give bit-equal ones)."""
 _NAMES_SHOWN = 8
 _FEW_VALUES = 2
 """Values per channel in a training batch at or below which BatchNorm's batch statistics are noise (two values
@@ -194,7 +195,11 @@ def innermost_sources(names: Sequence[str]) -> list[str]:
 
 @dataclass
 class Checksums:
-    """Per-tensor ``[L1, L2]`` norms of named tensors, still on their devices (no host sync to take)."""
+    """Per-tensor ``[sum, L2 norm]`` of named tensors, still on their devices (no host sync to take).
+
+    The signed sum moves with any single changed element (a sign flip too, which leaves both norms equal) and,
+    unlike an L1 norm, is one cheap vectorised reduction on CPU; the L2 norm catches changes that cancel in the sum.
+    """
 
     names: list[str]
     groups: list[tuple[list[int], Tensor]]
@@ -208,9 +213,9 @@ class Checksums:
         for (_, dtype), indices in by_kind.items():
             tensors = [named[i][1].detach() for i in indices]
             if dtype.is_floating_point:
-                norms = torch.stack(
-                    [torch.stack(compat.foreach_norm(tensors, 1)), torch.stack(compat.foreach_norm(tensors, 2))], 1
-                )
+                accumulate = torch.promote_types(dtype, torch.float32)
+                sums = torch.stack([t.sum(dtype=accumulate) for t in tensors])
+                norms = torch.stack([sums, torch.stack(compat.foreach_norm(tensors, 2, dtype=accumulate))], 1)
             else:
                 norms = torch.stack([t.double().sum() for t in tensors]).unsqueeze(1).expand(-1, 2)
             groups.append((indices, norms.double()))
@@ -961,7 +966,9 @@ class ModeGuardCallback(SanityCallback):
     def _check_stochastic_eval(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, call: ForwardCall | None
     ) -> None:
-        """Replay the step's forward call on a few samples twice (three times if they differ), RNG forked."""
+        """Replay the step's forward call on a few samples twice, RNG forked. If the outputs differ, replay both
+        passes again from the first one's RNG state while recording every module's activations: the replay rules out
+        a stateful forward and the recording finds where the randomness starts (a healthy model pays no recording)."""
         if call is None:
             self._cannot_replay(trainer, "the step called neither the LightningModule nor one of its direct children")
             return
@@ -970,7 +977,7 @@ class ModeGuardCallback(SanityCallback):
         if device.type not in ("cpu", "cuda"):
             return
         try:
-            with forked_rng(), torch.no_grad(), _ActivationRecorder(call.module) as recorder:
+            with forked_rng(), torch.no_grad():
                 start = _RngState(device)
                 first = output_tensors(call.run(args, kwargs))
                 second = output_tensors(call.run(args, kwargs))
@@ -978,7 +985,9 @@ class ModeGuardCallback(SanityCallback):
                 if difference <= _DIFFERENT_OUTPUTS:
                     return
                 start.restore()
-                replay = output_tensors(call.run(args, kwargs))
+                with _ActivationRecorder(call.module) as recorder:
+                    replay = output_tensors(call.run(args, kwargs))
+                    call.run(args, kwargs)
         except Exception as error:  # the sliced replay may not fit the module: say so
             self._cannot_replay(trainer, f"replaying `{call.name or type(pl_module).__name__}` raised {error!r}")
             return

@@ -86,6 +86,24 @@ def tensors_in(value: Any) -> list[Tensor]:
     return found
 
 
+def dataloader_label(split: str, key: int | str = 0) -> str:
+    """The one name of a dataloader in findings, reports, figures and logged scalars.
+
+    The first (or only) dataloader of a split is the split itself; evaluation dataloaders after it carry
+    Lightning's own suffix (the one in the keys it logs for several dataloaders); a named dataloader (a key of a
+    dict of training dataloaders) carries its name.
+
+    Example::
+
+        dataloader_label("val")  # "val"
+        dataloader_label("val", 1)  # "val/dataloader_idx_1"
+        dataloader_label("train", "images")  # "train/images"
+    """
+    if isinstance(key, str):
+        return f"{split}/{key}"
+    return split if key == 0 else f"{split}/dataloader_idx_{key}"
+
+
 @dataclass
 class ForwardCall:
     """One top-level forward call made by the user's step.

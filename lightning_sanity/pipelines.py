@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, IterableDataset, Subset
 
 from lightning_sanity.batch import UnsupportedBatch, split_batch
+from lightning_sanity.observe import dataloader_label
 from lightning_sanity.rng import forked_rng
 
 
@@ -322,7 +323,8 @@ def _transform_chains(dataset: Any, depth: int) -> list[list[Any]]:
 
 @dataclass(frozen=True)
 class LoaderView:
-    """A dataloader as the checks see it: its label (``"val[1]"``), dataset and pipelines."""
+    """A dataloader as the checks see it: its label (``"val/dataloader_idx_1"``, see
+    :func:`~lightning_sanity.observe.dataloader_label`), dataset and pipelines."""
 
     label: str
     dataset: Any
@@ -340,18 +342,28 @@ def describe_loader(dataloader: Any, label: str = "") -> LoaderView:
     return LoaderView(label, dataset, tuple(find_pipelines(dataset)) if dataset is not None else ())
 
 
-def iter_loaders(loaders: Any, label: str) -> Iterator[tuple[str, Any]]:
-    """``(label, dataloader)`` for a dataloader, or a list / dict / nesting of them : ``val[1]``, ``train[a]``."""
+def iter_loaders(loaders: Any, split: str) -> Iterator[tuple[str, Any]]:
+    """``(label, dataloader)`` for each dataloader of ``split`` (one, or a list / dict of them), named by
+    :func:`~lightning_sanity.observe.dataloader_label` as every callback names them: evaluation dataloaders by
+    their ``dataloader_idx`` (``val``, ``val/dataloader_idx_1``), a dict of training dataloaders by key
+    (``train/images``)."""
+    if loaders is None:
+        return
+    items: list[tuple[int | str, Any]]
     if isinstance(loaders, Mapping):
-        items: list[tuple[Any, Any]] = list(loaders.items())
+        items = list(loaders.items()) if split == "train" else list(enumerate(loaders.values()))
     elif isinstance(loaders, (list, tuple)):
         items = list(enumerate(loaders))
     else:
-        if loaders is not None:
-            yield label, loaders
-        return
+        items = [(0, loaders)]
     for key, loader in items:
-        yield from iter_loaders(loader, f"{label}[{key}]" if len(items) > 1 else label)
+        # Lightning numbers evaluation dataloaders (``dataloader_idx``); several training dataloaders have only keys.
+        name = str(key) if split.startswith("train") and len(items) > 1 else key
+        label = dataloader_label(split, name)
+        if isinstance(loader, (Mapping, list, tuple)):
+            yield from iter_loaders(loader, label)
+        else:
+            yield label, loader
 
 
 def find_normalize(dataloader: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -56,7 +56,8 @@ def main(out_dir: Path, devices: int, one_rank_error: bool, logger: bool) -> Non
         "findings": sorted((f.code, f.subject, str(f.severity)) for f in ls.collect_findings(trainer)),
         "matrix": confusion.confusion_matrix.tolist() if confusion.confusion_matrix is not None else None,
         "val_samples": len(val.dataset),
-        "batch_stats": {k: v for k, v in getattr(batch_stats, "epoch_stats", {}).items() if k == "val"},
+        # the last validation's input statistics as synchronised across ranks (queued batches folded before the sync)
+        "val_inputs_seen": batch_stats._stats["val"].summary().samples,
     }
     (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(result, default=str))
     # Lightning destroys only NCCL process groups at exit. A gloo group left to interpreter shutdown is destructed

@@ -367,7 +367,7 @@ def test_multiple_val_dataloaders_are_compared_to_train_one_by_one(make_trainer:
     assert problems(trainer) == []
     trainer = fit(make_trainer, MultiVal(SmallCNN(10, width=4)), loaders[0], [healthy, forgot_normalize])
     [shift] = [f for f in problems(trainer) if f.code == "input.split_shift"]
-    assert shift.subject == "val_dl1" and "val_dl1" in shift.message
+    assert shift.subject == "val/dataloader_idx_1" and "val/dataloader_idx_1" in shift.message
 
 
 def test_validate_after_fit_compares_with_the_training_epoch(make_trainer: Any) -> None:
@@ -444,12 +444,75 @@ def test_channel_stats_of_large_batches_sample_values_but_see_every_non_finite_o
     torch.testing.assert_close(
         summary.std, torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64) / 12**0.5, rtol=0.03, atol=0
     )
-    sampled = stats._positions[(64 * 64, 128, images.device)]
+    sampled = stats._positions[(32, 3, 64 * 64, 128, images.device)][:128]  # flat indices: image 0, channel 0 first
     outside = next(position for position in range(64 * 64) if position not in set(sampled.tolist()))
     images[7, 1].view(-1)[outside] = math.nan
     stats.reset()
     stats.update(channel_view(images))  # type: ignore[arg-type]
     assert stats.summary().non_finite.tolist() == [0, 1, 0]
+
+
+def test_channel_stats_folding_queued_batches_equals_judging_them_one_by_one() -> None:
+    """Batches are queued and folded 32 at a time (and before any read): the epoch numbers are those of a
+    batch-by-batch accumulation, NaN/Inf included (inside and outside the sampled positions), whatever the sizes."""
+    generator = torch.Generator().manual_seed(1)
+    stats = ChannelStats(values_per_channel=64)
+    expected: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = []
+    read_midway = None
+    for index in range(75):
+        size = [16, 16, 16, 7][index % 4]
+        images = torch.randn(size, 3, 6, 6, generator=generator) * torch.tensor([1.0, 0.01, 5.0]).view(1, 3, 1, 1) - 2
+        if index in (5, 40):
+            images[1, 0, 2, 3] = math.nan  # anywhere: seen by the full-batch check
+        if index == 41:
+            images[:, 2] = math.inf  # every value of a channel, sampled ones included
+        view = channel_view(images)
+        assert view is not None
+        stats.update(view)
+        positions = stats._positions[(size, 3, 36, max(1, 64 // size), view.device)][: max(1, 64 // size)]
+        sampled = batch_moments(view[:, :, positions])
+        missed = (~torch.isfinite(view).all(2).all(0)) & (sampled.non_finite == 0)
+        expected.append(
+            (
+                sampled.count,
+                sampled.total,
+                sampled.total_sq,
+                sampled.minimum,
+                sampled.maximum,
+                sampled.non_finite + missed,
+            )
+        )
+        if index == 50:
+            read_midway = stats.summary()
+    assert read_midway is not None and read_midway.samples == sum([16, 16, 16, 7][i % 4] for i in range(51))
+    summary = stats.summary()
+    count, total, total_sq, minimum, maximum, non_finite = (
+        torch.stack(column) for column in zip(*expected, strict=True)
+    )
+    assert summary.samples == sum([16, 16, 16, 7][i % 4] for i in range(75))
+    assert summary.count.tolist() == count.sum(0).tolist() and summary.non_finite.tolist() == non_finite.sum(0).tolist()
+    assert summary.non_finite.tolist()[0] >= 2 and summary.non_finite.tolist()[1] == 0
+    torch.testing.assert_close(summary.total, total.sum(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(summary.total_sq, total_sq.sum(0), rtol=1e-6, atol=0)
+    assert summary.minimum.tolist() == minimum.amin(0).tolist() and summary.maximum.tolist() == maximum.amax(0).tolist()
+    stats.reset()
+    stats.update(channel_view(torch.ones(4, 2, 3)))  # type: ignore[arg-type]
+    stats.persistent(True)
+    assert stats.state_dict()["count"].tolist() == [12.0, 12.0]  # a checkpoint holds the queued batch too
+    assert stats.summary().mean.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_channel_stats_of_half_precision_batches_fold_without_overflow(dtype: torch.dtype) -> None:
+    """32 queued batches of 4,096 values per channel around 2 sum far beyond float16's 65,504."""
+    generator = torch.Generator().manual_seed(0)
+    stats = ChannelStats()
+    for _ in range(40):
+        stats.update(channel_view((torch.randn(32, 3, 32, 32, generator=generator) * 0.5 + 2).to(dtype)))  # type: ignore[arg-type]
+    summary = stats.summary()
+    assert summary.samples == 40 * 32 and summary.non_finite.tolist() == [0, 0, 0]
+    torch.testing.assert_close(summary.mean, torch.full((3,), 2.0, dtype=torch.float64), rtol=0.01, atol=0)
+    torch.testing.assert_close(summary.std, torch.full((3,), 0.5, dtype=torch.float64), rtol=0.02, atol=0)
 
 
 def test_class_counts_ignores_out_of_range_labels() -> None:

@@ -20,6 +20,8 @@ from torchvision import transforms as T
 from lightning_sanity import ConfusionCallback, Severity
 from lightning_sanity.confusion import (
     ConfusionSummary,
+    EvalCounts,
+    TrainLoss,
     activation_kind,
     class_predictions,
     class_scores,
@@ -172,7 +174,8 @@ def test_majority_only_model_on_imbalanced_data_is_imbalance_masked(make_trainer
     masked = next(f for f in callback.findings if f.code == "eval.imbalance_masked")
     assert masked.evidence["accuracy"] == pytest.approx(2 / 3, abs=0.01)
     assert masked.evidence["balanced_accuracy"] == pytest.approx(0.5, abs=0.01)
-    assert masked.evidence["training"] == "one class throughout"  # every prediction the majority, epochs 0 and 1
+    assert masked.evidence["training"] == "stuck"  # the last validation's story: the train loss sits at the prior
+    assert masked.evidence["balanced_accuracies"] == [0.5] * len(masked.evidence["eval_losses"])
     assert "eval.chance_level" not in codes(trainer)
 
 
@@ -396,3 +399,62 @@ def test_closest_reading_accepts_percentages_and_format_matrix_aligns() -> None:
 def test_bad_configuration_fails_fast(option: str, value: Any) -> None:
     with pytest.raises(ValueError, match=option):
         ConfusionCallback(**{option: value})
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_eval_counts_fold_queued_batches_into_the_counts_of_each_batch(dense: bool) -> None:
+    """Queued batches are counted together (one row per batch): the matrix and the per-batch accuracies are those of
+    counting each batch on its own, for batches of different sizes, with ignored targets, read midway or not."""
+    generator = torch.Generator().manual_seed(0)
+    counts = EvalCounts(num_classes=4, dense=dense)
+    matrix = torch.zeros(4, 4, dtype=torch.long)
+    micro: list[float] = []
+    macro: list[float] = []
+    sizes: list[int] = []
+    for index in range(70):
+        size = 24 if index % 5 else 9
+        targets = torch.randint(0, 4, (size,), generator=generator)
+        noise = torch.randint(0, 4, (size,), generator=generator)
+        predicted = torch.where(torch.rand(size, generator=generator) < 0.6, targets, noise)
+        targets[: index % 3] = -100
+        valid = targets >= 0
+        counts.update(predicted, targets, valid, size)
+        batch = torch.zeros(4, 4, dtype=torch.long)
+        for true, guess in zip(targets[valid].tolist(), predicted[valid].tolist(), strict=True):
+            batch[true, guess] += 1
+        matrix += batch
+        recall = batch.diagonal() / batch.sum(1).clamp(min=1)
+        counted = (batch.sum(1) > 0) | (batch.sum(0) > 0)
+        micro.append(float(batch.diagonal().sum() / batch.sum()))
+        macro.append(float((recall * counted).sum() / counted.sum()))
+        sizes.append(size)
+        targets[:] = 0  # the step's tensors may change after the hook: the queue holds copies
+        if index == 33:  # a read midway (the learnability verdict reads the running epoch)
+            assert int(counts.compute()["actual"].sum()) == int(matrix.sum())
+    values = counts.compute()
+    if dense:
+        assert values["matrix"].tolist() == matrix.tolist()
+    assert values["true_positives"].tolist() == matrix.diagonal().tolist()
+    assert values["actual"].tolist() == matrix.sum(1).tolist()
+    assert values["predicted"].tolist() == matrix.sum(0).tolist()
+    weights = torch.tensor(sizes, dtype=torch.float64)
+    expected = {
+        "batch_micro": sum(micro) / len(micro),
+        "batch_macro": sum(macro) / len(macro),
+        "batch_micro_weighted": float((torch.tensor(micro, dtype=torch.float64) * weights).sum() / weights.sum()),
+        "batch_macro_weighted": float((torch.tensor(macro, dtype=torch.float64) * weights).sum() / weights.sum()),
+    }
+    for key, value in expected.items():
+        assert float(values[key]) == pytest.approx(value, rel=1e-6)
+
+
+def test_train_loss_folds_queued_steps_into_their_mean_and_minimum() -> None:
+    losses = [2.5 - 0.02 * step + 0.1 * math.sin(step) for step in range(75)]
+    metric = TrainLoss()
+    for step, loss in enumerate(losses):
+        metric.update(torch.tensor(loss))
+        if step == 40:  # a read midway sees every step so far
+            assert float(metric.compute()[0]) == pytest.approx(sum(losses[:41]) / 41, rel=1e-6)
+    mean, lowest = metric.compute()
+    assert float(mean) == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+    assert float(lowest) == pytest.approx(min(losses), rel=1e-6)

@@ -35,6 +35,7 @@ def test_ddp_confusion_matrix_counts_every_validation_sample_once(tmp_path: Path
     matrices = [rank["matrix"] for rank in ranks]
     assert matrices[0] is not None and matrices[0] == matrices[1]
     assert sum(map(sum, matrices[0])) == ranks[0]["val_samples"]
+    assert [rank["val_inputs_seen"] for rank in ranks] == [ranks[0]["val_samples"]] * 2
 
 
 @pytest.mark.slow

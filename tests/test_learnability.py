@@ -137,6 +137,17 @@ def test_one_class_for_every_validation_is_a_collapse_without_training_evidence(
     assert finding.evidence["top_predicted_share"] >= 0.99
 
 
+def test_a_standing_collapse_reports_the_class_of_the_last_validation(make_trainer: Any) -> None:
+    train, val = digit_images(BUGGY_NORMALIZE, T.ToTensor())
+    confusion = ConfusionCallback(figure_every_n_epochs=0)
+    trainer = fit(make_trainer, Classifier(SmallCNN(10), lr=3e-3), train, val, epochs=4, callbacks=[confusion])
+    finding = the(trainer, "eval.prediction_collapse")
+    last = confusion.confusion_matrices["val"]  # the last validation's matrix: rows true, columns predicted
+    assert finding.count >= 2 and finding.epoch < trainer.current_epoch
+    assert f"predictions are class '{int(last.sum(dim=0).argmax())}'" in finding.message
+    assert finding.evidence["accuracy"] == pytest.approx(float(last.diag().sum() / last.sum()), abs=1e-3)
+
+
 def test_the_same_program_with_one_normalisation_is_quiet(make_trainer: Any) -> None:
     train, val = digit_images(NORMALIZED, NORMALIZED)
     trainer = fit(make_trainer, Classifier(SmallCNN(10), lr=3e-3), train, val, epochs=2)

@@ -442,3 +442,14 @@ def test_relative_difference_and_checksums() -> None:
     bias += 1
     steps += 1
     assert before.changed(Checksums.of([("w", weight), ("b", bias), ("n", steps)])) == ["b", "n"]
+
+
+def test_checksums_see_one_changed_element_of_a_large_tensor() -> None:
+    weight = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
+    before = Checksums.of([("w", weight)])
+    weight[3, 7] = -weight[3, 7]  # a sign flip leaves every norm of the tensor unchanged
+    assert before.changed(Checksums.of([("w", weight)])) == ["w"]
+    weight[3, 7] = -weight[3, 7]
+    assert before.changed(Checksums.of([("w", weight)])) == []
+    weight[100, 200] += 1e-3  # relative change of the tensor's L1 norm: 5e-9
+    assert before.changed(Checksums.of([("w", weight)])) == ["w"]

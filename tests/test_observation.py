@@ -286,3 +286,43 @@ def test_the_observer_records_the_step_call_not_our_own_replay() -> None:
     with StepObserver(module, copy_args=False) as observer:
         module.model(x)
     assert observer.calls[0].args[0].data_ptr() == x.data_ptr()  # a view: no copy per step
+
+
+# ------------------------------------------------------------ one name per dataloader, whichever callback speaks
+class TwoValLoaders(ls.demos.Classifier):
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+def test_every_callback_names_the_second_val_dataloader_the_same_way(make_trainer: Any) -> None:
+    from torchvision import transforms as T
+
+    from lightning_sanity.demos import DigitImages, SmallCNN
+
+    normalize = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    train = DataLoader(DigitImages(T.Compose([T.ToTensor(), normalize]), "train"), batch_size=32, shuffle=True)
+    healthy = DataLoader(DigitImages(T.Compose([T.ToTensor(), normalize]), "val"), batch_size=64)
+    forgot_normalize = DataLoader(DigitImages(T.ToTensor(), "val"), batch_size=64)
+    confusion = ConfusionCallback()
+    callbacks = [c for c in ls.default_callbacks() if not isinstance(c, ConfusionCallback)] + [confusion]
+    trainer = make_trainer(callbacks=callbacks, max_epochs=2, limit_train_batches=8)
+    trainer.fit(TwoValLoaders(SmallCNN(10, width=4)), train, [healthy, forgot_normalize])
+    named = {f.code: f.subject for f in problems(trainer) if "val/dataloader_idx_1" in f.subject}
+    assert named["transform.normalize_missing"] == "train|val/dataloader_idx_1"  # TransformParity
+    assert named["input.split_shift"] == "val/dataloader_idx_1"  # BatchStats
+    assert set(confusion.confusion_matrices) == {"val", "val/dataloader_idx_1"}  # Confusion
+    spelled = [f"{f.subject} {f.message}" for f in ls.collect_findings(trainer)]
+    assert not [text for text in spelled if "val_dl" in text or "val[" in text]
+
+
+def test_dataloader_collections_are_named_as_the_batch_hooks_see_them() -> None:
+    from lightning_sanity.pipelines import iter_loaders
+
+    a, b = DataLoader([1]), DataLoader([2])
+    assert [label for label, _ in iter_loaders([a, b], "val")] == ["val", "val/dataloader_idx_1"]
+    assert [label for label, _ in iter_loaders({"x": a, "y": b}, "test")] == ["test", "test/dataloader_idx_1"]
+    assert [label for label, _ in iter_loaders({"images": a, "text": b}, "train")] == ["train/images", "train/text"]
+    assert [label for label, _ in iter_loaders([a, b], "train")] == ["train/0", "train/1"]
+    assert [label for label, _ in iter_loaders([a], "train")] == ["train"]
+    assert list(iter_loaders(None, "val")) == []

@@ -249,7 +249,7 @@ def test_random_in_eval_v1_and_v2(make_trainer: Any) -> None:
     findings = findings_of(trainer, "transform.random_in_eval")
     assert [f.severity for f in findings] == [Severity.WARNING, Severity.WARNING]
     assert "RandomHorizontalFlip at position 1, ColorJitter at position 2" in findings[0].message
-    assert findings[0].subject == "val[0]" and findings[1].subject == "val[1]"
+    assert findings[0].subject == "val" and findings[1].subject == "val/dataloader_idx_1"
     assert codes(trainer, Severity.WARNING) == {"transform.random_in_eval"}
 
 
@@ -266,7 +266,7 @@ def test_multiple_val_dataloaders_name_the_culprit(make_trainer: Any) -> None:
     good = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
     trainer = fit(make_trainer, digits(good), [digits(good, "val"), digits(T.ToTensor(), "val")])
     [missing] = findings_of(trainer, "transform.normalize_missing")
-    assert missing.subject == "train|val[1]"
+    assert missing.subject == "train|val/dataloader_idx_1"
     assert codes(trainer, Severity.WARNING) == {"transform.normalize_missing"}
     healthy = fit(make_trainer, digits(good), [digits(good, "val"), digits(good, "val")])
     assert problems(healthy) == []
