@@ -22,8 +22,9 @@ done once per validation run (weight checksums, epoch-end judgements) is spread 
 the short epochs here (32-43 training steps) that inflates the per-step figure compared with real epochs of
 hundreds of steps.
 
-It also times the CPU spent inside the pack's hooks during one fit (a direct per-step measurement), and two scale
-properties: ConfusionCallback's state on a 50,000-class head and
+It also times the CPU spent drawing and saving each default figure (``figure_cost``: a fit pays it once, at its
+end, for a logger without an image API), the CPU spent inside the pack's hooks during one fit (a direct per-step
+measurement), and two scale properties: ConfusionCallback's state on a 50,000-class head and
 GradientFlowCallback's per-step cost on a 100-layer MLP.
 """
 
@@ -53,6 +54,8 @@ from torchvision import transforms as T
 
 import lightning_sanity as ls
 import lightning_sanity.base as ls_base
+import lightning_sanity.figures as ls_figures
+import lightning_sanity.loggers as ls_loggers
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN
 
 MEAN, STD = (0.1, 0.1, 0.1), (0.25, 0.25, 0.25)
@@ -254,6 +257,56 @@ def gradient_flow_deep_mlp(short: int, long: int) -> None:
     print(overhead_row(program, short, long, repeats=3))
 
 
+def figure_inputs() -> dict[str, Callable[[], Any]]:
+    """Each default figure, as a function drawing it from realistic inputs: a 10-class confusion matrix, the 41
+    modules with parameters of a ResNet-18, 3-channel histograms of 64 32x32 images per split, 8 RGB samples per
+    split."""
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randint(0, 40, (10, 10), generator=generator) + torch.diag(torch.full((10,), 300))
+    classes = [f"class {index}" for index in range(10)]
+    resnet = torchvision.models.resnet18(num_classes=10)
+    # GradientFlowCallback draws one bar per module holding parameters, named as in ``named_modules``.
+    names = [name for name, module in resnet.named_modules() if list(module.parameters(recurse=False))]
+    layers = {name: (1e-4 * 1.3**index, 1e-3 * 1.3**index) for index, name in enumerate(names)}
+    images = {split: torch.randn(64, 3, 32, 32, generator=generator) for split in ("train", "val")}
+    per_channel = {split: batch.transpose(0, 1).reshape(3, -1).T for split, batch in images.items()}
+    normalization = {"train": (MEAN, STD), "val": None}
+    return {
+        "confusion matrix": lambda: ls_figures.confusion_figure(matrix, classes, "val confusion matrix, epoch 4"),
+        f"gradient flow ({len(layers)} layers)": lambda: ls_figures.gradient_flow_figure(layers),
+        "input histograms": lambda: ls_figures.input_histogram_figure(per_channel),
+        "sample grid": lambda: ls_figures.sample_grid_figure(images, normalization),
+    }
+
+
+def figure_cost(repeats: int = 5) -> None:
+    """CPU time to draw and save each default figure as a PNG (as written for a CSVLogger): the first time in this
+    process (fonts and text caches are loaded then: what a fit pays once), then the median of ``repeats``."""
+    print(f"\n### CPU time per default figure: first in this process, then median of {repeats} (build + save PNG)")
+    print("| figure | first | build | save PNG | total |\n|---|---|---|---|---|")
+    firsts, totals = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        for name, draw in figure_inputs().items():
+            start = time.process_time()
+            ls_loggers.save_png(draw(), directory, "first", 0)
+            firsts.append(time.process_time() - start)
+            build, save = [], []
+            for _ in range(repeats):
+                start = time.process_time()
+                figure = draw()
+                built = time.process_time()
+                ls_loggers.save_png(figure, directory, "figure", 0)
+                build.append(built - start)
+                save.append(time.process_time() - built)
+            row = statistics.median(build), statistics.median(save)
+            totals.append(sum(row))
+            print(
+                f"| {name} | {firsts[-1] * 1e3:.0f} ms | {row[0] * 1e3:.0f} ms | {row[1] * 1e3:.0f} ms "
+                f"| {sum(row) * 1e3:.0f} ms |"
+            )
+    print(f"| all | {sum(firsts) * 1e3:.0f} ms | | | {sum(totals) * 1e3:.0f} ms |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -268,6 +321,7 @@ def main() -> None:
     print(f"machine: {cpu}, 1 torch thread, torch {torch.__version__}, lightning {pl.__version__}")
     if not args.skip_overhead:
         overhead_table(args.repeats, *args.epochs)
+    figure_cost()
     time_in_hooks(PROGRAMS[0], epochs=4)
     confusion_at_scale()
     gradient_flow_deep_mlp(*args.epochs)

