@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from matplotlib.figure import Figure
 from torch import Tensor
 from typing_extensions import Self, override
@@ -138,9 +138,9 @@ class SanityCallback(Callback):
     Args:
         strict: Raise :class:`SanityError` on the first ERROR finding or internal error (for CI pipelines).
         batch_adapter: A function ``batch -> (inputs, targets)`` for batch structures we do not understand.
-        figure_every_n_epochs: Log this callback's figures at the first epoch, then every N epochs; 0 turns
-            them off. Loggers with an image API get each figure; PNG files are written once per run, at its end,
-            showing the last figure.
+        figure_every_n_epochs: Send this callback's figures to loggers with an image API at the first epoch, then
+            every N epochs; 0 turns figures off. PNG files are written once per run, at its end, showing its final
+            state.
         save_dir: Also save figures as PNG files here (the only place they go when there is no logger).
         ignore: Finding codes to silence, e.g. ``["input.unscaled"]``.
         severity: Finding codes to re-grade, e.g. ``{"eval.chance_level": "error"}``.
@@ -361,30 +361,32 @@ class SanityCallback(Callback):
             )
             return None
 
-    def figure_due(self, trainer: pl.Trainer) -> bool:
-        """Figures are drawn at the first epoch, then every ``figure_every_n_epochs``, on rank zero when they have
-        somewhere to go (a logger or ``save_dir``); never in the sanity check."""
-        every = self.figure_every_n_epochs
+    def figures_wanted(self, trainer: pl.Trainer) -> bool:
+        """Whether this epoch's figures go anywhere: figures are on (``figure_every_n_epochs > 0``), this is rank
+        zero with a logger or a ``save_dir``, and not the sanity check. Cheap to answer every epoch: pass
+        :meth:`log_figure` a function and nothing is drawn until a destination needs it."""
         return (
-            every > 0
+            self.figure_every_n_epochs > 0
             and not trainer.sanity_checking
-            and trainer.current_epoch % every == 0
             and has_figure_destination(trainer, self.save_dir)
         )
 
     def log_figure(self, trainer: pl.Trainer, split: str, name: str, figure: Figure | Callable[[], Figure]) -> None:
-        """Log ``figure`` (or what ``figure()`` draws) as ``sanity/<callback>/<split>/<name>``.
+        """Log ``figure`` (or what ``figure()`` draws) as ``sanity/<callback>/<split>/<name>``; call it every epoch
+        (when :meth:`figures_wanted`).
 
-        Loggers with an image API (TensorBoard, W&B, MLflow, Comet, Neptune) get it now, at the current step.
-        PNG files (other loggers' directories, ``save_dir``) are drawn and rendered once per run, at its end, from
-        the last figure of each tag: drawing and rendering cost a few hundred milliseconds that should not be paid
-        on the training thread every figure epoch. Pass a function (e.g. ``functools.partial(confusion_figure,
-        matrix)``) so that a figure no logger wants now is never drawn.
+        Loggers with an image API (TensorBoard, W&B, MLflow, Comet, Neptune) get it at the first epoch of a fit, then
+        every ``figure_every_n_epochs``, and always in ``validate`` / ``test`` / ``predict`` runs. PNG files (other
+        loggers' directories, ``save_dir``) show the run's final state: the figure of each tag logged last is drawn
+        and rendered once, at the run's end (drawing costs tens of milliseconds a figure). Pass a function (e.g.
+        ``functools.partial(confusion_figure, matrix)``) so that a figure no destination wants is never drawn.
         """
-        if trainer.global_rank != 0:
+        every = self.figure_every_n_epochs
+        if trainer.global_rank != 0 or every == 0:
             return
         tag = scalar_key(self.name, split, name)
-        if any(takes_images(logger) for logger in trainer.loggers):
+        image_epoch = trainer.state.fn != TrainerFn.FITTING or trainer.current_epoch % every == 0
+        if image_epoch and any(takes_images(logger) for logger in trainer.loggers):
             figure = figure if isinstance(figure, Figure) else figure()
             self.figure_paths.extend(send_to_image_loggers(trainer, tag, figure))
         self._pending_pngs[tag] = (figure, trainer.current_epoch)

@@ -43,7 +43,7 @@ IMBALANCE_RATIO = 10.0
 IMBALANCE_MIN_SAMPLES = 100
 _SHOWN = 8  # channels listed in messages and evidence
 _FIGURE_SAMPLES = 64
-"""Inputs per split kept (on figure epochs only) for the histogram and sample-grid figures."""
+"""Inputs per split kept (first batch of each epoch) for the histogram and sample-grid figures."""
 EPOCH_VALUES_PER_CHANNEL = 4096
 """Values per channel and batch that feed the epoch statistics (fixed pseudo-random positions, every sample); a
 32x32 RGB batch of 32 has 32,768 per channel. The first ``check_batches`` batches are judged on every value."""
@@ -559,7 +559,7 @@ class BatchStatsCallback(SanityCallback):
         if view is not None:
             self._spatial[label] = parts.inputs is not None and parts.inputs.ndim >= 3
             self._stats_for(label, view.device).update(view)
-            if label in ("train", "val") and label not in self._figure_inputs and self.figure_due(trainer):
+            if label in ("train", "val") and label not in self._figure_inputs and self.figures_wanted(trainer):
                 self._figure_inputs[label] = parts.inputs[:_FIGURE_SAMPLES].detach().clone()  # type: ignore[index]
         labels = class_index_targets(parts.targets)
         if split == "train" and labels is not None:

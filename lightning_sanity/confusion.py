@@ -1107,7 +1107,7 @@ class ConfusionCallback(SanityCallback):
                 self.confusion_matrices[label] = matrix
                 if label == "val":
                     self.confusion_matrix = matrix
-                if self.figure_due(trainer) or (split == "test" and self.figure_every_n_epochs):
+                if self.figures_wanted(trainer):
                     title = f"{label} confusion matrix, epoch {trainer.current_epoch}"
                     figure = functools.partial(confusion_figure, matrix, self._class_names, title)
                     self.log_figure(trainer, split, f"confusion_matrix{label.removeprefix(split)}", figure)

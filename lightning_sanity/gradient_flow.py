@@ -312,7 +312,7 @@ class GradientFlowCallback(SanityCallback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.layer_grad_norms and self.figure_due(trainer):
+        if self.layer_grad_norms and self.figures_wanted(trainer):
             self.log_figure(
                 trainer, "train", "layers", functools.partial(gradient_flow_figure, dict(self.layer_grad_norms))
             )

@@ -176,9 +176,11 @@ def test_a_fit_with_a_csv_logger_writes_the_four_default_figures(make_trainer: A
     train = DataLoader(DigitImages(T.Compose([T.ToTensor(), normalize]), "train"), batch_size=64, shuffle=True)
     val = DataLoader(DigitImages(T.Compose([T.ToTensor(), normalize]), "val"), batch_size=128)
     logger = CSVLogger(tmp_path)
-    trainer = make_trainer(callbacks=ls.default_callbacks(), logger=logger, limit_train_batches=4)
+    trainer = make_trainer(callbacks=ls.default_callbacks(), logger=logger, limit_train_batches=4, max_epochs=3)
     trainer.fit(Classifier(SmallCNN(), lr=1e-3), train, val)
     written = {path.name.rsplit("_epoch", 1)[0]: path for path in (Path(logger.log_dir) / "sanity").glob("*.png")}
+    # the files show the run's final state (epoch 2), not the last epoch an image logger was sent one (epoch 0)
+    assert {path.name.rsplit("_epoch", 1)[1] for path in written.values()} == {"002.png"}
     assert set(written) == {
         "confusion_val_confusion_matrix",
         "gradient_flow_train_layers",

@@ -30,7 +30,7 @@ class DrawsEveryEpoch(SanityCallback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         log_scalars(trainer, {scalar_key(self.name, "train", "epoch_marker"): float(trainer.current_epoch)})
-        if self.figure_due(trainer):
+        if self.figures_wanted(trainer):
             self.log_figure(trainer, "train", "matrix", confusion_figure(torch.eye(3, dtype=torch.long)))
             self.open_figures_after_log.append(len(plt.get_fignums()))
 
