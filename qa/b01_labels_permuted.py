@@ -3,6 +3,8 @@ paired with a random image. Train loss falls (memorisation) while val accuracy s
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -59,7 +61,7 @@ class Net(pl.LightningModule):
 
 
 if __name__ == "__main__":
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(int(os.environ.get("QA_SEED", 0)), verbose=False)
     tf = T.Compose([T.ToTensor(), T.Normalize([0.3] * 3, [0.32] * 3)])
     train = DataLoader(ShuffledDigits("train", tf), batch_size=32, shuffle=True)
     val = DataLoader(ShuffledDigits("val", tf), batch_size=128)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import torch
 from harness import run, tabular
@@ -37,7 +39,7 @@ class WineNet(pl.LightningModule):
 
 
 if __name__ == "__main__":
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(int(os.environ.get("QA_SEED", 0)), verbose=False)
     xt, yt, xv, yv = tabular("load_wine")
     train = DataLoader(TensorDataset(xt, yt), batch_size=16, shuffle=True)
     val = DataLoader(TensorDataset(xv, yv), batch_size=64)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -43,7 +45,7 @@ class Model(pl.LightningModule):
 
 
 if __name__ == "__main__":
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(int(os.environ.get("QA_SEED", 0)), verbose=False)
     xt, yt, xv, yv = tabular("load_digits")
     train = DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True)
     val = DataLoader(TensorDataset(xv, yv), batch_size=50)

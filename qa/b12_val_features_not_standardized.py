@@ -3,6 +3,8 @@ DataLoader is built from the raw features (scaler.transform forgotten). Breast c
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_sanity.demos import Classifier, mlp
 
 if __name__ == "__main__":
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(int(os.environ.get("QA_SEED", 0)), verbose=False)
     x, y = load_breast_cancer(return_X_y=True)
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
     scaler = StandardScaler().fit(x_train)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import torch
 import torchmetrics
@@ -47,7 +49,7 @@ class Module(pl.LightningModule):
 
 
 if __name__ == "__main__":
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(int(os.environ.get("QA_SEED", 0)), verbose=False)
     xt, yt, xv, yv = tabular("load_breast_cancer")
     train = DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True)
     val = DataLoader(TensorDataset(xv, yv), batch_size=64)

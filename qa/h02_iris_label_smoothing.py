@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import torch
 from harness import run, tabular
@@ -35,7 +37,7 @@ class Iris(pl.LightningModule):
 
 
 if __name__ == "__main__":
-    pl.seed_everything(1, verbose=False)
+    pl.seed_everything(int(os.environ.get("QA_SEED", 1)), verbose=False)
     xt, yt, xv, yv = tabular("load_iris")
     train = DataLoader(TensorDataset(xt, yt), batch_size=16, shuffle=True)
     val = DataLoader(TensorDataset(xv, yv), batch_size=16)
