@@ -34,7 +34,7 @@ def run(
     kind: str,
     bug: str = "",
     max_epochs: int = 5,
-    seed: int = 0,
+    extra_callbacks: list[Any] | None = None,
     **trainer_kwargs: Any,
 ) -> None:
     """Fit ``model`` and print the sanity report in a compact form (``kind`` is "healthy" or "broken")."""
@@ -44,14 +44,14 @@ def run(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmpdir:
         trainer = pl.Trainer(
-            callbacks=lightning_sanity.default_callbacks(),
+            callbacks=[*lightning_sanity.default_callbacks(), *(extra_callbacks or [])],
             max_epochs=max_epochs,
             logger=CSVLogger(tmpdir, name="qa"),
             accelerator="cpu",
             devices=1,
             enable_progress_bar=False,
             enable_model_summary=False,
-            enable_checkpointing=False,
+            enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in extra_callbacks or []),
             **trainer_kwargs,
         )
         trainer.fit(model, train, val)
