@@ -7,6 +7,7 @@ and checks the report files were written. Verdicts are judged by a human from th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ def run(
     print(f"=== {name} (lightning_sanity from {os.path.dirname(lightning_sanity.__file__)})")
     print(f"=== {name}: {kind}{' -- ' + bug if bug else ''}", flush=True)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmpdir:
+    keep = os.environ.get("QA_KEEP")  # a directory to keep the logs and report in, for a closer look
+    with tempfile.TemporaryDirectory() if keep is None else _kept(keep) as tmpdir:
         trainer = pl.Trainer(
             callbacks=[*lightning_sanity.default_callbacks(), *(extra_callbacks or [])],
             max_epochs=max_epochs,
@@ -76,6 +79,12 @@ def run(
                     print(f"    {row['check']}: {row['status']} {row.get('code') or ''}")
         files = sorted(os.path.relpath(p, log_dir) for p in log_dir.rglob("*") if p.is_file())
         print(f"--- files: {files}")
+
+
+@contextlib.contextmanager
+def _kept(path: str) -> Iterator[str]:
+    os.makedirs(path, exist_ok=True)
+    yield path
 
 
 def tabular(loader_name: str, standardize: bool = True, seed: int = 0) -> tuple[Any, Any, Any, Any]:
