@@ -62,6 +62,7 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("target.imbalance", INFO, "BatchStatsCallback", "The most frequent class is at least 10x as frequent as the rarest.", "Report balanced accuracy; consider class weights or a WeightedRandomSampler."),
     # GradientFlowCallback
     FindingCode("grad.missing", ERROR, "GradientFlowCallback", "Trainable parameters had no gradient in every checked step.", "Remove the cut in the graph or the unused layer, or freeze it with requires_grad_(False)."),
+    FindingCode("grad.cleared_before_step", ERROR, "GradientFlowCallback", "Backward computed gradients, but .grad was empty when the optimizer stepped.", "Call zero_grad() before backward or after step, never between them."),
     FindingCode("grad.zero", WARNING, "GradientFlowCallback", "Parameters whose whole gradient was exactly zero in every checked step.", "Default initialisation, LeakyReLU/GELU, no activation on the logits, a lower learning rate."),
     FindingCode("grad.vanishing", WARNING, "GradientFlowCallback", "The first layers' relative gradients are orders of magnitude below the last layers'.", "ReLU/GELU, normalisation layers, residual connections, Kaiming/Xavier initialisation."),
     FindingCode("grad.exploding", ERROR, "GradientFlowCallback", "The total gradient norm grew by exploding_growth or more over its start.", "Lower the learning rate, add gradient_clip_val, normalise inputs/targets."),

@@ -152,6 +152,10 @@ class _Watch:
     kept_gradient: list[Tensor | None] = field(default_factory=list)
     """Per closed window: the smallest norm a probe's gradient had when a new one arrived, or ``None`` if reset."""
     reset_judged: bool = False
+    gradient_arrived: set[int] = field(default_factory=set)
+    """``id`` of each probed parameter whose gradient backward computed since this optimizer's last step."""
+    cleared_before_step: int = 0
+    """Checked steps where backward computed a probe's gradient but its ``.grad`` was empty at the step."""
 
 
 @dataclass
@@ -261,6 +265,7 @@ class GradientFlowCallback(SanityCallback):
         self._pending: list[_PendingCheck] = []
         self._orphans: list[Tensor] = []
         self._probe_handles: list[Any] = []
+        self._probed: dict[int, list[Tensor]] = {}
         self._plain_tensors: list[PlainTensor] = []
 
     @override
@@ -289,7 +294,10 @@ class GradientFlowCallback(SanityCallback):
             watch = self._watches[index] = _Watch()
         step, watch.steps = watch.steps, watch.steps + 1
         self._close_reset_window(watch)
+        arrived, watch.gradient_arrived = watch.gradient_arrived, set()
         if is_check_step(step, self.dense_steps, self.every_n_steps):
+            if any(id(param) in arrived and param.grad is None for param in self._probed.get(index, ())):
+                watch.cleared_before_step += 1  # e.g. zero_grad() between backward and step
             self._pending.append(self._measure_gradients(index, step, optimizer))
             if self._probe_handles and not watch.reset_judged:
                 watch.reset_window = _ResetWindow()  # watches the gradients arriving until this optimizer's next step
@@ -375,12 +383,15 @@ class GradientFlowCallback(SanityCallback):
         self._remove_probes()
         for index, optimizer in enumerate(trainer.optimizers):
             params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-            for param in sorted(params, key=lambda p: -p.numel())[:_RESET_PROBES]:
+            self._probed[index] = sorted(params, key=lambda p: -p.numel())[:_RESET_PROBES]
+            for param in self._probed[index]:
                 self._probe_handles.append(param.register_hook(self._reset_probe(index, param)))
 
     def _reset_probe(self, index: int, param: Tensor) -> Any:
         def note_held_gradient(grad: Tensor) -> None:
             watch = self._watches.get(index)
+            if watch is not None:
+                watch.gradient_arrived.add(id(param))
             window = watch.reset_window if watch is not None else None
             if window is None or window.saw_reset:
                 return
@@ -396,6 +407,7 @@ class GradientFlowCallback(SanityCallback):
         for handle in self._probe_handles:
             handle.remove()
         self._probe_handles = []
+        self._probed = {}
 
     @staticmethod
     def _close_reset_window(watch: _Watch) -> None:
@@ -703,7 +715,28 @@ class GradientFlowCallback(SanityCallback):
             for name, info in watch.names_checked.items()
             if name not in watch.had_grad and _in_training_mode(info)  # eval mode: frozen on purpose
         ]
-        if missing:
+        if missing and watch.cleared_before_step:
+            modules = collapse_module_names({i.module for i in missing}, all_modules)
+            self.record(
+                trainer,
+                "grad.cleared_before_step",
+                Severity.ERROR,
+                f"Backward computed gradients for optimizer {index}'s parameters, but {len(missing)} trainable "
+                f"parameter(s) had no gradient when the optimizer stepped ({watch.cleared_before_step} checked "
+                f"steps): the gradients are cleared between backward and optimizer.step(), so nothing is learned. "
+                f"Affected: {_shorten(modules)}.",
+                "Call optimizer.zero_grad() before manual_backward() or after optimizer.step(), never between them; "
+                "check overridden optimizer_zero_grad / on_before_optimizer_step / optimizer_step hooks.",
+                subject=f"optimizer{index}",
+                evidence={
+                    "modules": modules,
+                    "parameters": [i.name for i in missing],
+                    "checks": watch.checks,
+                    "steps_cleared_after_backward": watch.cleared_before_step,
+                    "manual_optimization": not trainer.lightning_module.automatic_optimization,
+                },
+            )
+        elif missing:
             modules = collapse_module_names({i.module for i in missing}, all_modules)
             self.record(
                 trainer,

@@ -147,6 +147,7 @@ def test_detached_backbone_reports_grad_missing_naming_the_module(make_trainer: 
 def test_layer_defined_and_never_used_reports_grad_missing(make_trainer: Any) -> None:
     trainer = fit(make_trainer, BackboneHead("unused"), wine())
     assert finding(trainer, "grad.missing").evidence["modules"] == ["unused"]
+    assert "grad.cleared_before_step" not in codes(trainer)  # never computed is not computed-then-dropped
 
 
 @pytest.mark.parametrize("mode", ["healthy", "frozen", "no_grad_eval"])

@@ -147,11 +147,12 @@ def test_validating_during_fit_on_a_new_loader_of_the_training_dataset_stays_an_
 class ManualOptimization(Classifier):
     """Manual optimisation on digits: steps every ``step_every`` batches, resets after a step unless ``zero`` is off."""
 
-    def __init__(self, zero: bool = True, step_every: int = 1) -> None:
+    def __init__(self, zero: bool = True, step_every: int = 1, zero_before_step: bool = False) -> None:
         super().__init__(mlp(64, 10), lr=1e-3)
         self.automatic_optimization = False
         self.zero = zero
         self.step_every = step_every
+        self.zero_before_step = zero_before_step
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         opt = self.optimizers()
@@ -159,6 +160,8 @@ class ManualOptimization(Classifier):
         loss = F.cross_entropy(self(x), y)
         self.manual_backward(loss / self.step_every)
         if (batch_idx + 1) % self.step_every == 0:
+            if self.zero_before_step:
+                opt.zero_grad()  # type: ignore[union-attr]  # the bug: the gradient just computed is dropped
             opt.step()  # type: ignore[union-attr]
             if self.zero:
                 opt.zero_grad()  # type: ignore[union-attr]
@@ -184,6 +187,14 @@ def test_manual_optimization_without_zero_grad_is_grad_not_reset(make_trainer: A
     assert finding.evidence["watched_steps"] >= 3 and min(finding.evidence["held_gradient_norms"]) > 0
     assert finding.evidence["grad_norm_last_check"] > 2 * finding.evidence["grad_norm_first_check"]
     assert "zero_grad()" in finding.hint
+
+
+def test_zero_grad_between_backward_and_step_is_grad_cleared_before_step(make_trainer: Any) -> None:
+    trainer = fit_gradient_flow(make_trainer, ManualOptimization(zero_before_step=True))
+    [finding] = findings_of(trainer, "grad.cleared_before_step")
+    assert finding.severity is Severity.ERROR and finding.evidence["manual_optimization"] is True
+    assert finding.evidence["steps_cleared_after_backward"] >= 2 and finding.evidence["modules"] == ["net"]
+    assert "grad.missing" not in codes(trainer)  # not a cut graph: the gradient was computed, then dropped
 
 
 @pytest.mark.parametrize("step_every", [1, 4])
