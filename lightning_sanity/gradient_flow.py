@@ -673,17 +673,35 @@ class GradientFlowCallback(SanityCallback):
         }
         optimizer = f"optimizer {summary.optimizer_index}"
         if watch.small_updates >= _PERSISTENT_CHECKS and not watch.healthy_update_seen:
+            clipped_by = _clipping_factor(trainer, summary.total_grad_norm)
+            cause, hint = (
+                (
+                    f"; gradient_clip_val={trainer.gradient_clip_val} scales the gradient (norm "
+                    f"{summary.total_grad_norm:.3g} before clipping) down {clipped_by:.3g}x",
+                    "Raise gradient_clip_val to about the typical gradient norm (0.5-5 is common) or remove it.",
+                )
+                if clipped_by is not None
+                else (
+                    "",
+                    "Raise the learning rate (typically 1e-3 for Adam/AdamW, 1e-2 to 1e-1 for SGD) or check the LR "
+                    "scheduler; a learning-rate finder (Tuner.lr_find) helps pick one.",
+                )
+            )
             self.record(
                 trainer,
                 "update.too_small",
                 Severity.WARNING,
                 f"Updates are meaningless: no layer's weights change by more than "
                 f"{summary.max_layer_update_ratio:.1e} of their norm per step over {watch.small_updates} checks "
-                f"({optimizer}, lr {_lrs(watch.last_lrs)}); healthy training is around 1e-3.",
-                "Raise the learning rate (typically 1e-3 for Adam/AdamW, 1e-2 to 1e-1 for SGD) or check the LR "
-                "scheduler; a learning-rate finder (Tuner.lr_find) helps pick one.",
+                f"({optimizer}, lr {_lrs(watch.last_lrs)}{cause}); healthy training is around 1e-3.",
+                hint,
                 subject=f"optimizer{summary.optimizer_index}",
-                evidence={**evidence, "checks": watch.small_updates, "threshold": self.min_update_ratio},
+                evidence={
+                    **evidence,
+                    "checks": watch.small_updates,
+                    "threshold": self.min_update_ratio,
+                    "gradient_clip_val": trainer.gradient_clip_val,
+                },
             )
         if watch.large_updates >= _PERSISTENT_CHECKS:
             worst = max(
@@ -1025,6 +1043,16 @@ def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
         numbers.append([column[offset : offset + width] for column in flat] if width else [])
         offset += width
     return numbers
+
+
+def _clipping_factor(trainer: pl.Trainer, total_grad_norm: float) -> float | None:
+    """How many times the trainer's gradient clipping shrinks a gradient of this norm, when at least 10x (the
+    callbacks see gradients before Lightning clips them); ``None`` without such clipping."""
+    clip, algorithm = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+    if not clip or getattr(algorithm, "value", algorithm or "norm") != "norm" or not math.isfinite(total_grad_norm):
+        return None  # "value" clipping shrinks elements, not the norm: its effect is not this ratio
+    factor = total_grad_norm / float(clip)
+    return factor if factor >= 10 else None
 
 
 def _optimizer_index(trainer: pl.Trainer, optimizer: Optimizer) -> int:

@@ -259,6 +259,15 @@ def test_adam_with_learning_rate_1e_7_reports_too_small_updates(make_trainer: An
     assert finding(trainer, "update.too_small").evidence["max_layer_update_ratio"] < 1e-5
 
 
+def test_a_tiny_gradient_clip_value_is_named_as_the_cause_of_too_small_updates(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, Net(wine_mlp(), sgd(0.1)), wine(), gradient_clip_val=1e-5)
+    small = finding(trainer, "update.too_small")
+    assert small.evidence["gradient_clip_val"] == 1e-5 and "gradient_clip_val=1e-05" in small.message
+    assert "gradient_clip_val" in small.hint and "learning rate" not in small.hint
+    lr_only = finding(fit(make_trainer, Net(wine_mlp(), adam(1e-7)), wine()), "update.too_small")
+    assert "gradient_clip_val" not in lr_only.message and "learning rate" in lr_only.hint
+
+
 def warmup(steps: int) -> Callable[[torch.optim.Optimizer], Any]:
     return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / steps))
 
