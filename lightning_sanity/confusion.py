@@ -836,6 +836,7 @@ class ConfusionCallback(SanityCallback):
         self.pairing: ScorePairing | None = None
         """The output and target the user's training loss reads, once found on a training step."""
         self._pairing_tries = 0
+        self._losses_tried = 0
 
     # ----------------------------------------------------------------- capture
     def _start_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -864,7 +865,7 @@ class ConfusionCallback(SanityCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.pairing, self._pairing_tries = None, 0
+        self.pairing, self._pairing_tries, self._losses_tried = None, 0, 0
 
     @override
     def on_train_batch_start(
@@ -900,8 +901,9 @@ class ConfusionCallback(SanityCallback):
         return self.pairing is None and self.batch_adapter is None and self._pairing_tries < PAIRING_STEPS
 
     def _pairing_unknown(self) -> bool:
-        """Training steps returned losses, but no captured (output, batch tensor) pair reproduced any of them."""
-        return self.pairing is None and self.batch_adapter is None and self._pairing_tries >= PAIRING_STEPS
+        """Training steps returned losses, but no captured (output, batch tensor) pair reproduced any of them (a
+        step without a loss to recompute, e.g. manual optimisation, leaves the default reading)."""
+        return self._losses_tried > 0 and not self._pairing_pending() and self.pairing is None
 
     def _find_pairing(
         self,
@@ -916,19 +918,18 @@ class ConfusionCallback(SanityCallback):
         # model_checks reads losses with the class scores defined here: imported late to avoid an import cycle
         from lightning_sanity.model_checks import LossContext, reproduces_loss
 
+        self._pairing_tries += 1
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point() or observer is None:
             return
-        if getattr(trainer.precision_plugin, "scaler", None) is not None:
-            return  # a scaled loss is not the value the outputs give
         parts = self.split_batch(trainer, batch)
         if parts is None:
             return
-        self._pairing_tries += 1
         scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
         value = float(loss.detach()) * scale
         if not math.isfinite(value):
             return
+        self._losses_tried += 1
         targets: list[tuple[int | str | None, Tensor]] = [(None, parts.targets)] if parts.targets is not None else []
         targets += [
             (where, tensor)
@@ -952,7 +953,7 @@ class ConfusionCallback(SanityCallback):
                 trainer,
                 "sanity.skipped",
                 Severity.INFO,
-                f"ConfusionCallback judges no accuracy: on {PAIRING_STEPS} training steps no standard loss "
+                f"ConfusionCallback judges no accuracy: on {self._losses_tried} training step(s) no standard loss "
                 "(cross-entropy, NLL, BCE, MSE, L1) of a model output and a batch tensor gave the returned loss, so "
                 "which output holds the class scores and which batch tensor the targets is unconfirmed (a custom "
                 "loss, or scores computed outside a module call).",
@@ -960,7 +961,7 @@ class ConfusionCallback(SanityCallback):
                 "module call in the step and pass batch_adapter=lambda batch: (inputs, targets).",
                 subject="pairing",
                 evidence={
-                    "steps": self._pairing_tries,
+                    "steps": self._losses_tried,
                     "outputs": [source for source, _, _ in _scored_outputs(None, observer)[1:]],
                     "batch_tensors": [str(where) for where, _ in targets],
                 },
