@@ -936,6 +936,8 @@ class ConfusionCallback(SanityCallback):
             for where, tensor in batch_tensors(batch)
             if tensor is not parts.targets and tensor is not parts.inputs
         ]
+        # the step may give the loss a column of targets (y.unsqueeze(1)), e.g. an MSE broadcasting it against [N, C]
+        targets += [(where, target.unsqueeze(-1)) for where, target in targets if target.ndim == 1]
         context = LossContext.of(pl_module)
         for source, output, _ in _scored_outputs(None, observer)[1:]:
             scores = output_tensor(output)

@@ -426,6 +426,21 @@ def test_an_embedding_output_scored_outside_a_module_call_gets_no_accuracy_verdi
     assert callback.pairing is None and callback.confusion_matrix is None and callback.summaries == {}
 
 
+class BroadcastMse(Classifier):
+    """The bug of an MSE on [N, 3] outputs against a [N, 1] column of class indices: it broadcasts to [N, 3]."""
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.mse_loss(self(x), y.float().unsqueeze(1))
+
+
+def test_a_loss_on_a_column_of_the_targets_still_pairs_them_with_the_outputs(make_trainer: Any) -> None:
+    train, val = wine()
+    trainer, callback = fit(make_trainer, BroadcastMse(mlp(13, 3)), train, val, epochs=1)
+    assert callback.pairing is not None and callback.pairing.loss == "mse" and callback.pairing.target is None
+    assert "sanity.skipped" not in codes(trainer) and callback.summaries["val"].total == 44
+
+
 class SigmoidTwiceLogged(Classifier):
     """Probabilities fed to BCEWithLogits (a real bug), with a validation accuracy correctly thresholded at 0.5."""
 
