@@ -675,7 +675,8 @@ def reconstructs_input(output: Tensor, call: ForwardCall, targets: Tensor) -> bo
 
 @dataclass(frozen=True)
 class ScorePairing:
-    """Which output and which batch tensor the user's training loss was computed from (:func:`reproduces_loss`).
+    """Which output and which batch tensor the user's training loss was computed from
+    (:func:`~lightning_sanity.model_checks.reproduces_loss`).
 
     Attributes:
         source: ``"call:<name>"`` for a top-level forward call (``""`` is the LightningModule itself), ``"child:<k>"``
@@ -728,7 +729,9 @@ class ConfusionCallback(SanityCallback):
 
     Predictions come from what ``validation_step`` / ``test_step`` returns when that is logits (a tensor, or a dict
     with ``logits`` / ``preds`` / ``y_hat`` / ``outputs``), otherwise from the module's own forward call during the
-    step (no second forward pass); only as a last resort are they recomputed (one INFO). Each validation dataloader
+    step (no second forward pass); only as a last resort are they recomputed (one INFO). Which output and which batch
+    tensor are scores and targets is what the training loss reads (:attr:`pairing`, found on the first training steps);
+    when no standard loss of any such pair gives it, no accuracy verdict is made (one INFO). Each validation dataloader
     has its own matrix. Findings: ``eval.prediction_collapse``, ``eval.chance_level``, ``eval.imbalance_masked``,
     ``eval.metric_mismatch``, ``eval.loss_at_chance``, ``output.activated`` (and INFO ``eval.not_classification``).
 
