@@ -77,3 +77,30 @@ def split_batch(batch: Any, adapter: BatchAdapter | None = None) -> BatchParts:
         targets = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
         return BatchParts(batch[0], targets)
     raise UnsupportedBatch(f"unrecognised batch of type {type(batch).__name__}")
+
+
+def batch_tensors(batch: Any) -> list[tuple[int | str, Tensor]]:
+    """The top-level tensors of a tuple, list, mapping, namedtuple or dataclass batch, with their position or key.
+
+    Example::
+
+        >>> import torch
+        >>> [where for where, _ in batch_tensors((torch.zeros(2), torch.ones(2), "id"))]
+        [0, 1]
+    """
+    if isinstance(batch, Mapping):
+        items: list[tuple[int | str, Any]] = list(batch.items())
+    elif _is_namedtuple(batch):
+        items = list(batch._asdict().items())
+    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        items = [(f.name, getattr(batch, f.name)) for f in dataclasses.fields(batch)]
+    elif isinstance(batch, (tuple, list)):
+        items = list(enumerate(batch))
+    else:
+        return []
+    return [(where, value) for where, value in items if isinstance(value, Tensor)]
+
+
+def tensor_at(batch: Any, where: int | str) -> Tensor | None:
+    """The top-level tensor of ``batch`` at the position or key ``where`` (see :func:`batch_tensors`)."""
+    return next((tensor for key, tensor in batch_tensors(batch) if key == where), None)

@@ -8,7 +8,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -20,12 +20,16 @@ from typing_extensions import override
 
 from lightning_sanity import compat
 from lightning_sanity.base import EvalSplit, SanityCallback, is_int, jsonable, require
+from lightning_sanity.batch import batch_tensors, tensor_at
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.folding import FOLD_BATCHES, FoldingMetric
 from lightning_sanity.loggers import log_scalars, scalar_key
 from lightning_sanity.observe import ForwardCall, StepObserver, dataloader_label, own_forward
 from lightning_sanity.rng import forked_rng
+
+if TYPE_CHECKING:
+    from lightning_sanity.model_checks import LossContext
 
 OUTPUT_KEYS = ("logits", "preds", "y_hat", "outputs")
 """Keys of a step's returned dict that hold the predictions."""
@@ -74,6 +78,9 @@ ONE_CLASS_SHARE = 0.99
 throughout: a trained model told nothing apart, whatever the training loss did."""
 MISMATCH_TOLERANCE = 0.05
 """Absolute accuracy difference tolerated between a logged accuracy and the closest correct reading."""
+PAIRING_STEPS = 3
+"""Training steps whose returned loss is recomputed from the captured outputs and batch tensors to find which pair
+the user's loss reads (a custom loss matches none: accuracy verdicts are then left out)."""
 
 
 class ClassPredictions(NamedTuple):
@@ -666,6 +673,47 @@ def reconstructs_input(output: Tensor, call: ForwardCall, targets: Tensor) -> bo
     return shaped_like_input and int(targets.max()) + 1 < output.shape[1]
 
 
+@dataclass(frozen=True)
+class ScorePairing:
+    """Which output and which batch tensor the user's training loss was computed from
+    (:func:`~lightning_sanity.model_checks.reproduces_loss`).
+
+    Attributes:
+        source: ``"call:<name>"`` for a top-level forward call (``""`` is the LightningModule itself), ``"child:<k>"``
+            for the k-th last output of a direct child called inside it.
+        target: Position or key of the target tensor in the batch; ``None`` for the one ``split_batch`` finds.
+        loss: The standard loss that reproduced the user's (e.g. ``cross_entropy``, ``bce_with_logits``).
+    """
+
+    source: str
+    target: int | str | None
+    loss: str
+
+
+def _scored_outputs(outputs: Any, observer: StepObserver | None) -> list[tuple[str, Any, ForwardCall | None]]:
+    """Candidate predictions of a step with their source: the step's output, the top-level calls (the module itself
+    first, then its direct children, the last one first: a head after a backbone), then the outputs of the children
+    that ``forward`` called, the last one first."""
+    calls = [call for call in observer.calls if call.returned] if observer is not None else []
+    observed = [*(call for call in calls if call.name == ""), *(call for call in reversed(calls) if call.name)]
+    nested = [*reversed(observer.child_outputs)] if observer is not None else []
+    return [
+        ("step", outputs, None),
+        *((f"call:{call.name}", call.output, call) for call in observed),
+        *((f"child:{index}", output, None) for index, output in enumerate(nested)),
+    ]
+
+
+def _with_ignored_targets(context: LossContext, scores: Tensor, target: Tensor) -> LossContext:
+    """``context`` with the target values that cannot be a class of ``scores`` (e.g. 255 borders passed as
+    ``ignore_index`` to ``F.cross_entropy``, which no module shows) also tried as ignore indices."""
+    if target.is_floating_point() or target.dtype == torch.bool or scores.ndim < 2:
+        return context
+    outside = target[(target < 0) | (target >= min(scores.shape[1], scores.shape[-1]))].unique()
+    extra = tuple(int(v) for v in outside[:2].tolist() if int(v) not in context.ignore_indices)
+    return dataclasses.replace(context, ignore_indices=context.ignore_indices + extra) if extra else context
+
+
 @dataclass
 class _SplitState:
     """What the callback knows about one split (val, test, train)."""
@@ -681,7 +729,9 @@ class ConfusionCallback(SanityCallback):
 
     Predictions come from what ``validation_step`` / ``test_step`` returns when that is logits (a tensor, or a dict
     with ``logits`` / ``preds`` / ``y_hat`` / ``outputs``), otherwise from the module's own forward call during the
-    step (no second forward pass); only as a last resort are they recomputed (one INFO). Each validation dataloader
+    step (no second forward pass); only as a last resort are they recomputed (one INFO). Which output and which batch
+    tensor are scores and targets is what the training loss reads (:attr:`pairing`, found on the first training steps);
+    when no standard loss of any such pair gives it, no accuracy verdict is made (one INFO). Each validation dataloader
     has its own matrix. Findings: ``eval.prediction_collapse``, ``eval.chance_level``, ``eval.imbalance_masked``,
     ``eval.metric_mismatch``, ``eval.loss_at_chance``, ``output.activated`` (and INFO ``eval.not_classification``).
 
@@ -786,6 +836,10 @@ class ConfusionCallback(SanityCallback):
         self._activation_width = 0
         self._probability_loss: ProbabilityLoss | None = None
         self._class_names: list[str] | None = None
+        self.pairing: ScorePairing | None = None
+        """The output and target the user's training loss reads, once found on a training step."""
+        self._pairing_tries = 0
+        self._losses_tried = 0
 
     # ----------------------------------------------------------------- capture
     def _start_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -813,10 +867,14 @@ class ConfusionCallback(SanityCallback):
             self._start_capture(trainer, pl_module)
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.pairing, self._pairing_tries, self._losses_tried = None, 0, 0
+
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.on_train:
+        if self.on_train or self._pairing_pending():
             self._start_capture(trainer, pl_module)
 
     @override
@@ -824,28 +882,118 @@ class ConfusionCallback(SanityCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         split: EvalSplit, dataloader_idx: int,
     ) -> None:  # fmt: skip
-        if split != "predict":
-            self._observe(trainer, pl_module, split, outputs, batch, dataloader_idx)
+        observer = self._stop_capture()
+        if split == "predict" or (trainer.sanity_checking and self._pairing_pending()):
+            return  # before the first training step, which of the batch's tensors is the target is not known yet
+        self._observe(trainer, pl_module, split, outputs, batch, dataloader_idx, observer)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._track_train_loss(trainer, pl_module, outputs)
-        if self.on_train:
-            self._observe(trainer, pl_module, "train", outputs, batch, 0)
-
-    def _observe(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, outputs: Any, batch: Any, loader: int
-    ) -> None:
         observer = self._stop_capture()
-        state = self._splits.setdefault(split, _SplitState())
-        if state.classification is False:
+        self._track_train_loss(trainer, pl_module, outputs)
+        if self._pairing_pending():
+            self._find_pairing(trainer, pl_module, outputs, batch, observer)
+        if self.on_train:
+            self._observe(trainer, pl_module, "train", outputs, batch, 0, observer)
+
+    # ----------------------------------------------------------------- pairing
+    def _pairing_pending(self) -> bool:
+        """Still looking for the pair the training loss reads (a batch_adapter names the targets itself)."""
+        return self.pairing is None and self.batch_adapter is None and self._pairing_tries < PAIRING_STEPS
+
+    def _pairing_unknown(self) -> bool:
+        """Training steps returned losses, but no captured (output, batch tensor) pair reproduced any of them (a
+        step without a loss to recompute, e.g. manual optimisation, leaves the default reading)."""
+        return self._losses_tried > 0 and not self._pairing_pending() and self.pairing is None
+
+    def _find_pairing(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        observer: StepObserver | None,
+    ) -> None:
+        """Recompute the step's returned loss from each captured output and each batch tensor (a host read, on the
+        first training steps only): the pair that gives it is the user's own (scores, target)."""
+        # model_checks reads losses with the class scores defined here: imported late to avoid an import cycle
+        from lightning_sanity.model_checks import LossContext, reproduces_loss
+
+        self._pairing_tries += 1
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point() or observer is None:
             return
         parts = self.split_batch(trainer, batch)
-        if parts is None or parts.targets is None or parts.inputs is None:
+        if parts is None:
             return
-        aligned = self._aligned_scores(trainer, pl_module, split, state, outputs, observer, parts.inputs, parts.targets)
+        scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+        value = float(loss.detach()) * scale
+        if not math.isfinite(value):
+            return
+        self._losses_tried += 1
+        targets: list[tuple[int | str | None, Tensor]] = [(None, parts.targets)] if parts.targets is not None else []
+        targets += [
+            (where, tensor)
+            for where, tensor in batch_tensors(batch)
+            if tensor is not parts.targets and tensor is not parts.inputs
+        ]
+        # the step may give the loss a column of targets (y.unsqueeze(1)), e.g. an MSE broadcasting it against [N, C]
+        targets += [(where, target.unsqueeze(-1)) for where, target in targets if target.ndim == 1]
+        context = LossContext.of(pl_module)
+        for source, output, _ in _scored_outputs(None, observer)[1:]:
+            scores = output_tensor(output)
+            if scores is None or not scores.is_floating_point() or scores.ndim == 0:
+                continue
+            for where, target in targets:
+                if target.ndim == 0 or target.shape[0] != scores.shape[0]:
+                    continue
+                matched = reproduces_loss(scores, target, value, _with_ignored_targets(context, scores, target))
+                if matched is not None:
+                    self.pairing = ScorePairing(source, where, matched.name)
+                    return
+        if self._pairing_unknown():
+            self.record(
+                trainer,
+                "sanity.skipped",
+                Severity.INFO,
+                f"ConfusionCallback judges no accuracy: on {self._losses_tried} training step(s) no standard loss "
+                "(cross-entropy, NLL, BCE, MSE, L1) of a model output and a batch tensor gave the returned loss, so "
+                "which output holds the class scores and which batch tensor the targets is unconfirmed (a custom "
+                "loss, or scores computed outside a module call).",
+                "Nothing to fix if the loss is custom; to get the confusion checks, return the class logits from a "
+                "module call in the step and pass batch_adapter=lambda batch: (inputs, targets).",
+                subject="pairing",
+                evidence={
+                    "steps": self._losses_tried,
+                    "outputs": [source for source, _, _ in _scored_outputs(None, observer)[1:]],
+                    "batch_tensors": [str(where) for where, _ in targets],
+                },
+            )
+
+    def _observe(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        split: str,
+        outputs: Any,
+        batch: Any,
+        loader: int,
+        observer: StepObserver | None,
+    ) -> None:
+        state = self._splits.setdefault(split, _SplitState())
+        if state.classification is False or self._pairing_unknown():
+            return
+        parts = self.split_batch(trainer, batch)
+        if parts is None or parts.inputs is None:
+            return
+        pairing = self.pairing
+        targets = tensor_at(batch, pairing.target) if pairing is not None and pairing.target is not None else None
+        targets = parts.targets if targets is None else targets
+        if targets is None:
+            return
+        aligned = self._aligned_scores(trainer, pl_module, split, state, outputs, observer, parts.inputs, targets)
         if aligned is None:
             return
         scores, targets = aligned
@@ -860,13 +1008,19 @@ class ConfusionCallback(SanityCallback):
         if checking:
             state.batches_checked += 1
             self._check_activation(split, scores, predictions.num_classes)
+        if self._reads_probabilities(scores):
+            # a batch all in [0, 1] is probabilities: 0.5 splits them (a raw logit head that merely started there
+            # leaves [0, 1] once trained); decided on the device, no host read
+            inside = ((scores[:, 0] >= 0) & (scores[:, 0] <= 1)).all()
+            threshold = torch.where(inside, 0.5, 0.0).to(scores.dtype)
+            predictions = predictions._replace(predicted=(scores[:, 0] > threshold).long())
         if trainer.sanity_checking:
             return
         if self._probability_loss is not None and split == "val" and scores.shape[1] == self._activation_width:
             self._probability_loss.update(scores, predictions)
         counts = self._counts_for(split, loader, predictions.num_classes, pl_module.device)
         if counts is not None:
-            counts.update(predictions.predicted, predictions.targets, predictions.valid, len(parts.targets))
+            counts.update(predictions.predicted, predictions.targets, predictions.valid, len(targets))
             eval_loss = self._eval_losses.get((split, loader))
             if eval_loss is not None and scores.is_floating_point():
                 eval_loss.update(scores, predictions)
@@ -884,17 +1038,18 @@ class ConfusionCallback(SanityCallback):
     ) -> tuple[Tensor, Tensor] | None:
         """Scores aligned with targets from the step output, the observed forward calls, or (last resort) a recompute.
 
-        Observed candidates: the LightningModule's own calls, then the direct children called by the step (the last
-        one first: a head after a backbone), then the children that ``forward`` called.
+        Candidates (:func:`_scored_outputs`): the output the training loss was found to read first, then the step's
+        output, the LightningModule's own calls, the direct children called by the step, the children ``forward``
+        called.
         """
         calls = [call for call in observer.calls if call.returned] if observer is not None else []
-        observed = [*(call for call in calls if call.name == ""), *(call for call in reversed(calls) if call.name)]
-        nested = [*reversed(observer.child_outputs)] if observer is not None else []
-        candidates: list[tuple[Any, ForwardCall | None]] = [(outputs, None), *((c.output, c) for c in observed)]
-        candidates += [(output, None) for output in nested]
+        candidates = _scored_outputs(outputs, observer)
+        if self.pairing is not None:
+            source = self.pairing.source
+            candidates.sort(key=lambda candidate: candidate[0] != source)
         shapes: list[tuple[int, ...]] = []
         """Shapes of the observed model outputs that did not line up with the targets."""
-        for candidate, call in candidates:
+        for _, candidate, call in candidates:
             tensor = output_tensor(candidate)
             if tensor is None:
                 continue
@@ -1030,6 +1185,14 @@ class ConfusionCallback(SanityCallback):
         if counts.num_classes != num_classes:
             return None
         return counts
+
+    def _reads_probabilities(self, scores: Tensor) -> bool:
+        """A single output known to be a probability: it looked sigmoid-activated on the first batches checked, or
+        the user's loss is a BCE on it (not on logits)."""
+        if scores.shape[1] != 1 or not scores.is_floating_point():
+            return False
+        sigmoid = self._activation is not None and self._activation[0] == "sigmoid"
+        return sigmoid or (self.pairing is not None and self.pairing.loss == "bce")
 
     def _check_activation(self, split: str, scores: Tensor, num_classes: int) -> None:
         if self._activation is not None or not scores.is_floating_point():
@@ -1409,8 +1572,8 @@ class ConfusionCallback(SanityCallback):
         _, _, distance = closest_reading(logged, correct)
         if distance <= tolerance:
             return
-        name, value, _ = closest_reading(logged, {**correct, **per_batch})
-        if name in per_batch:
+        name, value, batch_distance = closest_reading(logged, {**correct, **per_batch})
+        if name in per_batch and batch_distance <= tolerance:
             explanation = (
                 f"it matches the {name} of the per-batch values ({value:.4f}): a metric computed per batch and "
                 "averaged over the epoch is not the epoch's accuracy"
@@ -1421,6 +1584,7 @@ class ConfusionCallback(SanityCallback):
                 "whole epoch; a per-batch macro average is only right when every batch holds every class."
             )
         else:
+            name, value, _ = closest_reading(logged, correct)
             explanation = f"closest correct reading: {name} {value:.4f}"
             hint = (
                 "The evaluation code miscounts: accumulate with `+=` (not `=`) and reset per epoch, divide by the "

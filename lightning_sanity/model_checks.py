@@ -257,14 +257,27 @@ class LossReading:
     num_classes: int | None = None
 
 
-def read_loss(output: Tensor, targets: Tensor, loss: float, context: LossContext) -> LossReading | None:
-    """Identify the standard loss that gave ``loss`` on ``output`` and ``targets`` and judge how it reads them.
+def reproduces_loss(output: Tensor, targets: Tensor, loss: float, context: LossContext) -> LossCandidate | None:
+    """The standard loss on ``output`` and ``targets`` (see :func:`read_loss`) closest to ``loss``, ``None`` if none
+    gives it: evidence that the user's step computed its loss from this very pair.
 
-    ``None`` when no standard loss matches, or several do with different verdicts.
+    Example::
+
+        >>> logits, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
+        >>> reproduces_loss(logits, labels, float(F.cross_entropy(logits, labels)), LossContext()).name
+        'cross_entropy'
     """
     output = output.detach()
     tolerance = MATCH_TOLERANCE_HALF if output.dtype in (torch.float16, torch.bfloat16) else MATCH_TOLERANCE
-    output, targets = output.float(), targets.detach()
+    candidates, _ = _loss_candidates(output.float(), targets.detach(), context)
+    matches = matching(candidates, loss, tolerance)
+    return min(matches, key=lambda c: abs(c.value - loss)) if matches else None
+
+
+def _loss_candidates(
+    output: Tensor, targets: Tensor, context: LossContext
+) -> tuple[list[LossCandidate], tuple[Tensor, Tensor] | None]:
+    """Every standard loss of ``output`` and ``targets``, and their class pairing when they are class scores."""
     class_pair: tuple[Tensor, Tensor] | None = None
     candidates: list[LossCandidate] = []
     if not targets.is_floating_point() and targets.dtype != torch.bool:
@@ -277,6 +290,18 @@ def read_loss(output: Tensor, targets: Tensor, loss: float, context: LossContext
         else:
             class_pair = None
     candidates += elementwise_candidates(output, targets.float() if targets.dtype == torch.bool else targets)
+    return candidates, class_pair
+
+
+def read_loss(output: Tensor, targets: Tensor, loss: float, context: LossContext) -> LossReading | None:
+    """Identify the standard loss that gave ``loss`` on ``output`` and ``targets`` and judge how it reads them.
+
+    ``None`` when no standard loss matches, or several do with different verdicts.
+    """
+    output = output.detach()
+    tolerance = MATCH_TOLERANCE_HALF if output.dtype in (torch.float16, torch.bfloat16) else MATCH_TOLERANCE
+    output, targets = output.float(), targets.detach()
+    candidates, class_pair = _loss_candidates(output, targets, context)
     matches = matching(candidates, loss, tolerance)
     readings = {_reading(m, output, targets, class_pair, tolerance) for m in matches}
     verdicts = {reading.verdict for reading in readings}

@@ -334,6 +334,135 @@ def test_regression_targets_get_one_info_and_silence(make_trainer: Any) -> None:
     assert callback.summaries == {}
 
 
+# ------------------------------------------------------------------ which output and batch tensor the loss reads
+def with_site_ids(x: Tensor, y: Tensor, batch_size: int = 16, shuffle: bool = False) -> DataLoader:
+    """Batches ``(features, site_id, label)``: the site id (0-2) is an integer like the labels, but no target."""
+    site = torch.randint(0, 3, (len(x),), generator=torch.Generator().manual_seed(len(x)))
+    return DataLoader(TensorDataset(x, site, y), batch_size=batch_size, shuffle=shuffle)
+
+
+class SiteBatches(Classifier):
+    """A wine classifier whose batches carry a site id before the label; validation logs a per-batch accuracy."""
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, _, y = batch
+        self.log("val_acc", (self(x).argmax(1) == y).float().mean())
+
+
+class SiteBatchesPerLoader(SiteBatches):
+    """The same, but the accuracy is a hand-written count divided by the number of batches, not of samples."""
+
+    def on_validation_epoch_start(self) -> None:
+        self.correct = torch.zeros(())
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, _, y = batch
+        self.correct = self.correct + (self(x).argmax(1) == y).sum()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_acc", self.correct / len(self.trainer.val_dataloaders))
+
+
+def test_a_label_after_an_integer_side_input_is_found_from_the_training_loss(make_trainer: Any) -> None:
+    (xt, yt), (xv, yv) = wine_tensors("train"), wine_tensors("val")
+    trainer, callback = fit(
+        make_trainer, SiteBatches(mlp(13, 3)), with_site_ids(xt, yt, shuffle=True), with_site_ids(xv, yv), epochs=3
+    )
+    assert problems(trainer) == []
+    assert callback.pairing is not None and callback.pairing.target == 2 and callback.pairing.source == "call:"
+    assert callback.confusion_matrix is not None
+    assert callback.confusion_matrix.sum(dim=1).tolist() == torch.bincount(yv, minlength=3).tolist()
+    assert callback.summaries["val"].accuracy > 0.85
+
+
+def test_a_miscounted_accuracy_is_still_caught_behind_a_side_input(make_trainer: Any) -> None:
+    (xt, yt), (xv, yv) = wine_tensors("train"), wine_tensors("val")
+    model = SiteBatchesPerLoader(mlp(13, 3))
+    trainer, callback = fit(make_trainer, model, with_site_ids(xt, yt, shuffle=True), with_site_ids(xv, yv), epochs=3)
+    [finding] = [f for f in callback.findings if f.code == "eval.metric_mismatch"]
+    assert finding.severity is Severity.ERROR and finding.subject == "val:val_acc"
+    assert finding.evidence["logged"] > 1.0 and finding.evidence["accumulated_accuracy"] > 0.85
+    assert "per-batch" not in finding.message  # the logged value is no per-batch mean either
+
+
+class Prototypes(pl.LightningModule):
+    """Metric learning: forward returns a normalised embedding, the step scores it against learnable prototypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 8))
+        self.prototypes = nn.Parameter(torch.randn(3, 8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.encoder(x), dim=1)
+
+    def scores(self, embedding: Tensor) -> Tensor:
+        return 10.0 * embedding @ F.normalize(self.prototypes, dim=1).T
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self.scores(self(x)), y)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_proto_acc", (self.scores(self(x)).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_an_embedding_output_scored_outside_a_module_call_gets_no_accuracy_verdict(make_trainer: Any) -> None:
+    train, val = wine()
+    trainer, callback = fit(make_trainer, Prototypes(), train, val, epochs=3)
+    assert problems(trainer) == []
+    assert float(trainer.callback_metrics["val_proto_acc"]) > 0.85
+    [skipped] = [f for f in callback.findings if f.code == "sanity.skipped"]
+    assert skipped.severity is Severity.INFO and skipped.subject == "pairing"
+    assert skipped.evidence["outputs"][0] == "call:"
+    assert callback.pairing is None and callback.confusion_matrix is None and callback.summaries == {}
+
+
+class BroadcastMse(Classifier):
+    """The bug of an MSE on [N, 3] outputs against a [N, 1] column of class indices: it broadcasts to [N, 3]."""
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.mse_loss(self(x), y.float().unsqueeze(1))
+
+
+def test_a_loss_on_a_column_of_the_targets_still_pairs_them_with_the_outputs(make_trainer: Any) -> None:
+    train, val = wine()
+    trainer, callback = fit(make_trainer, BroadcastMse(mlp(13, 3)), train, val, epochs=1)
+    assert callback.pairing is not None and callback.pairing.loss == "mse" and callback.pairing.target is None
+    assert "sanity.skipped" not in codes(trainer) and callback.summaries["val"].total == 44
+
+
+class SigmoidTwiceLogged(Classifier):
+    """Probabilities fed to BCEWithLogits (a real bug), with a validation accuracy correctly thresholded at 0.5."""
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(self(x).squeeze(1), y.float())
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_acc", ((self(x).squeeze(1) > 0.5).long() == y).float().mean())
+
+
+def test_a_probability_output_is_thresholded_at_one_half(make_trainer: Any) -> None:
+    train, val = loader(*binary_digits("train"), 64, shuffle=True), loader(*binary_digits("val"), 128)
+    net = nn.Sequential(mlp(64, 1), nn.Sigmoid())
+    trainer, callback = fit(make_trainer, SigmoidTwiceLogged(net, lr=1e-2), train, val, epochs=4)
+    assert "eval.metric_mismatch" not in codes(trainer)
+    assert callback.pairing is not None and callback.pairing.loss == "bce_with_logits"
+    logged = float(trainer.callback_metrics["val_acc"])
+    assert logged > 0.8 and abs(callback.summaries["val"].accuracy - logged) < 0.01
+
+
 # ------------------------------------------------------------------ the pure rules
 def test_class_scores_finds_the_class_dimension() -> None:
     n = torch.zeros(4, dtype=torch.long)
