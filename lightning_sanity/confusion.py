@@ -151,28 +151,38 @@ def class_predictions(
     return ClassPredictions(predicted, targets, valid, classes)
 
 
-def activation_kind(scores: Tensor) -> str | None:
+def activation_kind(scores: Tensor, graph: str | None = None, tolerance: float = 1e-3) -> str | None:
     """Name the activation that ``[M, C]`` scores used as logits went through: softmax, sigmoid, relu or ``None``.
 
-    Raw logits of a linear head are signed and never exactly 0.0; probabilities are non-negative and sum to 1 per row
-    (softmax) or lie in [0, 1] (sigmoid, single logit); ReLU outputs are non-negative with many exact zeros.
+    ``graph`` is :func:`~lightning_sanity.observe.graph_activation` of the tensor the scores come from: with a
+    graph, its last op decides (exact), and values add only rows summing to 1 (a hand-written softmax; raw logits
+    never do that). Without one, values decide: probabilities are non-negative and sum to 1 per row (softmax) or lie
+    in [0, 1] without exact zeros (sigmoid); ReLU outputs are non-negative with many exact zeros and some positive
+    values. Rows that are all alike (an all-zero head, outputs ignoring the input) show no activation. Sigmoid and
+    ReLU read from values are weak evidence that needs the training loss to confirm it
+    (:func:`is_logit_loss_on_probabilities`).
 
     Example::
 
         >>> activation_kind(torch.randn(64, 3).softmax(dim=1)), activation_kind(torch.randn(64, 3))
         ('softmax', None)
+        >>> activation_kind(torch.zeros(64, 3)), activation_kind(torch.rand(64, 1) * 0.1, graph="")
+        (None, None)
     """
+    if graph in ("sigmoid", "softmax", "relu"):
+        return graph
     scores = scores.detach().float()
     if scores.numel() == 0 or not bool(torch.isfinite(scores).all()) or float(scores.min()) < 0:
         return None
-    zero_share = float((scores == 0).float().mean())
-    if zero_share >= RELU_ZERO_FRACTION:
-        return "relu"
-    if scores.shape[1] > 1 and bool(torch.allclose(scores.sum(dim=1), torch.ones(len(scores)), atol=1e-3)):
+    if scores.shape[1] > 1 and bool(torch.allclose(scores.sum(dim=1), torch.ones(len(scores)), atol=tolerance)):
         return "softmax"
-    if scores.shape[1] == 1 and float(scores.max()) <= 1:
-        return "sigmoid"
-    return None
+    if graph is not None or bool((scores == scores[0]).all()):
+        return None
+    zero_share = float((scores == 0).float().mean())
+    if zero_share > 0:
+        relu = zero_share >= RELU_ZERO_FRACTION and float((scores > 0).float().mean()) >= RELU_ZERO_FRACTION
+        return "relu" if relu else None
+    return "sigmoid" if float(scores.max()) <= 1 else None
 
 
 def is_logit_loss_on_probabilities(lowest_train_loss: float, probability_nll: float, floor: float) -> bool:
@@ -181,14 +191,13 @@ def is_logit_loss_on_probabilities(lowest_train_loss: float, probability_nll: fl
     return lowest_train_loss >= floor - 1e-4 and probability_nll <= PROBABILITY_NLL_RATIO * floor
 
 
-def probability_loss_floor(kind: str, num_classes: int) -> float:
-    """The smallest loss a logit loss can reach on probabilities: ``CE(softmax(p), y) >= ln(C - 1 + e) - 1``.
+def probability_loss_floor(num_classes: int) -> float:
+    """The smallest loss a logit loss can reach on probabilities in [0, 1]: ``CE(p, y) >= ln(C - 1 + e) - 1``.
 
-    For a sigmoid output fed to ``BCEWithLogitsLoss`` the floor is ``ln(1 + 1/e)`` (target 1, output 1.0). A model
-    that really returns probabilities to a probability loss (NLL of log, BCELoss) goes below it once it learns.
+    Reached with 1 for the target and 0 elsewhere, whether the C columns are softmax rows or C sigmoids; for one
+    sigmoid output fed to ``BCEWithLogitsLoss`` (C = 2) it is ``ln(1 + 1/e)``. A model that really returns
+    probabilities to a probability loss (NLL of log, BCELoss) goes below it once it learns.
     """
-    if kind == "sigmoid":
-        return math.log1p(math.exp(-1.0))
     return math.log(num_classes - 1 + math.e) - 1.0
 
 
@@ -645,6 +654,20 @@ class EvalLoss(FoldingMetric):
         return self.total / self.count.clamp(min=1), self.count
 
 
+def _model_graph(observer: StepObserver | None, scores: Tensor, targets: Tensor) -> str | None:
+    """The last op of the model's output (:func:`~lightning_sanity.observe.graph_activation`) when that output is
+    where ``scores`` came from (same aligned shape); ``None`` without a graph (evaluation runs under no_grad)."""
+    call = observer.model_call if observer is not None else None
+    output = output_tensor(call.output) if call is not None else None
+    if call is None or output is None:
+        return None
+    try:
+        aligned = class_scores(output, targets)
+    except NotClassification:
+        return None
+    return call.activation(output) if aligned is not None and aligned[0].shape == scores.shape else None
+
+
 def output_tensor(output: Any) -> Tensor | None:
     """The prediction tensor in a step's or forward's output: a tensor, a dict key, a ``.logits`` attribute, or the
     first element of a tuple."""
@@ -1007,7 +1030,7 @@ class ConfusionCallback(SanityCallback):
             return
         if checking:
             state.batches_checked += 1
-            self._check_activation(split, scores, predictions.num_classes)
+            self._check_activation(split, scores, predictions.num_classes, _model_graph(observer, scores, targets))
         if self._reads_probabilities(scores):
             # a batch all in [0, 1] is probabilities: 0.5 splits them (a raw logit head that merely started there
             # leaves [0, 1] once trained); decided on the device, no host read
@@ -1194,10 +1217,10 @@ class ConfusionCallback(SanityCallback):
         sigmoid = self._activation is not None and self._activation[0] == "sigmoid"
         return sigmoid or (self.pairing is not None and self.pairing.loss == "bce")
 
-    def _check_activation(self, split: str, scores: Tensor, num_classes: int) -> None:
+    def _check_activation(self, split: str, scores: Tensor, num_classes: int, graph: str | None) -> None:
         if self._activation is not None or not scores.is_floating_point():
             return
-        kind = activation_kind(scores)
+        kind = activation_kind(scores, graph)
         if kind is not None:
             self._activation = (kind, split, num_classes)
             self._activation_width = scores.shape[1]
@@ -1521,7 +1544,7 @@ class ConfusionCallback(SanityCallback):
         evidence: dict[str, Any] = {"activation": kind, "num_classes": classes}
         floor = 0.0
         if self._probability_loss is not None:
-            floor = probability_loss_floor(kind, classes)
+            floor = probability_loss_floor(classes)
             nll = float(self._probability_loss.compute())
             self._probability_loss.reset()
             lowest = min(self._lowest_loss, self._running_lowest_loss())

@@ -34,9 +34,15 @@ from typing_extensions import override
 
 from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, is_int, require
-from lightning_sanity.confusion import NotClassification, class_scores, output_tensor
+from lightning_sanity.confusion import (
+    NotClassification,
+    activation_kind,
+    class_scores,
+    output_tensor,
+    probability_loss_floor,
+)
 from lightning_sanity.findings import Severity
-from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, map_tensors
+from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, graph_activation, map_tensors
 from lightning_sanity.rng import forked_rng
 
 log = logging.getLogger("lightning_sanity")
@@ -52,8 +58,6 @@ SAME_OUTPUT_TOLERANCE = 1e-6
 """Relative difference under which two samples' outputs (or parameter gradients) count as identical."""
 SMOOTHINGS = (0.05, 0.1, 0.15, 0.2, 0.3)
 """Label smoothing values tried besides the ones set on a ``CrossEntropyLoss`` module of the model."""
-MIN_SIGMOID_VALUES = 16
-"""Outputs needed before "all in [0, 1]" reads as a sigmoid (a few raw logits may fall there by chance)."""
 LAYOUT_RATIO = 0.5
 """Images whose channels-last reading is this much smoother than their channels-first reading were reshaped from
 channels-last arrays."""
@@ -209,6 +213,10 @@ def elementwise_candidates(output: Tensor, targets: Tensor) -> list[LossCandidat
             shape = None
         if shape is not None:
             pairs.append((output, target, shape))
+        if target.ndim < output.ndim and _is_vector(target) and output.shape[0] == len(target) and output.shape[1] > 1:
+            # One value per sample made a column (y.unsqueeze(1)) inside the step meets [N, C] outputs.
+            column = target.reshape(-1, *([1] * (output.ndim - 1)))
+            pairs.append((output, column, tuple(torch.broadcast_shapes(output.shape, column.shape))))
     elif _is_vector(output) and _is_vector(target) and output.numel() > 1:
         # Equal shapes in the batch, but the step may reshape one side: (N,) meeting (N, 1) inside training_step.
         count = output.numel()
@@ -241,12 +249,12 @@ class LossReading:
     """What the step's returned loss is, read from its outputs and targets."""
 
     verdict: str
-    """``activated`` (a logits loss on probabilities), ``nll_of_probabilities``, ``broadcast`` or ``ok``."""
+    """``activated`` (a logits loss on activated outputs), ``nll_of_probabilities``, ``broadcast`` or ``ok``."""
     matched: LossCandidate
     output_shape: tuple[int, ...]
     target_shape: tuple[int, ...]
     probabilities: str = ""
-    """``softmax`` or ``sigmoid`` when the outputs are probabilities."""
+    """``softmax``, ``sigmoid`` or ``relu``: the activation the outputs went through."""
     correct_value: float | None = None
     """What the intended loss gives on the same outputs (NLL of their log / BCE / aligned shapes)."""
     init_loss: float | None = None
@@ -293,25 +301,41 @@ def _loss_candidates(
     return candidates, class_pair
 
 
-def read_loss(output: Tensor, targets: Tensor, loss: float, context: LossContext) -> LossReading | None:
+def read_loss(
+    output: Tensor, targets: Tensor, loss: float, context: LossContext, graph: str | None = None
+) -> LossReading | None:
     """Identify the standard loss that gave ``loss`` on ``output`` and ``targets`` and judge how it reads them.
 
-    ``None`` when no standard loss matches, or several do with different verdicts.
+    ``graph``: the output's last op (:func:`~lightning_sanity.observe.graph_activation`) when ``output`` was detached
+    from its graph. ``None`` when no standard loss matches, or several do with different verdicts.
     """
+    graph = graph if graph is not None else graph_activation(output)
     output = output.detach()
     tolerance = MATCH_TOLERANCE_HALF if output.dtype in (torch.float16, torch.bfloat16) else MATCH_TOLERANCE
     output, targets = output.float(), targets.detach()
     candidates, class_pair = _loss_candidates(output, targets, context)
     matches = matching(candidates, loss, tolerance)
-    readings = {_reading(m, output, targets, class_pair, tolerance) for m in matches}
+    readings = {_reading(m, output, targets, class_pair, tolerance, graph) for m in matches}
     verdicts = {reading.verdict for reading in readings}
     if len(verdicts) != 1:
         return None
     return min(readings, key=lambda r: abs(r.matched.value - loss))
 
 
+def _activation(scores: Tensor, graph: str | None, tolerance: float) -> str | None:
+    """:func:`~lightning_sanity.confusion.activation_kind` at step 0, where no training loss can confirm a value range:
+    without a graph only softmax rows count."""
+    kind = activation_kind(scores, graph, tolerance)
+    return kind if graph is not None or kind == "softmax" else None
+
+
 def _reading(
-    matched: LossCandidate, output: Tensor, targets: Tensor, class_pair: tuple[Tensor, Tensor] | None, tolerance: float
+    matched: LossCandidate,
+    output: Tensor,
+    targets: Tensor,
+    class_pair: tuple[Tensor, Tensor] | None,
+    tolerance: float,
+    graph: str | None,
 ) -> LossReading:
     def make(verdict: str, **details: Any) -> LossReading:
         return LossReading(verdict, matched, tuple(output.shape), tuple(targets.shape), **details)
@@ -327,10 +351,11 @@ def _reading(
         scores, flat = class_pair
         valid = (flat >= 0) & (flat < scores.shape[1])
         scores, flat = scores[valid], flat[valid].long()
-        probabilities = _is_probability_rows(scores, 10 * tolerance)
+        kind = _activation(scores, graph, 10 * tolerance)
+        probabilities = kind == "softmax"
         as_probabilities = _safe(lambda: F.nll_loss(scores.clamp_min(1e-12).log(), flat)) if probabilities else None
-        if probabilities and matched.name == "cross_entropy":
-            return make("activated", probabilities="softmax", correct_value=as_probabilities)
+        if kind is not None and matched.name == "cross_entropy":
+            return make("activated", probabilities=kind, correct_value=as_probabilities, num_classes=scores.shape[1])
         if probabilities and matched.name == "nll":
             return make("nll_of_probabilities", probabilities="softmax", correct_value=as_probabilities)
         if matched.name == "nll" and not _is_log_probability_rows(scores, 10 * tolerance):
@@ -351,10 +376,11 @@ def _reading(
             num_classes=classes,
         )
     if matched.name == "bce_with_logits":
-        if output.numel() >= MIN_SIGMOID_VALUES and bool(((output >= 0) & (output <= 1)).all()):
+        kind = _activation(output.reshape(len(output), -1), graph, 10 * tolerance)
+        if kind is not None:
             squashed = output.reshape(targets.shape)
-            correct = _safe(lambda: _elementwise("bce", squashed, targets.float()).mean())
-            return make("activated", probabilities="sigmoid", correct_value=correct)
+            correct = None if kind == "relu" else _safe(lambda: _elementwise("bce", squashed, targets.float()).mean())
+            return make("activated", probabilities=kind, correct_value=correct)
         rate = float(targets.float().mean().clamp(1e-6, 1 - 1e-6))
         entropy = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
         plain = _safe(lambda: _elementwise("bce_with_logits", output.reshape(targets.shape), targets.float()).mean())
@@ -682,6 +708,44 @@ def _mixes_by_design(module: nn.Module) -> bool:
     return any(isinstance(m, compat.BATCH_NORM) and not m.track_running_stats for m in module.modules())
 
 
+def _activated_story(reading: LossReading, evidence: dict[str, Any], culprit: str, correct: str) -> tuple[str, str]:
+    """What a logits loss on activated outputs does, and the fix, for a softmax, a sigmoid or a ReLU."""
+    kind, loss_name = reading.probabilities, reading.matched.name
+    head = (
+        f"the loss {evidence['returned_loss']:.4f} equals {loss_name} on the `{culprit}` outputs as logits "
+        f"({reading.matched.value:.4f}), but"
+    )
+    if kind == "relu":
+        what = (
+            f"{head} the last op of `{culprit}` is a ReLU: every negative logit is cut to 0, so the loss cannot "
+            "push a wrong class below 0 and gets no gradient from the clipped ones"
+        )
+        return what, "Remove the final ReLU from forward: logits losses expect raw, signed scores."
+    if kind == "sigmoid" and loss_name == "cross_entropy":
+        classes = reading.num_classes or 2
+        floor = probability_loss_floor(classes)
+        evidence["loss_floor"] = floor
+        what = (
+            f"{head} the last op of `{culprit}` is a sigmoid: every logit is squashed into [0, 1], so softmax can "
+            f"never be confident and the loss cannot go below ln({classes - 1} + e) - 1 = {floor:.3f}"
+        )
+        hint = (
+            "Remove the sigmoid from forward and keep cross_entropy (a sigmoid per class belongs to multi-label "
+            "training with binary_cross_entropy_with_logits)."
+        )
+        return what, hint
+    reading_name = "NLL of their log" if kind == "softmax" else "BCE on them"
+    what = (
+        f"{head} those outputs are already {kind} probabilities ({reading_name}: {correct}): the {kind} is applied "
+        "twice and gradients are squashed"
+    )
+    hint = (
+        "Return raw logits from forward (remove the final softmax/sigmoid) and keep the loss, or keep the "
+        "probabilities and use NLL of their log / binary_cross_entropy."
+    )
+    return what, hint
+
+
 class ModelChecksCallback(SanityCallback):
     """Check the model once, at step zero, before the first optimizer step: which loss is really optimised and how it
     reads outputs and targets, the loss at initialisation, samples mixing inside a batch, outputs ignoring the input.
@@ -826,7 +890,7 @@ class ModelChecksCallback(SanityCallback):
                 continue
             if parts.targets.ndim == 0 or output.shape[0] != parts.targets.shape[0]:
                 continue  # not one output per sample: a loss module's result, or a flattened (N*L, C) view
-            reading = read_loss(output, parts.targets, loss, context)
+            reading = read_loss(output, parts.targets, loss, context, call.activation(output))
             if reading is not None:
                 self._judge_reading(trainer, reading, loss, call.name or type(pl_module).__name__)
                 return
@@ -849,7 +913,7 @@ class ModelChecksCallback(SanityCallback):
     def _report_activated(
         self, trainer: pl.Trainer, reading: LossReading, evidence: dict[str, Any], culprit: str
     ) -> None:
-        evidence["as_probabilities"] = reading.correct_value
+        evidence.update(activation=reading.probabilities, as_probabilities=reading.correct_value)
         correct = f"{reading.correct_value:.4f}" if reading.correct_value is not None else "n/a"
         if reading.verdict == "nll_of_probabilities":
             what = (
@@ -860,17 +924,7 @@ class ModelChecksCallback(SanityCallback):
             hint = "Take the log before NLLLoss (torch.log(probs) or log_softmax in forward), or return logits and use "
             hint += "cross_entropy."
         else:
-            loss_name = "cross_entropy" if reading.probabilities == "softmax" else "binary_cross_entropy_with_logits"
-            reading_name = "NLL of their log" if reading.probabilities == "softmax" else "BCE on them"
-            what = (
-                f"the loss {evidence['returned_loss']:.4f} equals {loss_name} on the `{culprit}` outputs as logits "
-                f"({reading.matched.value:.4f}), but those outputs are already {reading.probabilities} probabilities "
-                f"({reading_name}: {correct}): the {reading.probabilities} is applied twice and gradients are squashed"
-            )
-            hint = (
-                "Return raw logits from forward (remove the final softmax/sigmoid) and keep the loss, or keep the "
-                "probabilities and use NLL of their log / binary_cross_entropy."
-            )
+            what, hint = _activated_story(reading, evidence, culprit, correct)
         self.record(
             trainer,
             "output.activated",

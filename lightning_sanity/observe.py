@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -104,6 +104,41 @@ def dataloader_label(split: str, key: int | str = 0) -> str:
     return split if key == 0 else f"{split}/dataloader_idx_{key}"
 
 
+GRAPH_ACTIVATIONS = {"SigmoidBackward0": "sigmoid", "SoftmaxBackward0": "softmax", "ReluBackward0": "relu"}
+"""Autograd nodes of the activations that must not come before a logits loss."""
+_GRAPH_PASS_THROUGH = (
+    "View", "UnsafeView", "Reshape", "Squeeze", "Unsqueeze", "Permute", "Transpose", "TBackward", "Clone", "Expand",
+    "Slice", "Select", "Alias", "ToCopy", "Unbind", "Split",
+)  # fmt: skip
+"""Prefixes of autograd nodes that only move, cut or cast values: the activation before them is still the output's."""
+
+
+def graph_activation(output: Tensor) -> str | None:
+    """The last op that made ``output``, read from its autograd graph through view, reshape, slice and cast nodes.
+
+    ``"sigmoid"``, ``"softmax"`` or ``"relu"`` for those activations, ``""`` for any other op (a linear layer, an
+    addition, a log_softmax), ``None`` when ``output`` has no graph (computed under ``no_grad``, or a leaf): then only
+    its values can tell.
+
+    Example::
+
+        >>> import torch
+        >>> logits = torch.nn.Linear(3, 2)(torch.randn(4, 3))
+        >>> graph_activation(logits.sigmoid().squeeze()), graph_activation(logits), graph_activation(logits.detach())
+        ('sigmoid', '', None)
+    """
+    node = output.grad_fn
+    while node is not None:
+        name = node.name()
+        if name in GRAPH_ACTIVATIONS:
+            return GRAPH_ACTIVATIONS[name]
+        parents = [parent for parent, _ in node.next_functions if parent is not None]
+        if not name.startswith(_GRAPH_PASS_THROUGH) or len(parents) != 1:
+            return ""
+        node = parents[0]
+    return None
+
+
 @dataclass
 class ForwardCall:
     """One top-level forward call made by the user's step.
@@ -115,6 +150,8 @@ class ForwardCall:
         kwargs: Private copies of the keyword arguments.
         output: What the call returned, tensors detached; ``None`` until the call returned (or if it raised).
         returned: Whether the call has finished.
+        activations: :func:`graph_activation` of each returned tensor, read before it was detached, by ``id`` of
+            its detached copy in ``output`` (use :meth:`activation`).
     """
 
     module: nn.Module
@@ -123,6 +160,11 @@ class ForwardCall:
     kwargs: dict[str, Any]
     output: Any = None
     returned: bool = False
+    activations: dict[int, str | None] = field(default_factory=dict)
+
+    def activation(self, tensor: Tensor) -> str | None:
+        """:func:`graph_activation` of ``tensor`` (a tensor of ``output``) when it was returned; ``None`` if unknown."""
+        return self.activations.get(id(tensor))
 
     def tensors(self) -> list[Tensor]:
         """The tensors among the arguments, positional first."""
@@ -233,8 +275,14 @@ class StepObserver:
             return
         self._depth -= 1
         if self._depth == 0 and self.calls and self.calls[-1].module is module and not self.calls[-1].returned:
-            self.calls[-1].output = map_tensors(output, Tensor.detach)
-            self.calls[-1].returned = True
+            call = self.calls[-1]
+
+            def detach(tensor: Tensor) -> Tensor:
+                detached = tensor.detach()
+                call.activations[id(detached)] = graph_activation(tensor)
+                return detached
+
+            call.output, call.returned = map_tensors(output, detach), True
         elif self._keeps_child_output(module):
             self.child_outputs.append(map_tensors(output, Tensor.detach))
 

@@ -122,6 +122,40 @@ def test_sigmoid_then_bce_and_logits_with_bce_with_logits_are_healthy(make_train
     quiet(fit(make_trainer, Net(mlp(64, 1), F.binary_cross_entropy_with_logits), binary_digits()))
 
 
+def test_sigmoid_on_a_multi_class_cross_entropy_head_is_caught(make_trainer: Any) -> None:
+    finding = only(fit(make_trainer, Net(mlp(64, 10, nn.Sigmoid())), digits()), "output.activated")
+    assert finding.evidence["activation"] == "sigmoid" and finding.evidence["identified_loss"] == "cross_entropy"
+    assert finding.evidence["loss_floor"] == pytest.approx(np.log(9 + np.e) - 1)
+    assert "last op of `Net` is a sigmoid" in finding.message
+
+
+def test_relu_before_cross_entropy_is_caught_from_the_graph(make_trainer: Any) -> None:
+    finding = only(fit(make_trainer, Net(mlp(64, 10, nn.ReLU())), digits()), "output.activated")
+    assert finding.evidence["activation"] == "relu" and "ReLU" in finding.message
+
+
+def test_relu_on_an_all_zero_head_is_named_from_the_graph(make_trainer: Any) -> None:
+    head = nn.Linear(32, 10)
+    nn.init.zeros_(head.weight)
+    nn.init.constant_(head.bias, -1.0)  # every output exactly 0: values alone cannot show the ReLU
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), head, nn.ReLU())
+    assert only(fit(make_trainer, Net(net), digits()), "output.activated").evidence["activation"] == "relu"
+
+
+def test_raw_single_logits_inside_zero_one_are_not_read_as_sigmoid(make_trainer: Any) -> None:
+    """An untrained single-logit head whose every output lies in [0, 1] (a positive bias, small weights): the graph
+    shows a linear layer last, so the logits are logits, however their values fall."""
+    net = mlp(64, 1, nn.Tanh(), nn.Linear(1, 1))
+    nn.init.normal_(net[-1].weight, std=0.01)
+    nn.init.constant_(net[-1].bias, 0.5)
+    model = Net(net, F.binary_cross_entropy_with_logits)
+    with torch.no_grad():
+        outputs = net(digits_tensors()[0])
+    assert bool(((outputs >= 0) & (outputs <= 1)).all())  # what the value ranges alone called a sigmoid
+    findings = fit(make_trainer, model, binary_digits())
+    quiet(findings)
+
+
 def test_label_smoothing_and_class_weights_are_identified_and_healthy(make_trainer: Any) -> None:
     smoothed = Net(SmallCNN(10, width=8), nn.CrossEntropyLoss(label_smoothing=0.1))
     quiet(fit(make_trainer, smoothed, digit_images()))
@@ -169,6 +203,17 @@ def test_class_indices_regressed_by_every_output_are_caught(make_trainer: Any) -
     model = Net(mlp(64, 10), F.mse_loss)
     finding = only(fit(make_trainer, model, tabular(features, labels.float().unsqueeze(1))), "target.shape")
     assert finding.evidence["output_shape"] == [32, 10] and finding.evidence["target_shape"] == [32, 1]
+
+
+def test_class_indices_made_a_column_inside_the_step_are_caught(make_trainer: Any) -> None:
+    def column_mse(output: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(output, target.float().unsqueeze(1))  # [N, 3] outputs against [N, 1] class indices
+
+    features, labels = wine_tensors()
+    model = Net(mlp(13, 3), column_mse)
+    finding = only(fit(make_trainer, model, tabular(features, labels, batch_size=16)), "target.shape")
+    assert finding.evidence["output_shape"] == [16, 3] and finding.evidence["target_shape"] == [16]
+    assert finding.evidence["broadcast_shape"] == [16, 3] and finding.evidence["identified_loss"] == "mse"
 
 
 def test_targets_reshaped_inside_the_step_are_caught(make_trainer: Any) -> None:
