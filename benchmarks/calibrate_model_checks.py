@@ -55,7 +55,7 @@ from lightning_sanity.model_checks import (
     probe_call,
     read_loss,
 )
-from lightning_sanity.observe import ForwardCall
+from lightning_sanity.observe import ForwardCall, graph_activation
 
 torch.set_num_threads(1)
 SEEDS = range(5)
@@ -391,7 +391,8 @@ def measure(variant: Variant, seed: int) -> Measured:
         result.match_error = abs(reading.matched.value - loss) / max(abs(loss), 1e-2)
         if reading.init_loss is not None and reading.init_expected:
             result.init_ratio = reading.init_loss / reading.init_expected
-    result.other_verdict_gap = _other_verdict_gap(output.detach().float(), y, loss, context, reading)
+    graph = graph_activation(output)  # read before detaching, as the observer does
+    result.other_verdict_gap = _other_verdict_gap(output.detach().float(), y, loss, context, reading, graph)
     net.eval()
     probe = probe_call(ForwardCall(net, "", (x,), {}), 0, 4)
     if probe is not None:
@@ -401,7 +402,9 @@ def measure(variant: Variant, seed: int) -> Measured:
     return result
 
 
-def _other_verdict_gap(output: Tensor, y: Tensor, loss: float, context: LossContext, reading: Any) -> float | None:
+def _other_verdict_gap(
+    output: Tensor, y: Tensor, loss: float, context: LossContext, reading: Any, graph: str | None
+) -> float | None:
     """Distance from the loss to the nearest candidate that would give a different verdict than the true one."""
     candidates = list(elementwise_candidates(output, y.float() if y.is_floating_point() else y))
     if not y.is_floating_point():
@@ -415,14 +418,15 @@ def _other_verdict_gap(output: Tensor, y: Tensor, loss: float, context: LossCont
     others = [
         c
         for c in candidates
-        if read_loss_verdict(c, output, y, context) not in (None, reading.verdict) and c.value != reading.matched.value
+        if read_loss_verdict(c, output, y, context, graph) not in (None, reading.verdict)
+        and c.value != reading.matched.value
     ]
     gaps = [abs(c.value - loss) / max(abs(loss), 1e-2) for c in others]
     return min(gaps) if gaps else None
 
 
-def read_loss_verdict(candidate: Any, output: Tensor, y: Tensor, context: LossContext) -> str | None:
-    reading = read_loss(output, y, candidate.value, context)
+def read_loss_verdict(candidate: Any, output: Tensor, y: Tensor, context: LossContext, graph: str | None) -> str | None:
+    reading = read_loss(output, y, candidate.value, context, graph)
     return None if reading is None else reading.verdict
 
 

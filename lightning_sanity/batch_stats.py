@@ -41,6 +41,8 @@ SINGLE_CLASS_ALPHA = 1e-6
 IMBALANCE_RATIO = 10.0
 """Most frequent class at least this many times as frequent as the rarest one is "strongly imbalanced"."""
 IMBALANCE_MIN_SAMPLES = 100
+IDENTICAL_MIN_SAMPLES = 4
+"""Samples a training batch needs before "every sample is the same" is judged (two equal rows can be a duplicate)."""
 _SHOWN = 8  # channels listed in messages and evidence
 _FIGURE_SAMPLES = 64
 """Inputs per split kept (first batch of each epoch) for the histogram and sample-grid figures."""
@@ -461,7 +463,7 @@ class BatchStatsCallback(SanityCallback):
     epoch's aggregate. Integer inputs (token ids) are never judged by float rules.
 
     Findings: ``input.non_finite``, ``input.unscaled``, ``input.collapsed``, ``input.split_shift``,
-    ``target.single_class_batches``, ``target.shape``, ``target.imbalance``.
+    ``data.identical_samples``, ``target.single_class_batches``, ``target.shape``, ``target.imbalance``.
 
     Args:
         check_batches: How many leading batches of each split to judge one by one (each costs one host sync).
@@ -525,6 +527,10 @@ class BatchStatsCallback(SanityCallback):
         self._checked: Counter[str] = Counter()
         self._first_batches: dict[str, ChannelSummary] = {}
         self._first_classes: dict[str, Counter[int]] = {}
+        self._identical_firsts: list[Tensor] = []
+        """The sample of each leading training batch whose samples were all the same (while every one was)."""
+        self._identical_sizes: list[int] = []
+        self._identical_targets = True
         self._window_sizes: list[int] = []
         self._window_single = 0
         self._window_classes: Counter[int] = Counter()
@@ -569,6 +575,8 @@ class BatchStatsCallback(SanityCallback):
                 self._watch_single_class(trainer, labels)
             return
         self._checked[label] += 1
+        if split == "train" and parts.inputs is not None:
+            self._check_identical_samples(trainer, parts.inputs, parts.targets)
         if parts.targets is not None:
             self._check_first_targets(trainer, parts.targets, labels, split, label)
         if view is not None:
@@ -604,6 +612,54 @@ class BatchStatsCallback(SanityCallback):
             )
         if split == "train":
             self._watch_single_class(trainer, labels, classes)
+
+    # Identical samples -----------------------------------------------------------------------------------------
+
+    def _check_identical_samples(self, trainer: pl.Trainer, inputs: Tensor, targets: Tensor | None) -> None:
+        """Count the leading training batches whose samples are all equal; report when all ``check_batches`` are."""
+        first_batch = self._checked["train"] == 1
+        if not first_batch and len(self._identical_sizes) != self._checked["train"] - 1:
+            return  # an earlier batch held different samples (or too few): decided
+        if (
+            inputs.ndim == 0
+            or len(inputs) < IDENTICAL_MIN_SAMPLES
+            or not torch.equal(inputs, inputs[:1].expand_as(inputs))
+            or bool((inputs[0] == inputs.reshape(-1)[0]).all())  # one constant value everywhere: input.collapsed
+        ):
+            return
+        self._identical_firsts.append(inputs[0].detach().clone())
+        self._identical_sizes.append(len(inputs))
+        if targets is not None and targets.ndim > 0 and not torch.equal(targets, targets[:1].expand_as(targets)):
+            self._identical_targets = False
+        if len(self._identical_sizes) < self.check_batches:
+            return
+        reference = self._identical_firsts[0]
+        distinct = 1 + sum(
+            not (first.shape == reference.shape and torch.equal(first, reference))
+            for first in self._identical_firsts[1:]
+        )
+        batches = len(self._identical_sizes)
+        across = "the same one in every batch" if distinct == 1 else f"{distinct} distinct ones across the batches"
+        labels = "all with the same target" if self._identical_targets else "although their targets differ"
+        self.record(
+            trainer,
+            "data.identical_samples",
+            Severity.ERROR,
+            f"Every sample of each of the first {batches} training batches (sizes {self._identical_sizes[:_SHOWN]}) "
+            f"is the same input ({labels}): 1 distinct sample per batch, {across}. The model sees one example over "
+            "and over.",
+            "Check the Dataset's __getitem__ uses its index (self.data[index], not a fixed or stale variable), and "
+            "that no transform or collate_fn broadcasts one sample over the batch.",
+            subject="train",
+            stage="train",
+            evidence={
+                "batches": batches,
+                "batch_sizes": self._identical_sizes[:_SHOWN],
+                "distinct_samples_per_batch": 1,
+                "distinct_samples": distinct,
+                "targets_identical": self._identical_targets,
+            },
+        )
 
     # Single-class batches -------------------------------------------------------------------------------------
 

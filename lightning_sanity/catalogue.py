@@ -57,6 +57,7 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("input.unscaled", WARNING, "BatchStatsCallback", "Float inputs look like raw 0-255 pixels or unstandardised features.", "Scale pixels to [0, 1] then Normalize; standardise features with training statistics."),
     FindingCode("input.collapsed", ERROR, "BatchStatsCallback", "Every channel of the inputs is nearly constant.", "Use normalisation constants on the scale of the tensor; check the loader."),
     FindingCode("input.split_shift", ERROR, "BatchStatsCallback", "Train and val/test inputs come from clearly different distributions.", "Make scaling/normalisation identical in every split."),
+    FindingCode("data.identical_samples", ERROR, "BatchStatsCallback", "Every sample of each of the first training batches is the same input.", "Make the Dataset's __getitem__ use its index; check transforms and collate_fn."),
     FindingCode("target.single_class_batches", WARNING, "BatchStatsCallback", "Most early training batches hold a single class (unshuffled, class-sorted data).", "DataLoader(..., shuffle=True) or a RandomSampler/DistributedSampler(shuffle=True)."),
     FindingCode("target.shape", WARNING, "BatchStatsCallback", "Class-index targets are shaped (N, 1) instead of (N,).", "Return a plain int label, or target.view(-1) before the loss and metrics."),
     FindingCode("target.imbalance", INFO, "BatchStatsCallback", "The most frequent class is at least 10x as frequent as the rarest.", "Report balanced accuracy; consider class weights or a WeightedRandomSampler."),

@@ -177,6 +177,40 @@ def test_all_zero_inputs_are_collapsed(make_trainer: Any) -> None:
     train = DataLoader(TensorDataset(images, torch.arange(64) % 10), batch_size=16)
     trainer = fit(make_trainer, cnn(), train)
     assert "input.collapsed" in codes(trainer, Severity.ERROR)
+    assert "data.identical_samples" not in codes(trainer)  # constant inputs are input.collapsed's story
+
+
+class OneItem(Dataset):
+    """A Dataset whose __getitem__ ignores its index (a stale variable): every item is the same image and label."""
+
+    def __init__(self, split: str) -> None:
+        self.data = digits(T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]), split)
+        self.offset = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.data[self.offset]
+
+
+def test_getitem_ignoring_its_index_is_identical_samples(make_trainer: Any) -> None:
+    train = DataLoader(OneItem("train"), batch_size=32, shuffle=True)
+    trainer = fit(make_trainer, cnn(), train, DataLoader(OneItem("val"), batch_size=64))
+    found = finding(trainer, "data.identical_samples")
+    assert found.severity is Severity.ERROR and found.stage == "train" and found.step == 2  # the 3rd checked batch
+    assert found.evidence["batches"] == 3 and found.evidence["batch_sizes"] == [32, 32, 32]
+    assert found.evidence["distinct_samples"] == 1 and found.evidence["targets_identical"] is True
+
+
+def test_real_data_with_duplicate_rows_is_not_identical_samples(make_trainer: Any) -> None:
+    features, labels = wine_tensors()
+    half = len(features) // 2
+    duplicated = torch.cat([features[:half], features[:half]]), torch.cat([labels[:half], labels[:half]])
+    for data in ((features, labels), duplicated):
+        train = DataLoader(TensorDataset(*data), batch_size=16, shuffle=True)
+        trainer = fit(make_trainer, Classifier(mlp(13, 3)), train)
+        assert "data.identical_samples" not in codes(trainer)
 
 
 def test_one_constant_channel_in_varied_images_stays_quiet(make_trainer: Any) -> None:
