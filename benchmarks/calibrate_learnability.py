@@ -204,10 +204,10 @@ def build(name: str, seed: int) -> Built:
             DataLoader(images("val"), batch_size=128),
         )
     if name == "flipped30_mlp":
-        return Classifier(mlp(64, 10), lr=3e-3), tabular(x, flipped(y, 0.3, 10, seed)), tabular(xv, yv, 128, False)
+        return Classifier(mlp(64, 10), lr=3e-3), tabular(x, flipped(y, 0.3, 10)), tabular(xv, yv, 128, False)
     if name == "flipped30_binary_mlp":
         yb, ybv = (y >= 5).long(), (yv >= 5).long()
-        return Classifier(mlp(64, 2), lr=3e-3), tabular(x, flipped(yb, 0.6, 2, seed)), tabular(xv, ybv, 128, False)
+        return Classifier(mlp(64, 2), lr=3e-3), tabular(x, flipped(yb, 0.6, 2)), tabular(xv, ybv, 128, False)
     if name == "imbalanced_learnable_mlp":
         return Classifier(mlp(64, 2), lr=3e-3), tabular(x, (y == 0).long()), tabular(xv, (yv == 0).long(), 128, False)
     if name == "mostly_one_class_mlp":

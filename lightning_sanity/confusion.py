@@ -355,25 +355,35 @@ def is_one_class(summary: ConfusionSummary) -> bool:
 
 
 def is_one_class_throughout(history: Sequence[EpochEvidence]) -> bool:
-    """Nearly every prediction was one class (a constant output whose bias oscillates may change which one) at each
-    of the latest validations, at least two and at least half of the run's: a model that died in its first epochs
-    (e.g. weights decayed to a constant output) and stayed dead, though a stray validation early on told classes
-    apart.
+    """Nearly every prediction was one class (a constant output whose bias oscillates may change which one) at every
+    validation of the run (at least two); or at the latest ones, at least two and half of the run's, while the
+    validation loss stopped falling: a model that died in its first epochs (weights decayed to a constant output)
+    and stays dead. A slow learner leaving the prior also predicts one class for a while, but its validation loss
+    falls at every validation.
 
     Example::
 
         >>> counts = [torch.tensor(c) for c in ([8, 0], [16, 0], [8, 8])]  # right, predicted, true per class
         >>> one, two = ConfusionSummary.from_counts(*counts), ConfusionSummary.from_counts(counts[0], *counts[2:] * 2)
-        >>> [is_one_class_throughout([EpochEvidence(e, 9 * e, None, None, s) for e, s in enumerate(run)])
-        ...  for run in ([two, one, one], [one, two, one], [one, one])]
-        [True, False, True]
+        >>> def run(*epochs): return [EpochEvidence(e, 9 * e, None, loss, s) for e, (s, loss) in enumerate(epochs)]
+        >>> is_one_class_throughout(run((two, 1.14), (one, 1.11), (one, 1.13)))  # died, loss flat
+        True
+        >>> is_one_class_throughout(run((two, 2.313), (one, 2.312), (one, 2.309)))  # slow learner, loss falls
+        False
     """
     latest = 0
     for entry in reversed(history):
         if not is_one_class(entry.summary):
             break
         latest += 1
-    return latest >= max(2, math.ceil(len(history) / 2))
+    if latest < 2 or latest < len(history) / 2:
+        return False
+    if latest == len(history):
+        return True
+    losses = [entry.eval_loss for entry in history[-latest - 1 :]]
+    if any(loss is None for loss in losses):
+        return False
+    return not all(later < earlier for earlier, later in zip(losses, losses[1:], strict=False))  # type: ignore[operator]
 
 
 def beats_the_prior(entry: EpochEvidence) -> bool:
