@@ -97,6 +97,14 @@ class WeightDecayed(Classifier):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=1.0)
 
 
+def deep_tanh(depth: int, width: int = 32) -> nn.Sequential:
+    """:func:`deep_plain` with tanh: on plain SGD it also sits on the ln(C) plateau before it learns."""
+    layers: list[nn.Module] = [nn.Linear(64, width), nn.Tanh()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
 def tabular(x: Tensor, y: Tensor, batch_size: int = 32, shuffle: bool = True) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
 
@@ -228,9 +236,9 @@ def build(name: str, seed: int) -> Built:
             DataLoader(images("val"), batch_size=128),
         )
     if name == "deep_relu_plateau_sgd":
-        return PlainSGD(deep_plain(7, nn.ReLU), lr=0.1), tabular(x, y), tabular(xv, yv, 128, False)
+        return PlainSGD(deep_plain(7), lr=0.1), tabular(x, y), tabular(xv, yv, 128, False)
     if name == "deep_tanh_plateau_sgd":
-        return PlainSGD(deep_plain(10, nn.Tanh), lr=0.05), tabular(x, y), tabular(xv, yv, 128, False)
+        return PlainSGD(deep_tanh(10), lr=0.05), tabular(x, y), tabular(xv, yv, 128, False)
     if name == "healthy_cnn":
         return (
             Classifier(SmallCNN(10), lr=3e-3),

@@ -1393,7 +1393,12 @@ class ConfusionCallback(SanityCallback):
             )
         if learning == "one class throughout":
             latest = next((i for i, e in enumerate(reversed(history)) if not is_one_class(e.summary)), len(history))
-            return f"at the last {latest} of the run's {len(history)} validations nearly every prediction was one class"
+            if latest == len(history):
+                return f"at all {latest} validations of the run nearly every prediction was one class"
+            return (
+                f"at the last {latest} of the run's {len(history)} validations nearly every prediction was one class "
+                "and the validation loss stopped falling"
+            )
         if learning == "stuck":
             return (
                 f"the training loss sits at the class-prior entropy ({', '.join(f'{v:.3f}' for v in losses[-3:])}): "
