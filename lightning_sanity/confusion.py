@@ -19,13 +19,14 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity import compat
-from lightning_sanity.base import EvalSplit, SanityCallback, is_int, jsonable, require
+from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, jsonable, require
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.folding import FOLD_BATCHES, FoldingMetric
 from lightning_sanity.loggers import log_scalars, scalar_key
 from lightning_sanity.observe import ForwardCall, StepObserver, dataloader_label, own_forward
 from lightning_sanity.rng import forked_rng
+from lightning_sanity.triage import input_cause
 
 OUTPUT_KEYS = ("logits", "preds", "y_hat", "outputs")
 """Keys of a step's returned dict that hold the predictions."""
@@ -1253,7 +1254,7 @@ class ConfusionCallback(SanityCallback):
         if not persisted:
             return
         evidence = self._learning_evidence_numbers(label, summary, learning, losses, history)
-        story = self._learning_story(learning, losses, history)
+        story = self._learning_story(learning, losses, history, input_cause(collect_findings(trainer)))
         if "eval.below_chance" in persisted:
             mapping = self._wrong_mapping(label)
             self._record_verdict(
@@ -1382,14 +1383,26 @@ class ConfusionCallback(SanityCallback):
         shown = moved[: self.report_classes or 5]
         return "true -> predicted: " + ", ".join(shown) + (", ..." if len(moved) > len(shown) else "") if moved else ""
 
-    def _learning_story(self, learning: str, losses: Sequence[float], history: Sequence[EpochEvidence]) -> str:
-        """One clause saying what the training side measured, with its numbers."""
+    def _learning_story(
+        self,
+        learning: str,
+        losses: Sequence[float],
+        history: Sequence[EpochEvidence],
+        input_code: str | None = None,
+    ) -> str:
+        """One clause saying what the training side measured, with its numbers; ``input_code`` is a finding that
+        the evaluation inputs differ from the training inputs, which explains why nothing learned transfers."""
         eval_losses = [e.eval_loss for e in history if e.eval_loss is not None]
         if learning == "memorising" and len(eval_losses) >= 2:
+            cause = (
+                f"the validation inputs differ from the training inputs ({input_code})"
+                if input_code
+                else "training labels without signal, or validation inputs unlike the training inputs"
+            )
             return (
                 f"the training loss fell from {losses[0]:.3f} to {losses[-1]:.3f} while the validation loss went from "
                 f"{eval_losses[0]:.3f} to {eval_losses[-1]:.3f}: the model memorises its training data and nothing "
-                "of it transfers (training labels without signal, or validation inputs unlike the training inputs)"
+                f"of it transfers: {cause}"
             )
         if learning == "one class throughout":
             latest = next((i for i, e in enumerate(reversed(history)) if not is_one_class(e.summary)), len(history))

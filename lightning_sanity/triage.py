@@ -84,6 +84,13 @@ CAUSES: tuple[Cause, ...] = (
 )
 
 
+def input_cause(findings: Iterable[Finding]) -> str | None:
+    """The code of a standing WARNING/ERROR saying the model sees other inputs in evaluation than in training (input
+    scaling or a train/val pipeline difference), ``None`` if there is none."""
+    codes = {code for cause in CAUSES if cause.check in INPUT_CHECKS for code in cause.codes}
+    return next((f.code for f in findings if f.code in codes and f.standing and f.severity >= Severity.WARNING), None)
+
+
 @dataclass(frozen=True)
 class TriageRow:
     """One line of the triage: the question, its answer, and the finding code that answers "wrong"."""

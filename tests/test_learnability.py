@@ -23,6 +23,7 @@ from torchvision import transforms as T
 
 import lightning_sanity
 from lightning_sanity import ConfusionCallback, Finding, ModeGuardCallback, SanityReport, Severity, collect_findings
+from lightning_sanity.confusion import EpochEvidence
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 from lightning_sanity.triage import triage_rows
 
@@ -81,7 +82,14 @@ def test_labels_without_signal_are_memorised_and_reported_at_chance(make_trainer
     train_fall, val_fall = train_losses[0] - train_losses[-1], val_losses[0] - val_losses[-1]
     assert train_fall > 0.02 * train_losses[0] and val_fall < 0.25 * train_fall  # fits train, nothing transfers
     assert finding.evidence["balanced_accuracy"] <= 1 / classes + 2 * max(0.025, finding.evidence["chance_noise"])
-    assert "memorises" in finding.message
+    assert "memorises" in finding.message and "training labels without signal" in finding.message
+
+
+def test_the_memorising_story_points_at_the_inputs_when_a_pipeline_finding_explains_it() -> None:
+    history = [EpochEvidence(e, 9 * e, None, loss, None) for e, loss in enumerate([54.9, 803.1])]  # type: ignore[arg-type]
+    story = ConfusionCallback()._learning_story("memorising", [2.30, 2.08], history, "transform.scaling_mismatch")
+    assert "validation inputs differ from the training inputs (transform.scaling_mismatch)" in story
+    assert "labels" not in story
 
 
 @pytest.mark.parametrize(("kind", "classes"), [("random binary labels", 2), ("labels on the wrong rows", 10)])
