@@ -38,7 +38,14 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms as T
 
 from lightning_sanity import ConfusionCallback, ModeGuardCallback, Severity, collect_findings
-from lightning_sanity.confusion import ONE_CLASS_SHARE, EpochEvidence, binomial_noise, has_learning_signal
+from lightning_sanity.confusion import (
+    CHANCE_Z,
+    ONE_CLASS_SHARE,
+    EpochEvidence,
+    below_chance_z,
+    binomial_noise,
+    has_learning_signal,
+)
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 
 # The programs the tests assert on are the ones calibrated here: one definition, in tests/test_learnability.py.
@@ -54,7 +61,13 @@ from test_learnability import (
     rare_positives,
 )
 
-VERDICTS = {"eval.chance_level", "eval.prediction_collapse", "eval.imbalance_masked", "eval.loss_at_chance"}
+VERDICTS = {
+    "eval.chance_level",
+    "eval.prediction_collapse",
+    "eval.imbalance_masked",
+    "eval.loss_at_chance",
+    "eval.below_chance",
+}
 
 
 class Relabelled(Dataset):
@@ -75,6 +88,21 @@ class ConstantInput(Classifier):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(torch.ones_like(x))
+
+
+class WeightDecayed(Classifier):
+    """SGD with ``weight_decay=1.0`` (meant 1e-4): the weights decay to a constant output faster than they learn."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=1.0)
+
+
+def deep_tanh(depth: int, width: int = 32) -> nn.Sequential:
+    """:func:`deep_plain` with tanh: on plain SGD it also sits on the ln(C) plateau before it learns."""
+    layers: list[nn.Module] = [nn.Linear(64, width), nn.Tanh()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
 def tabular(x: Tensor, y: Tensor, batch_size: int = 32, shuffle: bool = True) -> DataLoader:
@@ -148,6 +176,26 @@ def build(name: str, seed: int) -> Built:
         w, wy = wine_tensors("train")
         wv, wyv = wine_tensors("val")
         return ConstantInput(mlp(13, 3), lr=1e-2), tabular(w, wy, 8), tabular(wv, wyv, 64, False)
+    if name == "decayed_wine":
+        w, wy = wine_tensors("train")
+        wv, wyv = wine_tensors("val")
+        return WeightDecayed(mlp(13, 3)), tabular(w, wy, 16), tabular(wv, wyv, 64, False)
+    if name == "decayed_mlp":
+        return WeightDecayed(mlp(64, 10)), tabular(x, y), tabular(xv, yv, 128, False)
+    if name == "cycled_val_labels_wine":
+        w, wy = wine_tensors("train")
+        wv, wyv = wine_tensors("val")
+        return Classifier(mlp(13, 3), lr=1e-2), tabular(w, wy, 16), tabular(wv, (wyv + 1) % 3, 64, False)
+    if name == "cycled_val_labels_mlp":
+        return Classifier(mlp(64, 10), lr=3e-3), tabular(x, y), tabular(xv, (yv + 1) % 10, 128, False)
+    if name == "small_wine_adam":
+        w, wy = wine_tensors("train")
+        wv, wyv = wine_tensors("val")
+        return Classifier(mlp(13, 3), lr=1e-3), tabular(w, wy, 16), tabular(wv, wyv, 64, False)
+    if name == "small_wine_sgd":
+        w, wy = wine_tensors("train")
+        wv, wyv = wine_tensors("val")
+        return PlainSGD(mlp(13, 3), lr=1e-2), tabular(w, wy, 16), tabular(wv, wyv, 64, False)
     if name == "normalize_bug_cnn":
         train_transform = T.Compose([T.ToTensor(), T.Normalize([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])])
         return (
@@ -164,10 +212,10 @@ def build(name: str, seed: int) -> Built:
             DataLoader(images("val"), batch_size=128),
         )
     if name == "flipped30_mlp":
-        return Classifier(mlp(64, 10), lr=3e-3), tabular(x, flipped(y, 0.3, 10, seed)), tabular(xv, yv, 128, False)
+        return Classifier(mlp(64, 10), lr=3e-3), tabular(x, flipped(y, 0.3, 10)), tabular(xv, yv, 128, False)
     if name == "flipped30_binary_mlp":
         yb, ybv = (y >= 5).long(), (yv >= 5).long()
-        return Classifier(mlp(64, 2), lr=3e-3), tabular(x, flipped(yb, 0.6, 2, seed)), tabular(xv, ybv, 128, False)
+        return Classifier(mlp(64, 2), lr=3e-3), tabular(x, flipped(yb, 0.6, 2)), tabular(xv, ybv, 128, False)
     if name == "imbalanced_learnable_mlp":
         return Classifier(mlp(64, 2), lr=3e-3), tabular(x, (y == 0).long()), tabular(xv, (yv == 0).long(), 128, False)
     if name == "mostly_one_class_mlp":
@@ -188,9 +236,9 @@ def build(name: str, seed: int) -> Built:
             DataLoader(images("val"), batch_size=128),
         )
     if name == "deep_relu_plateau_sgd":
-        return PlainSGD(deep_plain(7, nn.ReLU), lr=0.1), tabular(x, y), tabular(xv, yv, 128, False)
+        return PlainSGD(deep_plain(7), lr=0.1), tabular(x, y), tabular(xv, yv, 128, False)
     if name == "deep_tanh_plateau_sgd":
-        return PlainSGD(deep_plain(10, nn.Tanh), lr=0.05), tabular(x, y), tabular(xv, yv, 128, False)
+        return PlainSGD(deep_tanh(10), lr=0.05), tabular(x, y), tabular(xv, yv, 128, False)
     if name == "healthy_cnn":
         return (
             Classifier(SmallCNN(10), lr=3e-3),
@@ -211,6 +259,10 @@ BROKEN = {
     "blind_balanced_mlp": 5,
     "constant_input_wine": 6,
     "normalize_bug_cnn": 3,
+    "decayed_wine": 10,
+    "decayed_mlp": 5,
+    "cycled_val_labels_wine": 8,
+    "cycled_val_labels_mlp": 5,
 }
 HEALTHY = {
     "slow_sgd_mlp": 10,
@@ -224,6 +276,8 @@ HEALTHY = {
     "deep_relu_plateau_sgd": 10,
     "deep_tanh_plateau_sgd": 14,
     "healthy_cnn": 5,
+    "small_wine_adam": 10,
+    "small_wine_sgd": 10,
 }
 
 
@@ -303,6 +357,12 @@ def chance_margin(entry: EpochEvidence) -> float:
     return (summary.balanced_accuracy - chance) / max(0.05, 2.0 * noise)
 
 
+def one_class_margin(entry: EpochEvidence) -> float:
+    """Top-class share above the one-class rule's bound ``ONE_CLASS_SHARE - CHANCE_Z * noise`` (>= 0 is one class)."""
+    summary = entry.summary
+    return summary.top_predicted_share - (ONE_CLASS_SHARE - CHANCE_Z * binomial_noise(ONE_CLASS_SHARE, summary.total))
+
+
 def prior_ratio(entry: EpochEvidence) -> float | None:
     """Validation loss over the entropy of the validation class prior (< 1 - PRIOR_MARGIN vetoes a verdict)."""
     if entry.eval_loss is None or entry.summary.prior_entropy <= 0:
@@ -348,8 +408,12 @@ def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
     learning = [r for r in runs if r.healthy and r.history and chance_margin(r.history[-1]) > 1]
     rescued_ratios = [prior_ratio(r.history[k]) or 0.0 for r, k in rescued]
     # the rule's earliest window, the first two validations, is where a run's smallest share is largest
-    lowest_share_unsaved = [min(e.summary.top_predicted_share for e in r.history[:2]) for r in unsaved]
-    lowest_share_broken = [min(e.summary.top_predicted_share for e in r.history[:2]) for r in one_class]
+    lowest_share_unsaved = [min(one_class_margin(e) for e in r.history[:2]) for r in unsaved]
+    lowest_share_broken = [min(one_class_margin(e) for e in r.history[:2]) for r in one_class]
+    below_healthy = [below_chance_z(r.history[k].summary) for r, k in prefixes if r.healthy]
+    below_broken = [
+        below_chance_z(r.history[-1].summary) for r in runs if not r.healthy and r.name.startswith("cycled")
+    ]
     return [
         (
             "balanced-accuracy margin above 1/K at the last epoch, units of max(5 %, 2 sigma); <= 1 is at chance",
@@ -382,10 +446,17 @@ def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
             "overlaps: it only postpones a verdict; every broken run was caught at epochs where it did not hold",
         ),
         (
-            f"smallest top-class share over the first two validations (rule: >= ONE_CLASS_SHARE {ONE_CLASS_SHARE})",
+            f"smallest top-class share over the first two validations minus ONE_CLASS_SHARE {ONE_CLASS_SHARE} - "
+            f"{CHANCE_Z:g} sigma (one class: >= 0)",
             f"max {fmt(lowest_share_unsaved, max)} (runs the prior veto does not cover)",
             f"min {fmt(lowest_share_broken, min)} (one-class runs)",
-            "healthy 1.0: plateau runs, said while true and resolved; mostly-one-class models beat the prior",
+            "healthy >= 0: plateau runs, said while true and resolved; mostly-one-class models beat the prior",
+        ),
+        (
+            "standard errors of accuracy below label-independent predictions (eval.below_chance: >= BELOW_CHANCE_Z 4)",
+            f"max {fmt(below_healthy, max)} (every epoch after the first of every healthy run)",
+            f"min {fmt(below_broken, min)} (last epoch, validation labels cycled)",
+            "systematically wrong predictions, a label mapping that differs between splits",
         ),
     ]
 

@@ -76,6 +76,7 @@ _CODES: tuple[FindingCode, ...] = (
     # ConfusionCallback
     FindingCode("eval.prediction_collapse", ERROR, "ConfusionCallback", "Nearly all predictions on a split fall in one class while the targets do not.", "Check label alignment and shuffling, return raw logits, check the learning rate."),
     FindingCode("eval.chance_level", WARNING, "ConfusionCallback", "After training had its chance, validation accuracy is within noise of chance.", "Check label alignment, the val transforms, the learning rate."),
+    FindingCode("eval.below_chance", ERROR, "ConfusionCallback", "Accuracy is far below what predictions ignoring the labels would get: systematically wrong classes.", "Use one label encoding for train and eval; check the eval targets are not reordered."),
     FindingCode("eval.imbalance_masked", WARNING, "ConfusionCallback", "Accuracy looks acceptable only because one class dominates.", "Report balanced accuracy / per-class recall; class weights or a WeightedRandomSampler."),
     FindingCode("eval.metric_mismatch", ERROR, "ConfusionCallback", "A logged accuracy disagrees with the accuracy accumulated over the same batches.", "Accumulate with += and reset per epoch, or log a torchmetrics Accuracy object."),
     FindingCode("eval.loss_at_chance", WARNING, "ConfusionCallback", "The epoch-mean training loss sits flat at ln(C).", "Check labels, remove activations on the logits, check gradient flow and the learning rate."),

@@ -19,7 +19,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity import compat
-from lightning_sanity.base import EvalSplit, SanityCallback, is_int, jsonable, require
+from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, jsonable, require
 from lightning_sanity.batch import batch_tensors, tensor_at
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
@@ -27,6 +27,7 @@ from lightning_sanity.folding import FOLD_BATCHES, FoldingMetric
 from lightning_sanity.loggers import log_scalars, scalar_key
 from lightning_sanity.observe import ForwardCall, StepObserver, dataloader_label, own_forward
 from lightning_sanity.rng import forked_rng
+from lightning_sanity.triage import input_cause
 
 if TYPE_CHECKING:
     from lightning_sanity.model_checks import LossContext
@@ -74,8 +75,12 @@ shows a slow learner still on its way: no verdict about learning while it holds.
 PRIOR_MARGIN = 0.02
 """Relative margin below the class-prior entropy of a validation loss that proves the model uses its input."""
 ONE_CLASS_SHARE = 0.99
-"""Share of the validation predictions in one class at every validation of the run that counts as one class
-throughout: a trained model told nothing apart, whatever the training loss did."""
+"""Share of the validation predictions in one class (up to ``CHANCE_Z`` binomial standard errors of that share on
+the split's samples) at every validation of the run that counts as one class throughout: a trained model told
+nothing apart, whatever the training loss did."""
+BELOW_CHANCE_Z = 4.0
+"""Standard errors below the accuracy that predictions independent of the labels would get, from which accuracy is
+systematically wrong rather than at chance (a label mapping that differs between splits)."""
 MISMATCH_TOLERANCE = 0.05
 """Absolute accuracy difference tolerated between a logged accuracy and the closest correct reading."""
 PAIRING_STEPS = 3
@@ -216,6 +221,9 @@ class ConfusionSummary:
     top_predicted_share: float
     top_predicted_true_share: float
     prior_entropy: float
+    independent_accuracy: float = 0.0
+    """Accuracy that predictions independent of the labels, with the same class shares, would get:
+    ``sum_k predicted_share_k * true_share_k`` (a constant prediction gets its class's true share)."""
 
     @classmethod
     def from_counts(cls, true_positives: Tensor, predicted: Tensor, actual: Tensor) -> ConfusionSummary:
@@ -240,6 +248,7 @@ class ConfusionSummary:
             top_predicted_share=float(pred[top]) / n,
             top_predicted_true_share=float(act[top]) / n,
             prior_entropy=float(-(shares[shares > 0] * shares[shares > 0].log()).sum()),
+            independent_accuracy=float((pred / n * shares).sum()),
         )
 
 
@@ -273,8 +282,35 @@ def is_chance_level(summary: ConfusionSummary) -> bool:
 
 
 def is_imbalance_masked(summary: ConfusionSummary) -> bool:
-    """Accuracy looks fine only because one class dominates: it is about the majority rate, balanced accuracy 1/K."""
-    return summary.majority_share >= IMBALANCE_SHARE and is_chance_level(summary)
+    """Accuracy looks fine only because one class dominates: the model mostly predicts the majority class, so its
+    accuracy is about the majority rate and balanced accuracy 1/K (a model that predicts a minority class is not
+    masked by the imbalance: its accuracy is low)."""
+    predicts_majority = summary.top_predicted_true_share >= summary.majority_share
+    return summary.majority_share >= IMBALANCE_SHARE and predicts_majority and is_chance_level(summary)
+
+
+def below_chance_z(summary: ConfusionSummary) -> float:
+    """How many binomial standard errors the accuracy lies below :attr:`ConfusionSummary.independent_accuracy`
+    (negative when above): predictions that ignore the labels, or a constant class, land within noise of it; far
+    below it the predictions are informative but systematically mapped to the wrong classes.
+
+    Example::
+
+        >>> counts = torch.tensor([14, 15, 15])  # predicted and true per class: 1 of 44 right
+        >>> permuted = ConfusionSummary.from_counts(torch.tensor([1, 0, 0]), counts, counts)
+        >>> round(below_chance_z(permuted), 1)
+        4.4
+    """
+    expected = summary.independent_accuracy
+    noise = binomial_noise(expected, summary.total)
+    if summary.present_classes < 2 or noise <= 0:
+        return 0.0
+    return (expected - summary.accuracy) / noise
+
+
+def is_below_chance(summary: ConfusionSummary) -> bool:
+    """Accuracy ``BELOW_CHANCE_Z`` standard errors below what label-independent predictions would get."""
+    return below_chance_z(summary) >= BELOW_CHANCE_Z
 
 
 def training_evidence(epoch_losses: Sequence[float], prior_entropy: float, steps: int) -> str | None:
@@ -327,10 +363,44 @@ def is_memorising(epoch_losses: Sequence[float], eval_losses: Sequence[float | N
     return measured[0] - measured[-1] < GENERALISE_SHARE * train_fall
 
 
+def is_one_class(summary: ConfusionSummary) -> bool:
+    """Nearly every prediction is one class: the top share is within ``CHANCE_Z`` binomial standard errors of
+    ``ONE_CLASS_SHARE`` or above it (on 44 samples one stray prediction, 43/44, is within that noise; on 449
+    samples eight are)."""
+    noise = binomial_noise(ONE_CLASS_SHARE, summary.total)
+    return summary.top_predicted_share >= ONE_CLASS_SHARE - CHANCE_Z * noise
+
+
 def is_one_class_throughout(history: Sequence[EpochEvidence]) -> bool:
-    """At every validation of the run (at least two) nearly every prediction was one class (a constant output
-    whose bias oscillates may change which one)."""
-    return len(history) >= 2 and all(entry.summary.top_predicted_share >= ONE_CLASS_SHARE for entry in history)
+    """Nearly every prediction was one class (a constant output whose bias oscillates may change which one) at every
+    validation of the run (at least two); or at the latest ones, at least two and half of the run's, while the
+    validation loss stopped falling: a model that died in its first epochs (weights decayed to a constant output)
+    and stays dead. A slow learner leaving the prior also predicts one class for a while, but its validation loss
+    falls at every validation.
+
+    Example::
+
+        >>> counts = [torch.tensor(c) for c in ([8, 0], [16, 0], [8, 8])]  # right, predicted, true per class
+        >>> one, two = ConfusionSummary.from_counts(*counts), ConfusionSummary.from_counts(counts[0], *counts[2:] * 2)
+        >>> def run(*epochs): return [EpochEvidence(e, 9 * e, None, loss, s) for e, (s, loss) in enumerate(epochs)]
+        >>> is_one_class_throughout(run((two, 1.14), (one, 1.11), (one, 1.13)))  # died, loss flat
+        True
+        >>> is_one_class_throughout(run((two, 2.313), (one, 2.312), (one, 2.309)))  # slow learner, loss falls
+        False
+    """
+    latest = 0
+    for entry in reversed(history):
+        if not is_one_class(entry.summary):
+            break
+        latest += 1
+    if latest < 2 or latest < len(history) / 2:
+        return False
+    if latest == len(history):
+        return True
+    losses = [entry.eval_loss for entry in history[-latest - 1 :]]
+    if any(loss is None for loss in losses):
+        return False
+    return not all(later < earlier for earlier, later in zip(losses, losses[1:], strict=False))  # type: ignore[operator]
 
 
 def beats_the_prior(entry: EpochEvidence) -> bool:
@@ -1347,11 +1417,13 @@ class ConfusionCallback(SanityCallback):
             if self._trained(trainer)
             else None
         )
-        imbalance = is_imbalance_masked(summary)
+        below = is_below_chance(summary)
+        imbalance = is_imbalance_masked(summary) and not below
         checks = {
+            "eval.below_chance": below,
             "eval.prediction_collapse": is_prediction_collapse(summary),
             "eval.imbalance_masked": imbalance,
-            "eval.chance_level": is_chance_level(summary) and not imbalance,
+            "eval.chance_level": is_chance_level(summary) and not imbalance and not below,
         }
         for code, holds in checks.items():
             key = f"{code}:{label}"
@@ -1368,7 +1440,24 @@ class ConfusionCallback(SanityCallback):
         if not persisted:
             return
         evidence = self._learning_evidence_numbers(label, summary, learning, losses, history)
-        story = self._learning_story(learning, losses, history)
+        story = self._learning_story(learning, losses, history, input_cause(collect_findings(trainer)))
+        if "eval.below_chance" in persisted:
+            mapping = self._wrong_mapping(label)
+            self._record_verdict(
+                trainer,
+                "eval.below_chance",
+                Severity.ERROR,
+                f"{label} accuracy {summary.accuracy:.1%} is far below the {summary.independent_accuracy:.1%} that "
+                f"predictions ignoring the labels would get ({evidence['below_chance_z']:.1f} standard errors, "
+                f"{summary.total} samples): the predictions are systematically wrong, not random"
+                + (f"; {mapping}" if mapping else "")
+                + f"; {story}.",
+                "The model tells the classes apart but names them differently on this split: make the train and "
+                "eval datasets share one label encoding (one `classes` list / `class_to_idx`, one LabelEncoder "
+                "fitted once), and check that the eval targets are not shifted or reordered against the inputs.",
+                subject=label,
+                evidence=evidence,
+            )
         if "eval.prediction_collapse" in persisted:
             self._record_verdict(
                 trainer,
@@ -1458,23 +1547,57 @@ class ConfusionCallback(SanityCallback):
             "balanced_accuracies": [round(e.summary.balanced_accuracy, 4) for e in history[-4:]],
             "ln_classes": round(math.log(max(summary.present_classes, 2)), 4),
             "prior_entropy": round(summary.prior_entropy, 4),
+            "independent_accuracy": round(summary.independent_accuracy, 4),
+            "below_chance_z": round(below_chance_z(summary), 2),
         }
         matrix = self.confusion_matrices.get(label)
         if matrix is not None and matrix.shape[0] <= self.report_classes:
             evidence["confusion_matrix"] = matrix.tolist()
         return evidence
 
-    def _learning_story(self, learning: str, losses: Sequence[float], history: Sequence[EpochEvidence]) -> str:
-        """One clause saying what the training side measured, with its numbers."""
+    def _wrong_mapping(self, label: str) -> str:
+        """Where the true classes go in the last confusion matrix of ``label`` when most of a class lands on one
+        other class: ``"true -> predicted: 'a' -> 'b' (14/15), ..."``; empty without a matrix or such a class."""
+        matrix = self.confusion_matrices.get(label)
+        if matrix is None:
+            return ""
+        moved = []
+        for true, row in enumerate(matrix.tolist()):
+            total, top = sum(row), max(range(len(row)), key=row.__getitem__)
+            if total > 0 and top != true and row[top] > total / 2:
+                moved.append(f"{self._class_name(true)!r} -> {self._class_name(top)!r} ({int(row[top])}/{int(total)})")
+        shown = moved[: self.report_classes or 5]
+        return "true -> predicted: " + ", ".join(shown) + (", ..." if len(moved) > len(shown) else "") if moved else ""
+
+    def _learning_story(
+        self,
+        learning: str,
+        losses: Sequence[float],
+        history: Sequence[EpochEvidence],
+        input_code: str | None = None,
+    ) -> str:
+        """One clause saying what the training side measured, with its numbers; ``input_code`` is a finding that
+        the evaluation inputs differ from the training inputs, which explains why nothing learned transfers."""
         eval_losses = [e.eval_loss for e in history if e.eval_loss is not None]
         if learning == "memorising" and len(eval_losses) >= 2:
+            cause = (
+                f"the validation inputs differ from the training inputs ({input_code})"
+                if input_code
+                else "training labels without signal, or validation inputs unlike the training inputs"
+            )
             return (
                 f"the training loss fell from {losses[0]:.3f} to {losses[-1]:.3f} while the validation loss went from "
-                f"{eval_losses[0]:.3f} to {eval_losses[-1]:.3f}: the model memorises training labels that carry no "
-                "signal it can transfer"
+                f"{eval_losses[0]:.3f} to {eval_losses[-1]:.3f}: the model memorises its training data and nothing "
+                f"of it transfers: {cause}"
             )
         if learning == "one class throughout":
-            return f"at all {len(history)} validations of the run nearly every prediction was one class"
+            latest = next((i for i, e in enumerate(reversed(history)) if not is_one_class(e.summary)), len(history))
+            if latest == len(history):
+                return f"at all {latest} validations of the run nearly every prediction was one class"
+            return (
+                f"at the last {latest} of the run's {len(history)} validations nearly every prediction was one class "
+                "and the validation loss stopped falling"
+            )
         if learning == "stuck":
             return (
                 f"the training loss sits at the class-prior entropy ({', '.join(f'{v:.3f}' for v in losses[-3:])}): "

@@ -15,7 +15,15 @@ from lightning_sanity.findings import Finding, Severity
 
 Status = Literal["fine", "wrong", "not checkable"]
 
-SYMPTOMS = frozenset({"eval.chance_level", "eval.loss_at_chance", "eval.prediction_collapse", "eval.imbalance_masked"})
+SYMPTOMS = frozenset(
+    {
+        "eval.chance_level",
+        "eval.loss_at_chance",
+        "eval.prediction_collapse",
+        "eval.imbalance_masked",
+        "eval.below_chance",
+    }
+)
 """Standing findings that say the run is stuck, collapsed or at chance: they open the triage section."""
 
 
@@ -28,6 +36,11 @@ class Cause:
     checkers: tuple[str, ...]
     blind_codes: tuple[str, ...] = ()
     """INFO codes saying the checker that made them could not look (e.g. a pipeline it cannot reach)."""
+
+
+INPUT_CHECKS = frozenset({"inputs scaled and normalised?", "train/val pipelines equal?"})
+"""Checks whose findings explain validation failing while training fits (the model sees other inputs there)."""
+LABELS_CHECK = "labels shaped, shuffled, aligned?"
 
 
 CAUSES: tuple[Cause, ...] = (
@@ -55,8 +68,8 @@ CAUSES: tuple[Cause, ...] = (
         blind_codes=("transform.unreachable",),
     ),
     Cause(
-        "labels shaped, shuffled, aligned?",
-        ("target.shape", "target.single_class_batches"),
+        LABELS_CHECK,
+        ("target.shape", "target.single_class_batches", "eval.below_chance"),
         ("BatchStatsCallback", "ConfusionCallback"),
     ),
     Cause(
@@ -69,6 +82,13 @@ CAUSES: tuple[Cause, ...] = (
     Cause("model in train mode?", ("mode.eval_in_train",), ("ModeGuardCallback",)),
     Cause("inputs used?", ("model.input_independent",), ("ModelChecksCallback",)),
 )
+
+
+def input_cause(findings: Iterable[Finding]) -> str | None:
+    """The code of a standing WARNING/ERROR saying the model sees other inputs in evaluation than in training (input
+    scaling or a train/val pipeline difference), ``None`` if there is none."""
+    codes = {code for cause in CAUSES if cause.check in INPUT_CHECKS for code in cause.codes}
+    return next((f.code for f in findings if f.code in codes and f.standing and f.severity >= Severity.WARNING), None)
 
 
 @dataclass(frozen=True)
@@ -109,16 +129,25 @@ def triage_rows(findings: Sequence[Finding], callbacks_ran: Collection[str]) -> 
     if not is_stuck(findings):
         return []
     serious = [f for f in findings if f.severity >= Severity.WARNING and f.standing]
+    found = {cause.check: next((f.code for f in serious if f.code in cause.codes), None) for cause in CAUSES}
+    inputs_explain = any(found[cause.check] for cause in CAUSES if cause.check in INPUT_CHECKS)
+    explained = any(found.values())
     rows = []
     for cause in CAUSES:
-        found = next((f.code for f in serious if f.code in cause.codes), None)
-        if found is None and cause.check.startswith("labels"):
-            # labels that carry no signal: the model memorises them while validation stays at chance
-            found = next((f.code for f in serious if f.evidence.get("training") == "memorising"), None)
+        code = found[cause.check]
+        labels = cause.check == LABELS_CHECK
+        if code is None and labels and not inputs_explain:
+            # a model that memorises its training data while nothing transfers: labels without signal, unless
+            # validation inputs unlike the training inputs explain it
+            code = next((f.code for f in serious if f.evidence.get("training") == "memorising"), None)
         blind = {f.callback for f in findings if f.code in cause.blind_codes}
         checked = any(name in callbacks_ran and name not in blind for name in cause.checkers)
-        if found is not None:
-            rows.append(TriageRow(cause.check, "wrong", found))
+        if code is not None:
+            rows.append(TriageRow(cause.check, "wrong", code))
+        elif labels and not explained:
+            # shape and shuffling are checked, alignment with the inputs is not: with no other cause found it is
+            # the open suspect, not ruled out
+            rows.append(TriageRow(cause.check, "not checkable"))
         else:
             rows.append(TriageRow(cause.check, "fine" if checked else "not checkable"))
     return rows

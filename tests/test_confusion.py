@@ -27,6 +27,7 @@ from lightning_sanity.confusion import (
     class_scores,
     closest_reading,
     format_matrix,
+    is_chance_level,
     is_imbalance_masked,
     is_loss_at_chance,
     is_prediction_collapse,
@@ -516,6 +517,13 @@ def test_collapse_and_imbalance_rules() -> None:
     assert not is_prediction_collapse(summary([0, 900], [0, 1000], [100, 900]))  # the targets are that skewed too
     assert is_imbalance_masked(summary([100, 0], [150, 0], [100, 50]))
     assert not is_imbalance_masked(summary([95, 40], [105, 45], [100, 50]))
+
+
+def test_a_model_predicting_the_minority_class_is_not_masked_by_the_imbalance() -> None:
+    # every prediction is the 37 % minority class: accuracy is low, not "acceptable only because of imbalance"
+    minority = summary([0, 13], [0, 35], [22, 13])
+    assert not is_imbalance_masked(minority) and is_chance_level(minority) and is_prediction_collapse(minority)
+    assert is_imbalance_masked(summary([22, 0], [35, 0], [22, 13]))  # the same split, all majority: masked
 
 
 def test_training_evidence_waits_for_a_slow_learner() -> None:

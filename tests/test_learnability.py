@@ -6,6 +6,7 @@ Each broken program of issue 13 is a real fit with the finding it must produce, 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torchvision import transforms as T
 
 import lightning_sanity
 from lightning_sanity import ConfusionCallback, Finding, ModeGuardCallback, SanityReport, Severity, collect_findings
+from lightning_sanity.confusion import EpochEvidence
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 from lightning_sanity.triage import triage_rows
 
@@ -80,7 +82,14 @@ def test_labels_without_signal_are_memorised_and_reported_at_chance(make_trainer
     train_fall, val_fall = train_losses[0] - train_losses[-1], val_losses[0] - val_losses[-1]
     assert train_fall > 0.02 * train_losses[0] and val_fall < 0.25 * train_fall  # fits train, nothing transfers
     assert finding.evidence["balanced_accuracy"] <= 1 / classes + 2 * max(0.025, finding.evidence["chance_noise"])
-    assert "memorises" in finding.message
+    assert "memorises" in finding.message and "training labels without signal" in finding.message
+
+
+def test_the_memorising_story_points_at_the_inputs_when_a_pipeline_finding_explains_it() -> None:
+    history = [EpochEvidence(e, 9 * e, None, loss, None) for e, loss in enumerate([54.9, 803.1])]  # type: ignore[arg-type]
+    story = ConfusionCallback()._learning_story("memorising", [2.30, 2.08], history, "transform.scaling_mismatch")
+    assert "validation inputs differ from the training inputs (transform.scaling_mismatch)" in story
+    assert "labels" not in story
 
 
 @pytest.mark.parametrize(("kind", "classes"), [("random binary labels", 2), ("labels on the wrong rows", 10)])
@@ -135,6 +144,62 @@ def test_one_class_for_every_validation_is_a_collapse_without_training_evidence(
     assert finding.severity is Severity.ERROR and finding.epoch == 1
     assert finding.evidence["training"] == "one class throughout"
     assert finding.evidence["top_predicted_share"] >= 0.99
+
+
+class WeightDecayed(Classifier):
+    """SGD with a weight decay typo: 1.0 decays the weights to a constant output, 1e-4 (the intent) trains."""
+
+    def __init__(self, weight_decay: float) -> None:
+        super().__init__(mlp(13, 3), lr=0.1)
+        self.weight_decay = weight_decay
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+
+
+def wine_loaders(val_labels: Callable[[Tensor], Tensor] = lambda y: y) -> tuple[DataLoader, DataLoader]:
+    (x, y), (xv, yv) = wine_tensors("train"), wine_tensors("val")
+    return loader(x, y, 16), loader(xv, val_labels(yv), 64, False)  # 9 steps per epoch, 44 validation samples
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_small_data_model_decayed_to_one_class_is_a_collapse(make_trainer: Any, seed: int) -> None:
+    # 90 optimizer steps, 44 validation samples: fewer steps than "stuck" needs, and a stray prediction (43/44)
+    # is binomial noise on a one-class share, not a model telling classes apart
+    pl.seed_everything(seed)
+    trainer = fit(make_trainer, WeightDecayed(1.0), *wine_loaders(), epochs=10, seed=seed)
+    finding = the(trainer, "eval.prediction_collapse")
+    assert finding.standing and finding.evidence["training"] == "one class throughout"
+    assert finding.evidence["samples"] == 44 and "nearly every prediction was one class" in finding.message
+
+
+def test_the_intended_weight_decay_on_the_same_small_data_is_quiet(make_trainer: Any) -> None:
+    pl.seed_everything(0)
+    trainer = fit(make_trainer, WeightDecayed(1e-4), *wine_loaders(), epochs=10)
+    assert problems(trainer) == []
+
+
+def cycled(labels: Tensor) -> Tensor:
+    return (labels + 1) % 3  # the validation split encodes its classes in another order
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_val_labels_in_another_order_are_below_chance_with_the_mapping(make_trainer: Any, seed: int) -> None:
+    callbacks = lightning_sanity.default_callbacks()
+    trainer = fit(make_trainer, Classifier(mlp(13, 3)), *wine_loaders(cycled), 6, seed=seed, callbacks=callbacks)
+    finding = the(trainer, "eval.below_chance")
+    assert finding.severity is Severity.ERROR and finding.standing
+    assert finding.evidence["accuracy"] < finding.evidence["independent_accuracy"] / 3
+    assert finding.evidence["below_chance_z"] >= 4
+    assert "'1' -> '0'" in finding.message and "'2' -> '1'" in finding.message  # val class k+1 is train class k
+    assert "eval.chance_level" not in {f.code for f in collect_findings(trainer)}  # not "at chance": worse
+    labels = next(row for row in lightning_sanity.last_report(trainer).triage if row.check.startswith("labels"))  # type: ignore[union-attr]
+    assert (labels.status, labels.code) == ("wrong", "eval.below_chance")
+
+
+def test_val_labels_in_the_same_order_are_quiet(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, Classifier(mlp(13, 3)), *wine_loaders(), 6)
+    assert problems(trainer) == []
 
 
 def test_a_standing_collapse_reports_the_class_of_the_last_validation(make_trainer: Any) -> None:
@@ -382,6 +447,26 @@ def test_triage_opens_only_on_a_standing_symptom() -> None:
     memorising = finding("eval.chance_level", evidence={"training": "memorising"})
     labels = next(row for row in triage_rows([memorising], set()) if row.check.startswith("labels"))
     assert (labels.status, labels.code) == ("wrong", "eval.chance_level")
+
+
+def rows_of(findings: list[Finding], ran: set[str]) -> dict[str, tuple[str, str | None]]:
+    return {row.check: (row.status, row.code) for row in triage_rows(findings, ran)}
+
+
+def test_triage_blames_the_inputs_not_the_labels_when_validation_inputs_differ() -> None:
+    memorising = finding("eval.prediction_collapse", Severity.ERROR, evidence={"training": "memorising"})
+    unscaled = finding("transform.scaling_mismatch", Severity.ERROR)
+    rows = rows_of([memorising, unscaled], {"ConfusionCallback", "TransformParityCallback", "BatchStatsCallback"})
+    assert rows["train/val pipelines equal?"] == ("wrong", "transform.scaling_mismatch")
+    assert rows["labels shaped, shuffled, aligned?"] == ("fine", None)
+
+
+def test_triage_does_not_call_unverified_labels_fine_when_nothing_explains_the_failure() -> None:
+    stuck = finding("eval.loss_at_chance")
+    ran = {"ConfusionCallback", "TransformParityCallback", "BatchStatsCallback", "GradientFlowCallback"}
+    assert rows_of([stuck], ran)["labels shaped, shuffled, aligned?"] == ("not checkable", None)
+    explained = rows_of([stuck, finding("grad.missing", Severity.ERROR)], ran)
+    assert explained["labels shaped, shuffled, aligned?"] == ("fine", None)
 
 
 def test_finding_from_dict_tolerates_other_versions() -> None:
