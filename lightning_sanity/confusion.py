@@ -1636,11 +1636,12 @@ class ConfusionCallback(SanityCallback):
         chance = math.log(classes)
         validations = self.history.get("val", [])
         if not is_loss_at_chance(self._epoch_losses, classes, trainer.global_step) or has_learning_signal(validations):
-            # with a validation split, learning is judged there; without one, by the training loss leaving ln(C)
-            learning = (
-                is_learning_now(validations[-1].summary) or beats_the_prior(validations[-1])
-                if validations
-                else self._epoch_losses[-1] < chance * (1.0 - LOSS_CHANCE_TOLERANCE)
+            # The finding says the training loss sits at ln(C): it stops holding when the training loss leaves it
+            # or the validation split shows learning. Whether a falling training loss transfers is for the
+            # validation verdicts (eval.chance_level, eval.prediction_collapse: "memorising") to say.
+            left_chance = self._epoch_losses[-1] < chance * (1.0 - LOSS_CHANCE_TOLERANCE)
+            learning = left_chance or bool(
+                validations and (is_learning_now(validations[-1].summary) or beats_the_prior(validations[-1]))
             )
             if learning:
                 self._resolve("eval.loss_at_chance", "train", trainer.current_epoch)

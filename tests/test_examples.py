@@ -51,6 +51,15 @@ def test_buggy_example_is_diagnosed(script: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_demo_report_does_not_claim_a_flat_training_loss_after_it_fell(tmp_path: Path) -> None:
+    _, findings = run_example("normalize_bug.py", tmp_path)
+    [plateau] = [f for f in findings if f["code"] == "eval.loss_at_chance"]
+    [chance] = [f for f in findings if f["code"] == "eval.chance_level"]
+    assert chance["evidence"]["epoch_train_losses"][-1] < 0.9 * plateau["evidence"]["ln_classes"]  # it fell ...
+    assert plateau["resolved_epoch"] is not None and chance["resolved_epoch"] is None  # ... val still at chance
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(BUGGY))
 def test_fixed_example_is_quiet(script: str, tmp_path: Path) -> None:
     _, findings = run_example(script, tmp_path, "--fixed")
