@@ -1035,7 +1035,8 @@ class ConfusionCallback(SanityCallback):
         # the step may give the loss a column of targets (y.unsqueeze(1)), e.g. an MSE broadcasting it against [N, C]
         targets += [(where, target.unsqueeze(-1)) for where, target in targets if target.ndim == 1]
         context = LossContext.of(pl_module)
-        for source, output, _ in _scored_outputs(None, observer)[1:]:
+        candidates = _scored_outputs(None, observer)[1:]  # the module calls: the step's own output is the loss
+        for source, output, _ in candidates:
             scores = output_tensor(output)
             if scores is None or not scores.is_floating_point() or scores.ndim == 0:
                 continue
@@ -1060,7 +1061,7 @@ class ConfusionCallback(SanityCallback):
                 subject="pairing",
                 evidence={
                     "steps": self._losses_tried,
-                    "outputs": [source for source, _, _ in _scored_outputs(None, observer)[1:]],
+                    "outputs": [source for source, _, _ in candidates],
                     "batch_tensors": [str(where) for where, _ in targets],
                 },
             )
