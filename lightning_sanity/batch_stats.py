@@ -622,6 +622,7 @@ class BatchStatsCallback(SanityCallback):
             return  # an earlier batch held different samples (or too few): decided
         if (
             inputs.ndim == 0
+            or not inputs.numel()  # samples without elements (shape (N, 0)) are neither identical nor different
             or len(inputs) < IDENTICAL_MIN_SAMPLES
             or not torch.equal(inputs, inputs[:1].expand_as(inputs))
             or bool((inputs[0] == inputs.reshape(-1)[0]).all())  # one constant value everywhere: input.collapsed

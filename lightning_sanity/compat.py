@@ -59,22 +59,3 @@ def foreach_norm(tensors: Sequence[Tensor], ord: float = 2, dtype: torch.dtype |
     if dtype is None:
         return list(torch._foreach_norm(list(tensors), ord))
     return list(torch._foreach_norm(list(tensors), ord, dtype=dtype))
-
-
-def foreach_abs(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Absolute values of many tensors in one fused call (torch private ``_foreach_abs``)."""
-    return list(torch._foreach_abs(list(tensors)))
-
-
-def foreach_max(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Largest element of each of many non-empty tensors in one fused call (torch private ``_foreach_max``, since
-    torch 2.4; one ``amax`` per tensor before)."""
-    fused = getattr(torch, "_foreach_max", None)
-    if fused is None:
-        return [tensor.amax() for tensor in tensors]
-    return list(fused(list(tensors)))
-
-
-def foreach_sub_(tensors: Sequence[Tensor], others: Sequence[Tensor]) -> None:
-    """``tensors[i] -= others[i]`` in place, in one fused call (torch private ``_foreach_sub_``)."""
-    torch._foreach_sub_(list(tensors), list(others))

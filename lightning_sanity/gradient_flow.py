@@ -5,7 +5,8 @@ optimizer step with gradient accumulation), scoped to the optimizer that is abou
 aggregated per owning module. Updates are measured as the change of the weights across that step,
 read at ``on_train_batch_end``. Only *check steps* do any work: every step of the first
 ``dense_steps`` optimizer steps, then one step in ``every_n_steps``; each check reads its numbers to
-the host once.
+the host once. A check reads every gradient once (its exact L2 norm, which is what is judged); weight and update
+norms and the figure's mean/max gradient come from 4096 fixed random positions of each larger parameter.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ _SCALER_SKIPS = 5
 _VISIBLE_STEP = 1e-6
 """A plain gradient step smaller than this fraction of the weights' RMS may vanish in float32 rounding."""
 _NAMES_SHOWN = 5
+_SAMPLE = 4096
+"""Elements per parameter sampled for its weight and update L2 norms and its gradient's L1 and max-abs norms (all of
+a smaller parameter); the gradient L2 norm, what is judged, is exact."""
 _RESET_PROBES = 2
 """Parameters per optimizer (its largest) whose gradient is watched for a reset between optimizer steps."""
 
@@ -95,8 +99,10 @@ class _PendingCheck:
     group_lrs: list[float]
     group_references: list[float]
     grad_stats: Tensor | None
-    """``[4, n]``: gradient L2, L1, max-abs norms and weight L2 norm, still on the device."""
+    """``[4, n]``: gradient L2, L1 and max-abs norms and weight L2 norm (all but the first from a sample), still on the
+    device."""
     snapshot: list[Tensor]
+    """Each parameter's :func:`_sample` before the step."""
     without_grad: list[_ParamInfo]
 
 
@@ -199,7 +205,8 @@ class GradientFlowCallback(SanityCallback):
 
     Attributes:
         layer_grad_norms: ``{module name: (mean |grad|, max |grad|)}`` of the last check, in module
-            order: the data of the classic gradient-flow figure.
+            order: the data of the classic gradient-flow figure. For a parameter of more than 4096 elements both
+            are read from 4096 of them (the max is then a lower bound), kept consistent with its exact L2 norm.
         summaries: The :class:`CheckSummary` of the most recent checks.
 
     Example::
@@ -344,7 +351,7 @@ class GradientFlowCallback(SanityCallback):
         without_grad: list[_ParamInfo] = []
         for group in optimizer.param_groups:
             for param in group["params"]:
-                if not param.requires_grad:
+                if not param.requires_grad or not param.numel():
                     continue
                 info = self._infos.get(id(param)) or _anonymous(param, len(self._infos))
                 self._infos[id(param)] = info
@@ -359,19 +366,18 @@ class GradientFlowCallback(SanityCallback):
         if params:
             with torch.no_grad():
                 grads = [p.grad for p in params if p.grad is not None]
-                # L1 and max-abs read |grad| (_foreach_norm with ord 1 or inf is several times slower on CPU); the
-                # |grad| buffers (a gradient has its parameter's shape, dtype and device) then hold the weight
-                # snapshot, so a check allocates one model-sized copy, not two
-                magnitudes = compat.foreach_abs(grads)
+                # One full pass over the gradients (their exact L2 norms: what is judged, and finiteness); the rest
+                # from an even-stride sample of each parameter (a full pass costs as much as a whole check this way)
+                snapshot = [_sample(param).clone() for param in params]
+                magnitudes = [_sample(grad).abs() for grad in grads]
                 norms = [
                     compat.foreach_norm(grads, 2, dtype=torch.float32),
-                    [m.sum(dtype=torch.float32) for m in magnitudes],
-                    compat.foreach_max(magnitudes),
-                    compat.foreach_norm(params, 2, dtype=torch.float32),
+                    [m.mean(dtype=torch.float32) * p.numel() for m, p in zip(magnitudes, params, strict=True)],
+                    [m.amax() for m in magnitudes],
+                    _estimated_norms(snapshot, params),
                 ]
                 device = params[0].device
                 grad_stats = torch.stack([_float_vector(values, device) for values in norms])
-                snapshot = [buffer.copy_(param) for buffer, param in zip(magnitudes, params, strict=True)]
         group_lrs = [float(group.get("lr", 0.0)) for group in optimizer.param_groups]
         return _PendingCheck(
             index, step, infos, params, lrs, group_lrs, _group_peaks(optimizer), grad_stats, snapshot, without_grad
@@ -526,16 +532,21 @@ class GradientFlowCallback(SanityCallback):
         for info in check.without_grad:
             watch.names_checked.setdefault(info.name, info)
         grad_l2, grad_l1, grad_max, weight_l2, update_l2 = stats if stats else ([], [], [], [], [])
-        nonfinite = [info.name for info, peak in zip(check.infos, grad_max, strict=True) if not math.isfinite(peak)]
+        nonfinite = [
+            info.name
+            for info, norm, peak in zip(check.infos, grad_l2, grad_max, strict=True)
+            if not (math.isfinite(norm) and math.isfinite(peak))
+        ]
         if nonfinite:
             self._report_nonfinite(trainer, check, watch, nonfinite)
             return
         watch.nonfinite_streak = 0
         watch.checks += 1
-        for info, peak, weight, lr, moved in zip(check.infos, grad_max, weight_l2, check.lrs, update_l2, strict=True):
+        columns = zip(check.infos, grad_l2, grad_max, weight_l2, check.lrs, update_l2, strict=True)
+        for info, norm, peak, weight, lr, moved in columns:
             watch.names_checked.setdefault(info.name, info)
             watch.had_grad.add(info.name)
-            if peak > 0:
+            if norm > 0 or peak > 0:  # the sampled peak as well: a float32 norm of gradients below 1e-19 underflows
                 watch.nonzero_grad.add(info.name)
                 if lr * peak > _VISIBLE_STEP * weight / math.sqrt(info.numel):
                     watch.stepped_with_grad[info.name] = watch.stepped_with_grad.get(info.name, 0) + 1
@@ -912,8 +923,10 @@ def _per_layer(
     for info, (g2, g1, gmax, w2, u2) in zip(infos, zip(*columns, strict=True), strict=True):
         acc = sums.setdefault(info.module, [0.0] * 6)
         acc[0] += g2 * g2
-        acc[1] += g1
-        acc[2] = max(acc[2], gmax)
+        # L1 and max-abs come from a sample: kept within what the exact L2 norm allows (L2 <= L1 <= sqrt(n) L2,
+        # max >= L2 / sqrt(n)), so a gradient the sample missed is not drawn as zero
+        acc[1] += min(max(g1, g2), g2 * math.sqrt(info.numel))
+        acc[2] = max(acc[2], gmax, g2 / math.sqrt(info.numel))
         acc[3] += w2 * w2
         acc[4] += u2 * u2
         acc[5] += info.numel
@@ -1014,6 +1027,29 @@ def _anonymous(param: Tensor, number: int) -> _ParamInfo:
     return _ParamInfo(f"param{number}", "(outside the model)", None, param.numel(), False)
 
 
+def _sample(tensor: Tensor) -> Tensor:
+    """At most :data:`_SAMPLE` of ``tensor``'s elements, at fixed pseudo-random positions (all of a smaller tensor, as
+    a view). Random, not an even stride: a stride aliases with a layer's structure (a stride of 8 over a digits
+    classifier's first weight reads only the always-blank first pixel of each image row, whose weights never move)."""
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() <= _SAMPLE:
+        return flat
+    return flat[_sample_positions(flat.numel(), flat.device)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _sample_positions(numel: int, device: torch.device) -> Tensor:
+    """The same positions at every check, drawn from a generator of our own (the global RNG stays untouched)."""
+    generator = torch.Generator().manual_seed(numel)
+    return torch.randint(numel, (_SAMPLE,), generator=generator).sort().values.to(device)
+
+
+def _estimated_norms(samples: Sequence[Tensor], tensors: Sequence[Tensor]) -> list[Tensor]:
+    """L2 norms of ``tensors`` estimated from their :func:`_sample` (exact for a tensor sampled whole)."""
+    norms = compat.foreach_norm(samples, 2, dtype=torch.float32)
+    return [norm * math.sqrt(t.numel() / s.numel()) for norm, t, s in zip(norms, tensors, samples, strict=True)]
+
+
 def _float_vector(values: Sequence[Tensor], device: torch.device) -> Tensor:
     """Per-tensor scalars as one float32 vector on ``device`` (with model parallelism they sit on several devices)."""
     if any(value.device != device for value in values):
@@ -1028,8 +1064,8 @@ def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
         if check.grad_stats is None:
             continue
         with torch.no_grad():
-            compat.foreach_sub_(check.snapshot, check.params)
-            updates = compat.foreach_norm(check.snapshot, 2, dtype=torch.float32)
+            changes = [_sample(param) - before for param, before in zip(check.params, check.snapshot, strict=True)]
+            updates = _estimated_norms(changes, check.params)
             rows.append(torch.cat([check.grad_stats, _float_vector(updates, check.grad_stats.device)[None]]))
         check.snapshot = []
     if not rows:

@@ -16,7 +16,7 @@ from support import codes, problems, sanity_warnings
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_sanity import GradientFlowCallback, SanityError, Severity
+from lightning_sanity import GradientFlowCallback, SanityError, Severity, gradient_flow
 from lightning_sanity.demos import GAN, SmallCNN, wine_tensors
 from lightning_sanity.gradient_flow import collapse_module_names, depth_ratio, exploding_growth, is_check_step, spread
 
@@ -383,6 +383,63 @@ def test_logs_total_norm_update_ratio_and_a_bounded_number_of_layers(make_traine
     assert list(callback.layer_grad_norms) == [f"net.{i}" for i in range(0, 13, 2)]
     assert all(0 < mean <= peak for mean, peak in callback.layer_grad_norms.values())
     assert problems(trainer) == []
+
+
+def wide_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def test_sampled_statistics_agree_with_exact_ones_on_large_layers(
+    make_trainer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights, updates and the figure's L1/max-abs of the 262,144-weight layer come from a 4096-element sample; the
+    same seeded run measured in full (a sample as large as the layer) gives the same numbers within 10 %."""
+    runs = {}
+    for sample in (gradient_flow._SAMPLE, 1 << 20):
+        monkeypatch.setattr(gradient_flow, "_SAMPLE", sample)
+        callback = GradientFlowCallback()
+        pl.seed_everything(0, verbose=False)
+        model = Net(wide_mlp(), sgd(0.05, momentum=0.9))
+        trainer = fit(make_trainer, model, loader(digits_flat()), callback=callback)
+        assert problems(trainer) == []
+        runs[sample] = callback
+    sampled, exact = runs.values()
+    for ours, full in zip(sampled.summaries, exact.summaries, strict=True):
+        assert ours.total_grad_norm == full.total_grad_norm  # measured in full either way
+        assert ours.update_ratio == pytest.approx(full.update_ratio, rel=0.1)  # 2-4 % here
+        assert ours.max_layer_update_ratio == pytest.approx(full.max_layer_update_ratio, rel=0.1)
+        assert ours.depth_ratio is None and full.depth_ratio is None  # 3 layers: no depth verdict
+    for layer, (mean, peak) in exact.layer_grad_norms.items():
+        ours_mean, ours_peak = sampled.layer_grad_norms[layer]
+        assert ours_mean == pytest.approx(mean, rel=0.1)
+        assert peak / 3 <= ours_peak <= peak  # a sample's maximum, never above the true one
+
+
+def test_a_sampled_embedding_whose_rows_train_sparsely_is_seen_moving(make_trainer: Any) -> None:
+    """Plain SGD moves only the rows of the tokens in a batch; of 20,000 rows, at most 4096 hold a sampled element."""
+
+    class WideVocabulary(Bag):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(20_000, 32, padding_idx=0)
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return super().forward(ids * 71 % 20_000)  # the digits' 261 token ids spread over the vocabulary
+
+    trainer = fit(make_trainer, Net(WideVocabulary(), sgd(0.5)), loader(digits_tokens()))
+    assert problems(trainer) == []
+
+
+def test_a_sample_estimates_a_large_tensors_norm_and_is_the_whole_of_a_small_one() -> None:
+    small = torch.randn(50, 60)
+    assert torch.equal(gradient_flow._sample(small), small.reshape(-1))
+    large = torch.randn(1000, 300)
+    large[:, ::8] = 0.0  # structure a strided sample would alias with
+    sample = gradient_flow._sample(large)
+    assert sample.numel() == gradient_flow._SAMPLE
+    assert torch.equal(gradient_flow._sample(large), sample)  # the same positions at every check
+    estimate = gradient_flow._estimated_norms([sample], [large])[0]
+    assert float(estimate) == pytest.approx(float(large.norm()), rel=0.03)
 
 
 def test_check_schedule_is_dense_then_sparse() -> None:

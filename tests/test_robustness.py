@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader
@@ -62,6 +62,7 @@ class IgnoresItsBatch(pl.LightningModule):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(batch=batches)
+@example(batch=torch.zeros(4, 0))  # found by this test: samples without elements
 def test_arbitrary_batches_never_raise_out_of_a_callback(batch: Any) -> None:
     loader = DataLoader([batch, batch], batch_size=None)
     trainer = pl.Trainer(
