@@ -11,6 +11,8 @@ and training setups, and prints per run and per family the statistic behind each
   stays below ``min_update_ratio``).
 - ``med_upd``: the 5th largest per-check *median* layer update ratio (``update.too_large`` fires when
   5 checks exceed ``max_update_ratio``).
+- ``lr_drop``: smallest learning rate, over the checks in the first half of the planned steps, as a fraction
+  of the highest one used before it (``update.lr_collapsed`` fires below 1e-3).
 
     python benchmarks/calibrate_gradient_flow.py
 """
@@ -168,6 +170,11 @@ def one_cycle(lr: float, steps: int) -> Callable[[torch.optim.Optimizer], Any]:
     return lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
 
 
+def per_step(gamma: float) -> Callable[[torch.optim.Optimizer], Any]:
+    """An exponential decay applied every optimizer step (the modules here step their scheduler per step)."""
+    return lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)
+
+
 WINE = ("wine", 16)
 FLAT = ("flat", 32)
 IMAGE = ("image", 32)
@@ -181,6 +188,7 @@ def loaders(data: tuple[str, int]) -> DataLoader:
 
 
 def run(name: str, build: Callable[[], pl.LightningModule], data: tuple[str, int], **trainer: Any) -> dict[str, Any]:
+    planned = trainer.get("max_steps", 60)
     pl.seed_everything(0, verbose=False)
     callback = GradientFlowCallback()
     options: dict[str, Any] = {
@@ -197,16 +205,21 @@ def run(name: str, build: Callable[[], pl.LightningModule], data: tuple[str, int
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the run report, printed per run
         warnings.simplefilter("ignore")
         pl.Trainer(**options).fit(build(), loaders(data))
-    return {"name": name, **statistics_of(callback)}
+    return {"name": name, **statistics_of(callback, planned)}
 
 
-def statistics_of(callback: GradientFlowCallback) -> dict[str, Any]:
+def statistics_of(callback: GradientFlowCallback, planned: int) -> dict[str, Any]:
     stats: dict[str, Any] = {"codes": sorted({f.code for f in callback.findings if f.severity >= Severity.WARNING})}
     by_optimizer: dict[int, list[Any]] = {}
     for summary in callback.summaries:
         by_optimizer.setdefault(summary.optimizer_index, []).append(summary)
-    depth, growth, small, large = [], [], [], []
+    depth, growth, small, large, drops = [], [], [], [], []
     for summaries in by_optimizer.values():
+        highest: list[float] = []
+        for s in summaries:
+            highest = [max(pair) for pair in zip(highest or s.learning_rates, s.learning_rates, strict=True)]
+            if s.step < planned / 2 and all(highest):
+                drops.append(min(lr / peak for lr, peak in zip(s.learning_rates, highest, strict=True)))
         ratios = [s.depth_ratio for s in summaries if s.depth_ratio is not None]
         if ratios:
             depth.append(statistics.median(ratios))
@@ -223,6 +236,7 @@ def statistics_of(callback: GradientFlowCallback) -> dict[str, Any]:
         growth=max(growth, default=math.nan),
         max_upd=min(small, default=math.nan),
         med_upd=max(large, default=math.nan),
+        lr_drop=min(drops, default=math.nan),
     )
     return stats
 
@@ -256,6 +270,7 @@ def healthy_runs() -> list[tuple[str, Callable[[], pl.LightningModule], tuple[st
         ("digits ln6 adamw 1e-3 warmup", m(ln6, adamw(1e-3), scheduler=warmup(40)), FLAT, {}),
         ("digits ln12 adamw 1e-3 cosine", m(relu12, adamw(1e-3), scheduler=cosine(60)), FLAT, {}),
         ("digits ln12 sgd+mom onecycle", m(relu12, sgd(0.1, 0.9), scheduler=one_cycle(0.1, 60)), FLAT, {}),
+        ("digits ln6 adam 1e-2 decay 0.9/step", m(ln6, adam(1e-2), scheduler=per_step(0.9)), FLAT, {}),
         ("digits cnn adam 1e-2", m(cnn, adam(1e-2)), IMAGE, {}),
         ("digits cnn sgd+mom 0.05 clip 1", m(cnn, sgd(0.05, 0.9, 5e-4)), IMAGE, {"gradient_clip_val": 1.0}),
         ("digits resnet adam 1e-3", m(res, adam(1e-3)), IMAGE, {}),
@@ -287,6 +302,8 @@ def buggy_runs() -> list[tuple[str, Callable[[], pl.LightningModule], tuple[str,
         ("wine mlp adam 1", lambda: Module(wine_mlp(), adam(1.0)), WINE, {}),
         ("digits relu6 sgd 10", lambda: Module(deep_mlp(64, 6, 64, nn.ReLU), sgd(10.0)), FLAT, {}),
         ("digits cnn adam 1", lambda: Module(SmallCNN(10), adam(1.0)), IMAGE, {}),
+        ("digits cnn sgd+mom StepLR per step", lambda: Module(SmallCNN(10), sgd(0.05, 0.9), per_step(0.5)), IMAGE, {}),
+        ("wine mlp adam StepLR 0.1 per step", lambda: Module(wine_mlp(), adam(1e-2), per_step(0.1)), WINE, {}),
     ]
 
 
@@ -294,7 +311,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning_sanity").setLevel(logging.ERROR)
     only = sys.argv[1] if len(sys.argv) > 1 else ""
-    columns = ("depth", "growth", "max_upd", "med_upd")
+    columns = ("depth", "growth", "max_upd", "med_upd", "lr_drop")
     for family, runs in (("healthy", healthy_runs()), ("buggy", buggy_runs())):
         if only and only != family:
             continue

@@ -71,6 +71,7 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("param.not_updated", ERROR, "GradientFlowCallback", "Trainable parameters with gradients are not optimised, or their update is undone.", "Pass self.parameters() to the optimizer, or freeze them with requires_grad_(False)."),
     FindingCode("update.too_small", WARNING, "GradientFlowCallback", "No layer's update moved its weights by more than min_update_ratio of their norm.", "Raise the learning rate or use Tuner.lr_find."),
     FindingCode("update.too_large", WARNING, "GradientFlowCallback", "The median layer's update exceeded max_update_ratio times its weight norm.", "Lower the learning rate 10-100x, add warm-up."),
+    FindingCode("update.lr_collapsed", WARNING, "GradientFlowCallback", "Before half the planned optimizer steps, the LR schedule took every learning rate below 1/1000 of its peak.", "Check the scheduler's interval ('step' vs 'epoch') and the units of step_size/T_max/milestones."),
     FindingCode("grad.not_reset", ERROR, "GradientFlowCallback", "Gradients are never reset between optimizer steps: every step applies the sum of all past gradients.", "Call opt.zero_grad() after opt.step(); to accumulate on purpose, reset after every k-th step."),
     FindingCode("param.plain_tensor", WARNING, "GradientFlowCallback", "A module holds a tensor as a plain attribute: not a parameter (never optimised) nor a buffer (not saved, not moved).", "nn.Parameter(...) for values to learn; register_buffer(name, tensor) for constants."),
     # ConfusionCallback

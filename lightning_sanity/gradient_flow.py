@@ -49,6 +49,10 @@ _NAMES_SHOWN = 5
 _SAMPLE = 4096
 """Elements per parameter sampled for its weight and update L2 norms and its gradient's L1 and max-abs norms (all of
 a smaller parameter); the gradient L2 norm, what is judged, is exact."""
+_COLLAPSED_LR = 1e-3
+"""A learning rate below this fraction of the highest one the optimizer used has all but stopped training..."""
+_EARLY = 0.5
+"""...which schedules reach, if ever, in their last steps: earlier than this fraction of the planned steps is a bug."""
 _RESET_PROBES = 2
 """Parameters per optimizer (its largest) whose gradient is watched for a reset between optimizer steps."""
 
@@ -120,6 +124,7 @@ class CheckSummary:
             unlike the update ratio it does not shrink when a destructive step has blown the weights up.
         depth_ratio: Relative gradient (``||grad|| / ||weight||``) of the first layers over the last ones.
         judgeable_lr: False while the learning rate warms up or after it was decayed below half its peak.
+        learning_rates: The learning rate of each param group at this step.
     """
 
     optimizer_index: int
@@ -130,6 +135,7 @@ class CheckSummary:
     median_layer_step: float
     depth_ratio: float | None
     judgeable_lr: bool
+    learning_rates: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -154,6 +160,8 @@ class _Watch:
     nonfinite_streak: int = 0
     peak_lrs: list[float] = field(default_factory=list)
     last_lrs: list[float] = field(default_factory=list)
+    used_peak_lrs: list[float] = field(default_factory=list)
+    """Per param group, the highest learning rate seen at a check: a warm-up's target is never counted as used."""
     reset_window: _ResetWindow | None = None
     kept_gradient: list[Tensor | None] = field(default_factory=list)
     """Per closed window: the smallest norm a probe's gradient had when a new one arrived, or ``None`` if reset."""
@@ -555,6 +563,7 @@ class GradientFlowCallback(SanityCallback):
         layers = _per_layer(check.infos, stats, self._module_order())
         if layers:
             self._judge_layers(trainer, check, watch, layers, grad_l2, weight_l2, update_l2)
+        self._judge_lr_schedule(trainer, check, watch)
         if watch.checks == self.dense_steps and not watch.judged:
             self._judge_persistent(trainer, check.optimizer_index, watch)
 
@@ -611,6 +620,7 @@ class GradientFlowCallback(SanityCallback):
             median_layer_step=statistics.median(steps) if steps else math.nan,
             depth_ratio=depth_ratio([layers[name].relative_grad for name in depth_layers]),
             judgeable_lr=_lr_is_judgeable(watch, check.group_lrs, check.group_references),
+            learning_rates=list(check.group_lrs),
         )
         if summary.depth_ratio is not None:
             watch.depth_ratios.append(summary.depth_ratio)
@@ -734,6 +744,46 @@ class GradientFlowCallback(SanityCallback):
                     "worst": worst,
                 },
             )
+
+    def _judge_lr_schedule(self, trainer: pl.Trainer, check: _PendingCheck, watch: _Watch) -> None:
+        """``update.lr_collapsed``: before half the planned optimizer steps, every learning rate of the optimizer fell
+        below 1/1000 of the highest one it used (a per-epoch decay run per step, a step_size in the wrong unit)."""
+        lrs = check.group_lrs
+        if len(watch.used_peak_lrs) != len(lrs):
+            watch.used_peak_lrs = [0.0] * len(lrs)
+        watch.used_peak_lrs = [max(peak, lr) for peak, lr in zip(watch.used_peak_lrs, lrs, strict=True)]
+        planned = trainer.estimated_stepping_batches
+        if not math.isfinite(planned) or check.step >= _EARLY * planned:
+            return
+        if not all(peak > 0 and lr < _COLLAPSED_LR * peak for lr, peak in zip(lrs, watch.used_peak_lrs, strict=True)):
+            return
+        optimizer = (
+            trainer.optimizers[check.optimizer_index] if check.optimizer_index < len(trainer.optimizers) else None
+        )
+        configs = [c for c in trainer.lr_scheduler_configs if getattr(c.scheduler, "optimizer", None) is optimizer]
+        if any(config.reduce_on_plateau for config in configs):
+            return  # reductions answer a monitored metric that stopped improving: the schedule follows the run
+        schedulers = [(type(config.scheduler).__name__, config.interval) for config in configs]
+        named = ", ".join(f"{name} (interval {interval!r})" for name, interval in schedulers) or "not a Lightning one"
+        self.record(
+            trainer,
+            "update.lr_collapsed",
+            Severity.WARNING,
+            f"The learning rate of optimizer {check.optimizer_index} fell below 1/1000 of its peak by optimizer step "
+            f"{check.step} of {int(planned)} planned ({check.step / planned:.0%}): {_lrs(watch.used_peak_lrs)} -> "
+            f"{_lrs(lrs)}, schedule: {named}. The remaining steps barely change the weights.",
+            "Check the scheduler's interval ('step' or 'epoch' in configure_optimizers' lr_scheduler dict) and that "
+            "step_size / T_max / milestones / gamma are in units of that interval; call scheduler.step() once per "
+            "interval.",
+            subject=f"optimizer{check.optimizer_index}",
+            evidence={
+                "peak_lrs": watch.used_peak_lrs,
+                "learning_rates": lrs,
+                "step": check.step,
+                "planned_steps": int(planned),
+                "schedulers": [f"{name}/{interval}" for name, interval in schedulers],
+            },
+        )
 
     def _judge_persistent(self, trainer: pl.Trainer, index: int, watch: _Watch) -> None:
         """Symptoms that need several checks of evidence: judged once, at the end of the dense phase."""

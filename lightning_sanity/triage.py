@@ -77,7 +77,9 @@ CAUSES: tuple[Cause, ...] = (
         ("grad.missing", "grad.zero", "grad.vanishing", "grad.exploding", "grad.non_finite", "param.not_updated"),
         ("GradientFlowCallback",),
     ),
-    Cause("update size sane?", ("update.too_small", "update.too_large"), ("GradientFlowCallback",)),
+    Cause(
+        "update size sane?", ("update.too_small", "update.too_large", "update.lr_collapsed"), ("GradientFlowCallback",)
+    ),
     Cause("outputs activated before the loss?", ("output.activated",), ("ConfusionCallback",)),
     Cause("model in train mode?", ("mode.eval_in_train",), ("ModeGuardCallback",)),
     Cause("inputs used?", ("model.input_independent",), ("ModelChecksCallback",)),

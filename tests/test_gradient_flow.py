@@ -296,6 +296,61 @@ def test_warm_up_from_a_tiny_learning_rate_does_not_report_too_small_updates(mak
     assert problems(fit(make_trainer, model, wine())) == []
 
 
+# --- update.lr_collapsed ------------------------------------------------------------------------------------------
+
+
+def step_lr(gamma: float) -> Any:
+    """``StepLR(step_size=1)``, which ``Net`` steps every optimizer step: a per-epoch decay applied per batch."""
+    return lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)
+
+
+def test_a_per_epoch_decay_stepped_every_batch_reports_the_collapsed_learning_rate(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, Net(wine_mlp(), sgd(0.05, momentum=0.9), scheduler=step_lr(0.5)), wine(), steps=60)
+    assert codes(trainer, Severity.WARNING) == {"update.lr_collapsed"}
+    collapsed = finding(trainer, "update.lr_collapsed")
+    assert collapsed.evidence["planned_steps"] == 60 and collapsed.evidence["step"] <= 11  # 0.5 ** 10 < 1e-3
+    assert collapsed.evidence["learning_rates"][0] < 1e-3 * collapsed.evidence["peak_lrs"][0] == pytest.approx(5e-5)
+    assert "StepLR (interval 'step')" in collapsed.message
+
+
+class OnPlateau(Net):
+    """``ReduceLROnPlateau`` on the training loss, per step, reducing 10x whenever the loss does not improve."""
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.make_optimizer(self)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=0)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "monitor": "train_loss"},
+        }
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 60),
+        lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=60),
+        lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 1e-5, 1.0, 20),
+        step_lr(0.9),
+    ],
+    ids=["cosine-to-zero", "one-cycle", "warm-up-from-1e-5", "decay-0.9-per-step"],
+)
+def test_schedules_that_decay_over_the_planned_steps_are_quiet(make_trainer: Any, schedule: Any) -> None:
+    trainer = fit(make_trainer, Net(wine_mlp(), sgd(0.05, momentum=0.9), scheduler=schedule), wine(), steps=60)
+    assert problems(trainer) == []
+
+
+def test_reductions_on_a_plateau_follow_the_run_and_are_not_reported(make_trainer: Any) -> None:
+    trainer = fit(make_trainer, OnPlateau(wine_mlp(), sgd(0.05, momentum=0.9)), wine(), steps=60)
+    assert trainer.optimizers[0].param_groups[0]["lr"] < 5e-5  # reduced far below 1/1000 of 0.05 early on
+    assert "update.lr_collapsed" not in codes(trainer)
+
+
 def test_healthy_cnn_with_batchnorm_stays_quiet(make_trainer: Any) -> None:
     images, targets = digits_flat().tensors
     data = TensorDataset(images.view(-1, 1, 8, 8).repeat(1, 3, 1, 1), targets)

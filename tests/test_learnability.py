@@ -419,6 +419,25 @@ def test_a_stuck_run_gets_a_triage_in_every_report_form(make_trainer: Any, tmp_p
     assert "Triage" in lightning_sanity.last_report(trainer).to_text()  # type: ignore[union-attr]
 
 
+class DecayedEveryBatch(Classifier):
+    """StepLR(step_size=1, gamma=0.5) meant per epoch, stepped every batch: the weights move by about two steps'
+    worth in all, and the model stays at its initialisation."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.01)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def test_the_triage_of_a_run_stuck_by_its_schedule_names_the_schedule(make_trainer: Any) -> None:
+    train, val = loader(*digits_tensors("train")), loader(*digits_tensors("val"), 128, False)  # type: ignore[arg-type]
+    callbacks = lightning_sanity.default_callbacks()
+    trainer = fit(make_trainer, DecayedEveryBatch(mlp(64, 10)), train, val, 3, callbacks=callbacks)
+    rows = {row.check: row for row in lightning_sanity.last_report(trainer).triage}  # type: ignore[union-attr]
+    assert rows  # the run is reported stuck
+    assert (rows["update size sane?"].status, rows["update size sane?"].code) == ("wrong", "update.lr_collapsed")
+
+
 def test_a_healthy_run_has_no_triage(make_trainer: Any) -> None:
     train, val = loader(*binary_digits("train")), loader(*binary_digits("val"), 128, False)
     trainer = fit(make_trainer, Classifier(mlp(64, 2)), train, val, 2, callbacks=lightning_sanity.default_callbacks())
