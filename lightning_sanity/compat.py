@@ -59,3 +59,8 @@ def foreach_norm(tensors: Sequence[Tensor], ord: float = 2, dtype: torch.dtype |
     if dtype is None:
         return list(torch._foreach_norm(list(tensors), ord))
     return list(torch._foreach_norm(list(tensors), ord, dtype=dtype))
+
+
+def foreach_sub(tensors: Sequence[Tensor], others: Sequence[Tensor]) -> list[Tensor]:
+    """``tensors[i] - others[i]`` for many tensors in one fused call (torch private ``_foreach_sub``)."""
+    return list(torch._foreach_sub(list(tensors), list(others)))

@@ -103,10 +103,12 @@ class _PendingCheck:
     group_lrs: list[float]
     group_references: list[float]
     grad_stats: Tensor | None
-    """``[4, n]``: gradient L2, L1 and max-abs norms and weight L2 norm (all but the first from a sample), still on the
-    device."""
+    """``[4, n]``: gradient L2 norm, and the gradient L1, max-abs and weight L2 norms of each parameter's sample (scaled
+    to the whole parameter on the host), still on the device."""
     snapshot: list[Tensor]
     """Each parameter's :func:`_sample` before the step."""
+    sampled_out_of: list[float]
+    """Per parameter, its elements per sampled element (1.0 when sampled whole)."""
     without_grad: list[_ParamInfo]
 
 
@@ -375,20 +377,31 @@ class GradientFlowCallback(SanityCallback):
             with torch.no_grad():
                 grads = [p.grad for p in params if p.grad is not None]
                 # One full pass over the gradients (their exact L2 norms: what is judged, and finiteness); the rest
-                # from an even-stride sample of each parameter (a full pass costs as much as a whole check this way)
-                snapshot = [_sample(param).clone() for param in params]
-                magnitudes = [_sample(grad).abs() for grad in grads]
+                # from a sample of each parameter, in fused calls (a model with hundreds of small parameters would
+                # otherwise pay a few Python-level tensor calls per parameter)
+                snapshot = _copy(_sample(param) for param in params)
+                grad_samples = [_sample(grad) for grad in grads]
                 norms = [
                     compat.foreach_norm(grads, 2, dtype=torch.float32),
-                    [m.mean(dtype=torch.float32) * p.numel() for m, p in zip(magnitudes, params, strict=True)],
-                    [m.amax() for m in magnitudes],
-                    _estimated_norms(snapshot, params),
+                    compat.foreach_norm(grad_samples, 1, dtype=torch.float32),
+                    compat.foreach_norm(grad_samples, math.inf, dtype=torch.float32),
+                    compat.foreach_norm(snapshot, 2, dtype=torch.float32),
                 ]
                 device = params[0].device
                 grad_stats = torch.stack([_float_vector(values, device) for values in norms])
         group_lrs = [float(group.get("lr", 0.0)) for group in optimizer.param_groups]
         return _PendingCheck(
-            index, step, infos, params, lrs, group_lrs, _group_peaks(optimizer), grad_stats, snapshot, without_grad
+            index,
+            step,
+            infos,
+            params,
+            lrs,
+            group_lrs,
+            _group_peaks(optimizer),
+            grad_stats,
+            snapshot,
+            [param.numel() / sample.numel() for param, sample in zip(params, snapshot, strict=True)],
+            without_grad,
         )
 
     def _watch_gradient_resets(self, trainer: pl.Trainer) -> None:
@@ -1095,10 +1108,12 @@ def _sample_positions(numel: int, device: torch.device) -> Tensor:
     return torch.randint(numel, (_SAMPLE,), generator=generator).sort().values.to(device)
 
 
-def _estimated_norms(samples: Sequence[Tensor], tensors: Sequence[Tensor]) -> list[Tensor]:
-    """L2 norms of ``tensors`` estimated from their :func:`_sample` (exact for a tensor sampled whole)."""
-    norms = compat.foreach_norm(samples, 2, dtype=torch.float32)
-    return [norm * math.sqrt(t.numel() / s.numel()) for norm, t, s in zip(norms, tensors, samples, strict=True)]
+def _copy(tensors: Iterable[Tensor]) -> list[Tensor]:
+    """Copies of ``tensors``: views into one concatenated copy when they share a device and dtype (one call)."""
+    tensors = list(tensors)
+    if len({(t.device, t.dtype) for t in tensors}) > 1:
+        return [t.clone() for t in tensors]
+    return list(torch.cat(tensors).split([t.numel() for t in tensors]))
 
 
 def _float_vector(values: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -1115,8 +1130,8 @@ def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
         if check.grad_stats is None:
             continue
         with torch.no_grad():
-            changes = [_sample(param) - before for param, before in zip(check.params, check.snapshot, strict=True)]
-            updates = _estimated_norms(changes, check.params)
+            changes = compat.foreach_sub([_sample(param) for param in check.params], check.snapshot)
+            updates = compat.foreach_norm(changes, 2, dtype=torch.float32)
             rows.append(torch.cat([check.grad_stats, _float_vector(updates, check.grad_stats.device)[None]]))
         check.snapshot = []
     if not rows:
@@ -1127,7 +1142,16 @@ def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
     offset = 0
     for check in pending:
         width = len(check.params)
-        numbers.append([column[offset : offset + width] for column in flat] if width else [])
+        if width:
+            g2, g1, gmax, w2, u2 = (column[offset : offset + width] for column in flat)
+            # a sample's L1 norm scales with the elements it stands for, its L2 norms with their square root
+            roots = [math.sqrt(out_of) for out_of in check.sampled_out_of]
+            g1 = [value * out_of for value, out_of in zip(g1, check.sampled_out_of, strict=True)]
+            w2 = [value * root for value, root in zip(w2, roots, strict=True)]
+            u2 = [value * root for value, root in zip(u2, roots, strict=True)]
+            numbers.append([g2, g1, gmax, w2, u2])
+        else:
+            numbers.append([])
         offset += width
     return numbers
 

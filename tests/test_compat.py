@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,14 @@ def test_torch_private_base_classes_cover_the_layers_we_classify() -> None:
     assert not isinstance(nn.Linear(2, 2), compat.LOSS)
 
 
-def test_foreach_norm_matches_its_per_tensor_definition() -> None:
+def test_foreach_kernels_match_their_per_tensor_definition() -> None:
     tensors = [torch.randn(3, 4), torch.randn(5)]
-    for ord in (1, 2):
+    for ord in (1, 2, math.inf):
         expected = [t.norm(ord) for t in tensors]
         assert all(torch.allclose(a, b) for a, b in zip(compat.foreach_norm(tensors, ord), expected, strict=True))
     assert compat.foreach_norm(tensors, 2, dtype=torch.float32)[0].dtype == torch.float32
+    differences = compat.foreach_sub(tensors, [2 * t for t in tensors])
+    assert all(torch.equal(d, -t) for d, t in zip(differences, tensors, strict=True))
 
 
 class LogsAccuracy(Classifier):
