@@ -470,6 +470,9 @@ class BatchStatsCallback(SanityCallback):
         single_class_window: How many leading training batches to inspect for single-class batches.
         log_channels: How many leading channels to log statistics for.
         max_classes: Class indices counted per epoch for ``target.imbalance`` are ``0 .. max_classes - 1``.
+        train_stats_every_n_batches: After the first epoch, one training batch in N feeds the epoch statistics and
+            class counts (the first epoch saw every sample; later ones see the same samples again); 1 keeps every
+            batch.
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: A function ``batch -> (inputs, targets)`` for batch structures we do not understand.
         figure_every_n_epochs: Log train-vs-val input histograms and a grid of sample inputs (de-normalised
@@ -492,6 +495,7 @@ class BatchStatsCallback(SanityCallback):
         single_class_window: int = 8,
         log_channels: int = 3,
         max_classes: int = 1000,
+        train_stats_every_n_batches: int = 4,
         strict: bool = False,
         batch_adapter: BatchAdapter | None = None,
         figure_every_n_epochs: int = 5,
@@ -512,10 +516,17 @@ class BatchStatsCallback(SanityCallback):
         )
         require(is_int(log_channels) and log_channels >= 0, "log_channels", "an int >= 0", log_channels)
         require(is_int(max_classes) and max_classes >= 2, "max_classes", "an int >= 2", max_classes)
+        require(
+            is_int(train_stats_every_n_batches) and train_stats_every_n_batches >= 1,
+            "train_stats_every_n_batches",
+            "an int >= 1",
+            train_stats_every_n_batches,
+        )
         self.check_batches = check_batches
         self.single_class_window = single_class_window
         self.log_channels = log_channels
         self.max_classes = max_classes
+        self.train_stats_every_n_batches = train_stats_every_n_batches
         self._stats: dict[str, ChannelStats] = {}
         self._class_counts: ClassCounts | None = None
         self._reset_run()
@@ -547,7 +558,8 @@ class BatchStatsCallback(SanityCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._observe(trainer, batch, "train", "train")
+        accumulate = trainer.current_epoch == 0 or batch_idx % self.train_stats_every_n_batches == 0
+        self._observe(trainer, batch, "train", "train", accumulate)
 
     @override
     def on_eval_batch_start(
@@ -557,18 +569,21 @@ class BatchStatsCallback(SanityCallback):
         if split != "predict":  # compared with training, split by split; prediction inputs are not judged
             self._observe(trainer, batch, split, dataloader_label(split, dataloader_idx))
 
-    def _observe(self, trainer: pl.Trainer, batch: Any, split: str, label: str) -> None:
+    def _observe(self, trainer: pl.Trainer, batch: Any, split: str, label: str, accumulate: bool = True) -> None:
+        """Judge the leading batches; with ``accumulate``, add the batch to the epoch statistics and class counts."""
+        if not accumulate and self._checked[label] >= self.check_batches and self._window_full():
+            return
         parts = self.split_batch(trainer, batch)
         if parts is None:
             return
         view = channel_view(parts.inputs) if parts.inputs is not None else None
-        if view is not None:
+        if view is not None and accumulate:
             self._spatial[label] = parts.inputs is not None and parts.inputs.ndim >= 3
             self._stats_for(label, view.device).update(view)
             if label in ("train", "val") and label not in self._figure_inputs and self.figures_wanted(trainer):
                 self._figure_inputs[label] = parts.inputs[:_FIGURE_SAMPLES].detach().clone()  # type: ignore[index]
         labels = class_index_targets(parts.targets)
-        if split == "train" and labels is not None:
+        if split == "train" and labels is not None and accumulate:
             self._counts_for(labels.device).update(labels)
         if self._checked[label] >= self.check_batches:
             if split == "train" and labels is not None:
@@ -664,8 +679,11 @@ class BatchStatsCallback(SanityCallback):
 
     # Single-class batches -------------------------------------------------------------------------------------
 
+    def _window_full(self) -> bool:
+        return len(self._window_sizes) >= self.single_class_window
+
     def _watch_single_class(self, trainer: pl.Trainer, labels: Tensor, classes: Counter[int] | None = None) -> None:
-        if len(self._window_sizes) >= self.single_class_window:
+        if self._window_full():
             return
         classes = Counter(labels.tolist()) if classes is None else classes
         self._window_sizes.append(labels.numel())

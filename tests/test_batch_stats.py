@@ -172,6 +172,32 @@ def test_nan_inputs_are_an_error_naming_split_and_fraction(make_trainer: Any) ->
     assert 0 < nan.evidence["fraction"] < 0.05
 
 
+def test_after_the_first_epoch_one_training_batch_in_n_feeds_the_epoch_statistics(
+    make_trainer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first epoch counts every training sample, later ones (the same samples again) one batch in N; validation
+    batches always count."""
+    fed: list[tuple[int, str, int]] = []
+    callback = BatchStatsCallback(train_stats_every_n_batches=4)
+    update = ChannelStats.update
+
+    def spy(metric: ChannelStats, view: Tensor) -> None:
+        label = next(key for key, stats in callback._stats.items() if stats is metric)
+        fed.append((trainer.current_epoch, label, view.shape[0]))
+        update(metric, view)
+
+    monkeypatch.setattr(ChannelStats, "update", spy)
+    train, val = wine_loaders(standardize=True)  # 134 samples: 8 training batches of 16 and one of 6
+    trainer = make_trainer(callbacks=[callback], max_epochs=3, num_sanity_val_steps=0)
+    trainer.fit(Classifier(mlp(13, 3)), train, val)
+    samples = {(epoch, label): 0 for epoch in range(3) for label in ("train", "val")}
+    for epoch, label, size in fed:
+        samples[epoch, label] += size
+    assert [samples[epoch, "train"] for epoch in range(3)] == [134, 38, 38]  # later: batches 0, 4 and 8
+    assert len({samples[epoch, "val"] for epoch in range(3)}) == 1 and samples[0, "val"] == len(val.dataset)
+    assert problems(trainer) == []
+
+
 def test_all_zero_inputs_are_collapsed(make_trainer: Any) -> None:
     images = torch.zeros(64, 3, 16, 16)
     train = DataLoader(TensorDataset(images, torch.arange(64) % 10), batch_size=16)
@@ -270,7 +296,8 @@ def test_single_class_batches_explained_by_shuffled_imbalance_stay_quiet(make_tr
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(800, 6, generator=generator)
     labels = (torch.rand(800, generator=generator) < 0.05).long()  # most batches of 4 hold only class 0
-    train = DataLoader(TensorDataset(features, labels), batch_size=4, shuffle=True)
+    # a seeded shuffle: unseeded, about one run in a few hundred draws 8 or fewer single-class batches of 16
+    train = DataLoader(TensorDataset(features, labels), batch_size=4, shuffle=True, generator=generator)
     callback = {"single_class_window": 16}
     trainer = fit(make_trainer, Classifier(mlp(6, 2)), train, limit_train_batches=40, callback=callback)
     stats = trainer.callbacks[0]
@@ -443,6 +470,7 @@ def test_epoch_statistics_are_logged_for_each_split(make_trainer: Any, tmp_path:
         ("log_channels", -1),
         ("max_classes", 1),
         ("check_batches", True),
+        ("train_stats_every_n_batches", 0),
     ],
 )
 def test_bad_configuration_fails_fast(option: str, value: Any) -> None:
