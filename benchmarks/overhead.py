@@ -16,7 +16,8 @@ one-time checks, pipeline inspection, figures, the report), its per-step cost
 Both are medians over ``--repeats``. The difference of two whole fits is noisy (about +-10 % per step at these run
 lengths), so the same split is also applied to the CPU time spent inside the pack's hooks during the fits with
 the pack (the last column): a direct measurement, which leaves out only the forward/backward hooks the pack
-registers and Lightning's own dispatch of hooks to callbacks. Programs log to a ``CSVLogger`` (so figures are
+registers, Lightning's own dispatch of hooks to callbacks and Python's garbage collections (which land in whichever
+code crosses the allocation threshold). Programs log to a ``CSVLogger`` (so figures are
 rendered and the report files written, as in a real run) and use one torch thread, for repeatable numbers. Work
 done once per validation run (weight checksums, epoch-end judgements) is spread over the steps of an epoch: with
 the short epochs here (32-43 training steps) that inflates the per-step figure compared with real epochs of
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import gc
 import io
 import logging
 import platform
@@ -128,17 +130,27 @@ PROGRAMS = (
 def timed_hooks() -> Iterator[tuple[collections.Counter[str], collections.Counter[str]]]:
     """CPU seconds and calls per ``Callback.hook`` spent inside the pack while the block runs: every hook of every
     sanity callback runs through ``base._run_isolated``, and the end of a run (figures, report files) through
-    ``run.leave`` / ``run.abort``. Forward/backward hooks the pack registers are not included."""
+    ``run.leave`` / ``run.abort``. Forward/backward hooks the pack registers are not included, and neither are
+    Python's garbage collections: one runs wherever an allocation crosses its threshold, so a full collection of the
+    whole process (tens to hundreds of ms) landing in a hook in one run length and not in another made the
+    inside-the-pack split swing by more than the pack's own cost."""
     spent: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
     run_isolated, leave, abort = ls_base._run_isolated, ls_run.leave, ls_run.abort
+    collecting = {"since": 0.0, "total": 0.0}
+
+    def gc_clock(phase: str, info: dict) -> None:
+        if phase == "start":
+            collecting["since"] = time.process_time()
+        else:
+            collecting["total"] += time.process_time() - collecting["since"]
 
     def timed_call(key: str, function: Callable[..., Any], *args: Any) -> Any:
-        start = time.process_time()
+        start, collected = time.process_time(), collecting["total"]
         try:
             return function(*args)
         finally:
-            spent[key] += time.process_time() - start
+            spent[key] += time.process_time() - start - (collecting["total"] - collected)
             calls[key] += 1
 
     def timed(callback: Any, hook: Any, trainer: pl.Trainer, args: tuple, kwargs: dict) -> Any:
@@ -148,10 +160,12 @@ def timed_hooks() -> Iterator[tuple[collections.Counter[str], collections.Counte
     ls_base._run_isolated = timed
     ls_run.leave = lambda *args: timed_call("run end (figures, report)", leave, *args)
     ls_run.abort = lambda *args: timed_call("run end (figures, report)", abort, *args)
+    gc.callbacks.append(gc_clock)
     try:
         yield spent, calls
     finally:
         ls_base._run_isolated, ls_run.leave, ls_run.abort = run_isolated, leave, abort
+        gc.callbacks.remove(gc_clock)
 
 
 @dataclass
