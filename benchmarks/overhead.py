@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+import lightning.pytorch.trainer.call as pl_call
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -137,6 +138,25 @@ def timed_hooks() -> Iterator[tuple[collections.Counter[str], collections.Counte
     spent: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
     run_isolated, leave, abort = ls_base._run_isolated, ls_run.leave, ls_run.abort
+
+    def timed(callback: Any, hook: Any, trainer: pl.Trainer, args: tuple, kwargs: dict) -> Any:
+        key = f"{type(callback).__name__}.{hook.__name__}"
+        return timed_call(key, run_isolated, callback, hook, trainer, args, kwargs)
+
+    with cpu_timer(spent, calls) as timed_call:
+        ls_base._run_isolated = timed
+        ls_run.leave = lambda *args: timed_call("run end (figures, report)", leave, *args)
+        ls_run.abort = lambda *args: timed_call("run end (figures, report)", abort, *args)
+        try:
+            yield spent, calls
+        finally:
+            ls_base._run_isolated, ls_run.leave, ls_run.abort = run_isolated, leave, abort
+
+
+@contextlib.contextmanager
+def cpu_timer(spent: collections.Counter[str], calls: collections.Counter[str]) -> Iterator[Callable[..., Any]]:
+    """``timed_call(key, function, *args)``: calls ``function`` and adds its CPU seconds, less the garbage
+    collections that ran meanwhile, to ``spent[key]``."""
     collecting = {"since": 0.0, "total": 0.0}
 
     def gc_clock(phase: str, info: dict) -> None:
@@ -145,27 +165,33 @@ def timed_hooks() -> Iterator[tuple[collections.Counter[str], collections.Counte
         else:
             collecting["total"] += time.process_time() - collecting["since"]
 
-    def timed_call(key: str, function: Callable[..., Any], *args: Any) -> Any:
+    def timed_call(key: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         start, collected = time.process_time(), collecting["total"]
         try:
-            return function(*args)
+            return function(*args, **kwargs)
         finally:
             spent[key] += time.process_time() - start - (collecting["total"] - collected)
             calls[key] += 1
 
-    def timed(callback: Any, hook: Any, trainer: pl.Trainer, args: tuple, kwargs: dict) -> Any:
-        key = f"{type(callback).__name__}.{hook.__name__}"
-        return timed_call(key, run_isolated, callback, hook, trainer, args, kwargs)
-
-    ls_base._run_isolated = timed
-    ls_run.leave = lambda *args: timed_call("run end (figures, report)", leave, *args)
-    ls_run.abort = lambda *args: timed_call("run end (figures, report)", abort, *args)
     gc.callbacks.append(gc_clock)
     try:
-        yield spent, calls
+        yield timed_call
     finally:
-        ls_base._run_isolated, ls_run.leave, ls_run.abort = run_isolated, leave, abort
         gc.callbacks.remove(gc_clock)
+
+
+@contextlib.contextmanager
+def timed_dispatch() -> Iterator[collections.Counter[str]]:
+    """CPU seconds spent in Lightning's calls of callback hooks (``trainer.call._call_callback_hooks``): the pack's
+    hooks plus Lightning's dispatch to each callback, which the inside-the-pack columns leave out."""
+    spent: collections.Counter[str] = collections.Counter()
+    dispatch = pl_call._call_callback_hooks
+    with cpu_timer(spent, collections.Counter()) as timed_call:
+        pl_call._call_callback_hooks = lambda *args, **kwargs: timed_call("dispatch", dispatch, *args, **kwargs)
+        try:
+            yield spent
+        finally:
+            pl_call._call_callback_hooks = dispatch
 
 
 @dataclass
@@ -228,12 +254,19 @@ def overhead_table(repeats: int, short: int, long: int) -> None:
 def time_in_hooks(program: Program, epochs: int) -> None:
     """CPU time spent inside the pack's own hooks during one fit, per callback and hook: a direct measurement that
     does not depend on subtracting two noisy fits (it leaves out forward/backward hooks the pack registers)."""
-    with timed_hooks() as (spent, calls):
+    with timed_dispatch() as without_pack:
+        cpu_seconds_of_fit(program, epochs, with_pack=False)
+    with timed_hooks() as (spent, calls), timed_dispatch() as with_pack:
         total = cpu_seconds_of_fit(program, epochs, with_pack=True).cpu
     steps = program.train_batches * epochs
     print(f"\n### CPU time inside the pack: {program.name}, {epochs} epochs ({steps} training steps)")
     inside = sum(spent.values())
     print(f"fit {total:.2f} s, in the pack {inside:.3f} s = {inside / steps * 1e3:.2f} ms per step")
+    hooks = with_pack["dispatch"] - without_pack["dispatch"]
+    print(
+        f"all callback hooks, Lightning's dispatch to the pack's six callbacks included: {hooks:.3f} s = "
+        f"{hooks / steps * 1e3:.2f} ms per step (dispatch alone: {(hooks - inside) / steps * 1e3:.2f} ms per step)"
+    )
     print("| hook | calls | total | per call |\n|---|---|---|---|")
     for key, seconds in spent.most_common(14):
         print(f"| {key} | {calls[key]} | {seconds * 1e3:.1f} ms | {seconds / calls[key] * 1e3:.3f} ms |")
