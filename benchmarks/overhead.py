@@ -13,11 +13,17 @@ process CPU time (``time.process_time``: what the machine spends, independent of
 and the pack's fixed cost is ``fixed_with - fixed_without`` (seconds the user waits once per fit:
 one-time checks, pipeline inspection, figures, the report), its per-step cost
 ``per_epoch_with / per_epoch_without - 1`` (what it adds to every training and validation step).
-Both are medians over ``--repeats``. The difference of two whole fits is noisy (about +-10 % per step at these run
-lengths), so the same split is also applied to the CPU time spent inside the pack's hooks during the fits with
-the pack (the last column): a direct measurement, which leaves out only the forward/backward hooks the pack
-registers, Lightning's own dispatch of hooks to callbacks and Python's garbage collections (which land in whichever
-code crosses the allocation threshold). Programs log to a ``CSVLogger`` (so figures are
+Both are medians over ``--repeats``. The difference of two whole fits is noisy (on a shared VM the speed of
+the same fit drifts by +-10 % between runs), so the same split is also applied to direct measurements taken
+during the fits:
+
+- *inside the pack*: the CPU time spent in the pack's callback hooks, in the forward and tensor hooks it
+  registers on the user's modules, and at the end of the run (figures, report files), less Python's garbage
+  collections (which land in whichever code crosses the allocation threshold);
+- *and its dispatch*: plus what Lightning spends dispatching every hook to six callbacks that override none
+  (``IdleCallback``, fits with ``"idle"``), which any six callbacks cost and the pack's own timers cannot see.
+
+Programs log to a ``CSVLogger`` (so figures are
 rendered and the report files written, as in a real run) and use one torch thread, for repeatable numbers. Work
 done once per validation run (weight checksums, epoch-end judgements) is spread over the steps of an epoch: with
 the short epochs here (32-43 training steps) that inflates the per-step figure compared with real epochs of
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import gc
 import io
 import logging
@@ -130,27 +137,44 @@ PROGRAMS = (
 @contextlib.contextmanager
 def timed_hooks() -> Iterator[tuple[collections.Counter[str], collections.Counter[str]]]:
     """CPU seconds and calls per ``Callback.hook`` spent inside the pack while the block runs: every hook of every
-    sanity callback runs through ``base._run_isolated``, and the end of a run (figures, report files) through
-    ``run.leave`` / ``run.abort``. Forward/backward hooks the pack registers are not included, and neither are
-    Python's garbage collections: one runs wherever an allocation crosses its threshold, so a full collection of the
-    whole process (tens to hundreds of ms) landing in a hook in one run length and not in another made the
-    inside-the-pack split swing by more than the pack's own cost."""
+    sanity callback runs through ``base._run_isolated``, the end of a run (figures, report files) through
+    ``run.leave`` / ``run.abort``, and the forward, forward-pre and tensor hooks the pack registers on the user's
+    modules are timed under ``[module hooks] <function>``. Python's garbage collections are left out: one runs
+    wherever an allocation crosses its threshold, so a full collection of the whole process (tens to hundreds of
+    ms) landing in a hook in one run length and not in another made the inside-the-pack split swing by more than
+    the pack's own cost."""
     spent: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
     run_isolated, leave, abort = ls_base._run_isolated, ls_run.leave, ls_run.abort
+    registrars = [(nn.Module, name) for name in ("register_forward_hook", "register_forward_pre_hook")]
+    registrars.append((Tensor, "register_hook"))
+    originals = [getattr(owner, name) for owner, name in registrars]
 
     def timed(callback: Any, hook: Any, trainer: pl.Trainer, args: tuple, kwargs: dict) -> Any:
         key = f"{type(callback).__name__}.{hook.__name__}"
         return timed_call(key, run_isolated, callback, hook, trainer, args, kwargs)
 
+    def timing_registrar(register: Callable[..., Any]) -> Callable[..., Any]:
+        def register_timed(target: Any, hook: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            if getattr(hook, "__module__", "").startswith("lightning_sanity"):
+                key = f"[module hooks] {hook.__qualname__.replace('.<locals>', '')}"
+                hook = functools.partial(timed_call, key, hook)
+            return register(target, hook, *args, **kwargs)
+
+        return register_timed
+
     with cpu_timer(spent, calls) as timed_call:
         ls_base._run_isolated = timed
         ls_run.leave = lambda *args: timed_call("run end (figures, report)", leave, *args)
         ls_run.abort = lambda *args: timed_call("run end (figures, report)", abort, *args)
+        for (owner, name), register in zip(registrars, originals, strict=True):
+            setattr(owner, name, timing_registrar(register))
         try:
             yield spent, calls
         finally:
             ls_base._run_isolated, ls_run.leave, ls_run.abort = run_isolated, leave, abort
+            for (owner, name), register in zip(registrars, originals, strict=True):
+                setattr(owner, name, register)
 
 
 @contextlib.contextmanager
@@ -182,8 +206,8 @@ def cpu_timer(spent: collections.Counter[str], calls: collections.Counter[str]) 
 
 @contextlib.contextmanager
 def timed_dispatch() -> Iterator[collections.Counter[str]]:
-    """CPU seconds spent in Lightning's calls of callback hooks (``trainer.call._call_callback_hooks``): the pack's
-    hooks plus Lightning's dispatch to each callback, which the inside-the-pack columns leave out."""
+    """CPU seconds spent in Lightning's calls of callback hooks (``trainer.call._call_callback_hooks``): with
+    :class:`IdleCallback` s, what dispatching every hook to that many callbacks costs before any does anything."""
     spent: collections.Counter[str] = collections.Counter()
     dispatch = pl_call._call_callback_hooks
     with cpu_timer(spent, collections.Counter()) as timed_call:
@@ -194,81 +218,119 @@ def timed_dispatch() -> Iterator[collections.Counter[str]]:
             pl_call._call_callback_hooks = dispatch
 
 
+class IdleCallback(pl.Callback):
+    """A callback overriding no hook: what Lightning's dispatch of every hook to one more callback costs."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    @property
+    def state_key(self) -> str:
+        return f"IdleCallback{self.index}"
+
+
+KITS: dict[str, Callable[[], list[pl.Callback]]] = {
+    "without": list,
+    "pack": ls.default_callbacks,
+    "idle": lambda: [IdleCallback(index) for index in range(len(ls.default_callbacks()))],
+}
+"""The callbacks a measured fit runs with: none, the pack, or as many callbacks that do nothing."""
+
+
 @dataclass
 class Fit:
     cpu: float  # process CPU seconds of trainer.fit
-    in_hooks: float  # of which inside the pack (its hooks and the end of the run)
+    dispatch: float  # of which in Lightning's calls of callback hooks (``_call_callback_hooks``)
+    spent: collections.Counter[str]  # of which inside the pack, per hook (see ``timed_hooks``)
+    calls: collections.Counter[str]
+
+    @property
+    def in_hooks(self) -> float:
+        return sum(self.spent.values())
 
 
-def cpu_seconds_of_fit(program: Program, epochs: int, with_pack: bool) -> Fit:
+def cpu_seconds_of_fit(program: Program, epochs: int, kit: str) -> Fit:
     pl.seed_everything(0, verbose=False)
     train, val = program.loaders()
     model = program.model()
-    with tempfile.TemporaryDirectory() as log_dir, timed_hooks() as (spent, _):
+    with tempfile.TemporaryDirectory() as log_dir, contextlib.ExitStack() as stack:
+        spent, calls = stack.enter_context(timed_hooks()) if kit == "pack" else (collections.Counter(),) * 2
+        # the dispatch is timed only when nothing inside it is: the pack's timers would count as dispatch
+        dispatch = stack.enter_context(timed_dispatch()) if kit != "pack" else collections.Counter()
         trainer = pl.Trainer(
             accelerator="cpu", max_epochs=epochs, logger=pl.loggers.CSVLogger(log_dir), enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=2,
-            callbacks=ls.default_callbacks() if with_pack else [],
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=2, callbacks=KITS[kit](),
         )  # fmt: skip
         start = time.process_time()
         with contextlib.redirect_stdout(io.StringIO()):  # the run report
             trainer.fit(model, train, val)
-        return Fit(time.process_time() - start, sum(spent.values()))
+        return Fit(time.process_time() - start, dispatch["dispatch"], spent, calls)
 
 
 def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
-    fits: dict[tuple[bool, int], list[Fit]] = {(pack, e): [] for pack in (False, True) for e in (short, long)}
-    cpu_seconds_of_fit(program, short, with_pack=False)  # warm-up: imports, allocator, dataset caches
+    fits: dict[tuple[str, int], list[Fit]] = {(kit, e): [] for kit in ("without", "pack") for e in (short, long)}
+    fits["idle", long] = []
+    cpu_seconds_of_fit(program, short, "without")  # warm-up: imports, allocator, dataset caches
     for _ in range(repeats):
-        for key in fits:
-            fits[key].append(cpu_seconds_of_fit(program, key[1], with_pack=key[0]))
+        for kit, epochs in fits:
+            fits[kit, epochs].append(cpu_seconds_of_fit(program, epochs, kit))
     median = {key: statistics.median(fit.cpu for fit in values) for key, values in fits.items()}
-    per_epoch = {pack: (median[pack, long] - median[pack, short]) / (long - short) for pack in (False, True)}
-    fixed = {pack: median[pack, short] - short * per_epoch[pack] for pack in (False, True)}
-    extra_fixed = fixed[True] - fixed[False]
-    per_step = per_epoch[True] / per_epoch[False] - 1
-    step_ms = (per_epoch[True] - per_epoch[False]) / program.train_batches * 1e3
-    # The same split of the CPU time inside the pack's hooks: far less noisy than a difference of two whole fits.
-    hooks = {e: statistics.median(fit.in_hooks for fit in fits[True, e]) for e in (short, long)}
+    per_epoch = {kit: (median[kit, long] - median[kit, short]) / (long - short) for kit in ("without", "pack")}
+    fixed = {kit: median[kit, short] - short * per_epoch[kit] for kit in ("without", "pack")}
+    extra_fixed = fixed["pack"] - fixed["without"]
+    per_step = per_epoch["pack"] / per_epoch["without"] - 1
+    step_ms = (per_epoch["pack"] - per_epoch["without"]) / program.train_batches * 1e3
+    # The same split of the CPU time inside the pack: far less noisy than a difference of two whole fits.
+    hooks = {e: statistics.median(fit.in_hooks for fit in fits["pack", e]) for e in (short, long)}
     hooks_per_epoch = (hooks[long] - hooks[short]) / (long - short)
     hooks_fixed = hooks[short] - short * hooks_per_epoch
-    hooks_step = hooks_per_epoch / per_epoch[False]
-    hooks_step_ms = hooks_per_epoch / program.train_batches * 1e3
+    # Lightning's dispatch to as many callbacks doing nothing, all counted as per-step cost (its few once-per-fit
+    # hooks are negligible): what the pack's hooks cost before any of them does anything.
+    idle = statistics.median(fit.dispatch for fit in fits["idle", long])
+    idle_per_epoch = (idle - statistics.median(fit.dispatch for fit in fits["without", long])) / long
+    all_in_per_epoch = hooks_per_epoch + idle_per_epoch
+
+    def share(seconds_per_epoch: float) -> str:
+        ms = seconds_per_epoch / program.train_batches * 1e3
+        return f"{seconds_per_epoch / per_epoch['without']:+.1%} ({ms:+.2f} ms)"
+
     return (
-        f"| {program.name} | {median[False, long]:.1f} s | {extra_fixed:+.2f} s | {per_step:+.1%} ({step_ms:+.2f} ms) "
-        f"| {hooks_fixed:+.2f} s | {hooks_step:+.1%} ({hooks_step_ms:+.2f} ms) |"
+        f"| {program.name} | {median['without', long]:.1f} s | {extra_fixed:+.2f} s | {per_step:+.1%} "
+        f"({step_ms:+.2f} ms) | {hooks_fixed:+.2f} s | {share(hooks_per_epoch)} | {share(all_in_per_epoch)} |"
     )
+
+
+TABLE_HEADER = (
+    "| program | fit of {long} epochs without the pack | fixed cost per fit | per-step cost "
+    "| fixed cost inside the pack | per-step cost inside the pack | per-step cost inside the pack and its dispatch |\n"
+    "|---|---|---|---|---|---|---|"
+)
 
 
 def overhead_table(repeats: int, short: int, long: int) -> None:
     print(f"\n### Overhead of default_callbacks(): CPU time, fits of {short} and {long} epochs, {repeats} repeats")
-    print(
-        f"| program | fit of {long} epochs without the pack | fixed cost per fit | per-step cost "
-        "| fixed cost inside the pack | per-step cost inside the pack |"
-    )
-    print("|---|---|---|---|---|---|")
+    print(TABLE_HEADER.format(long=long))
     for program in PROGRAMS:
         print(overhead_row(program, short, long, repeats), flush=True)
 
 
 def time_in_hooks(program: Program, epochs: int) -> None:
-    """CPU time spent inside the pack's own hooks during one fit, per callback and hook: a direct measurement that
-    does not depend on subtracting two noisy fits (it leaves out forward/backward hooks the pack registers)."""
-    with timed_dispatch() as without_pack:
-        cpu_seconds_of_fit(program, epochs, with_pack=False)
-    with timed_hooks() as (spent, calls), timed_dispatch() as with_pack:
-        total = cpu_seconds_of_fit(program, epochs, with_pack=True).cpu
+    """CPU time spent inside the pack during one fit, per callback hook and module hook: a direct measurement that
+    does not depend on subtracting two noisy fits."""
+    idle = cpu_seconds_of_fit(program, epochs, "idle").dispatch
+    idle -= cpu_seconds_of_fit(program, epochs, "without").dispatch
+    fit = cpu_seconds_of_fit(program, epochs, "pack")
+    total, spent, calls = fit.cpu, fit.spent, fit.calls
     steps = program.train_batches * epochs
     print(f"\n### CPU time inside the pack: {program.name}, {epochs} epochs ({steps} training steps)")
     inside = sum(spent.values())
     print(f"fit {total:.2f} s, in the pack {inside:.3f} s = {inside / steps * 1e3:.2f} ms per step")
-    hooks = with_pack["dispatch"] - without_pack["dispatch"]
     print(
-        f"all callback hooks, Lightning's dispatch to the pack's six callbacks included: {hooks:.3f} s = "
-        f"{hooks / steps * 1e3:.2f} ms per step (dispatch alone: {(hooks - inside) / steps * 1e3:.2f} ms per step)"
+        f"Lightning's dispatch of every hook to {len(KITS['idle']())} callbacks that do nothing: {idle:.3f} s = "
+        f"{idle / steps * 1e3:.2f} ms per step"
     )
     print("| hook | calls | total | per call |\n|---|---|---|---|")
-    for key, seconds in spent.most_common(14):
+    for key, seconds in spent.most_common(16):
         print(f"| {key} | {calls[key]} | {seconds * 1e3:.1f} ms | {seconds / calls[key] * 1e3:.3f} ms |")
 
 
@@ -305,11 +367,7 @@ class DeepMLP(Classifier):
 def gradient_flow_deep_mlp(short: int, long: int) -> None:
     program = Program("100-layer MLP", DeepMLP, lambda: synthetic(32, 64, 10, (32,)), train_batches=32)
     print("\n### GradientFlowCallback's share on a 100-layer MLP (LayerNorm + ReLU, 64 wide), whole pack")
-    print(
-        "| program | fit without | fixed cost per fit | per-step cost | fixed cost inside the pack "
-        "| per-step cost inside the pack |"
-    )
-    print("|---|---|---|---|---|---|")
+    print(TABLE_HEADER.format(long=long))
     print(overhead_row(program, short, long, repeats=3))
 
 

@@ -470,9 +470,9 @@ class BatchStatsCallback(SanityCallback):
         single_class_window: How many leading training batches to inspect for single-class batches.
         log_channels: How many leading channels to log statistics for.
         max_classes: Class indices counted per epoch for ``target.imbalance`` are ``0 .. max_classes - 1``.
-        train_stats_every_n_batches: After the first epoch, one training batch in N feeds the epoch statistics and
-            class counts (the first epoch saw every sample; later ones see the same samples again); 1 keeps every
-            batch.
+        stats_every_n_batches: After a split's first pass in the run (the first training epoch, the first validation
+            epoch), one batch in N of that split feeds its epoch statistics and class counts (the first pass saw every
+            sample; later ones see the same samples again); 1 keeps every batch.
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: A function ``batch -> (inputs, targets)`` for batch structures we do not understand.
         figure_every_n_epochs: Log train-vs-val input histograms and a grid of sample inputs (de-normalised
@@ -495,7 +495,7 @@ class BatchStatsCallback(SanityCallback):
         single_class_window: int = 8,
         log_channels: int = 3,
         max_classes: int = 1000,
-        train_stats_every_n_batches: int = 4,
+        stats_every_n_batches: int = 4,
         strict: bool = False,
         batch_adapter: BatchAdapter | None = None,
         figure_every_n_epochs: int = 5,
@@ -517,16 +517,16 @@ class BatchStatsCallback(SanityCallback):
         require(is_int(log_channels) and log_channels >= 0, "log_channels", "an int >= 0", log_channels)
         require(is_int(max_classes) and max_classes >= 2, "max_classes", "an int >= 2", max_classes)
         require(
-            is_int(train_stats_every_n_batches) and train_stats_every_n_batches >= 1,
-            "train_stats_every_n_batches",
+            is_int(stats_every_n_batches) and stats_every_n_batches >= 1,
+            "stats_every_n_batches",
             "an int >= 1",
-            train_stats_every_n_batches,
+            stats_every_n_batches,
         )
         self.check_batches = check_batches
         self.single_class_window = single_class_window
         self.log_channels = log_channels
         self.max_classes = max_classes
-        self.train_stats_every_n_batches = train_stats_every_n_batches
+        self.stats_every_n_batches = stats_every_n_batches
         self._stats: dict[str, ChannelStats] = {}
         self._class_counts: ClassCounts | None = None
         self._reset_run()
@@ -536,6 +536,8 @@ class BatchStatsCallback(SanityCallback):
 
     def _reset_run(self) -> None:
         self._checked: Counter[str] = Counter()
+        self._passes: Counter[str] = Counter()
+        """Completed epochs per split label in this run: after the first, one batch in ``stats_every_n_batches``."""
         self._first_batches: dict[str, ChannelSummary] = {}
         self._first_classes: dict[str, Counter[int]] = {}
         self._identical_firsts: list[Tensor] = []
@@ -558,8 +560,7 @@ class BatchStatsCallback(SanityCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        accumulate = trainer.current_epoch == 0 or batch_idx % self.train_stats_every_n_batches == 0
-        self._observe(trainer, batch, "train", "train", accumulate)
+        self._observe(trainer, batch, "train", "train", self._accumulates("train", batch_idx))
 
     @override
     def on_eval_batch_start(
@@ -567,9 +568,13 @@ class BatchStatsCallback(SanityCallback):
         dataloader_idx: int,
     ) -> None:  # fmt: skip
         if split != "predict":  # compared with training, split by split; prediction inputs are not judged
-            self._observe(trainer, batch, split, dataloader_label(split, dataloader_idx))
+            label = dataloader_label(split, dataloader_idx)
+            self._observe(trainer, batch, split, label, self._accumulates(label, batch_idx))
 
-    def _observe(self, trainer: pl.Trainer, batch: Any, split: str, label: str, accumulate: bool = True) -> None:
+    def _accumulates(self, label: str, batch_idx: int) -> bool:
+        return self._passes[label] == 0 or batch_idx % self.stats_every_n_batches == 0
+
+    def _observe(self, trainer: pl.Trainer, batch: Any, split: str, label: str, accumulate: bool) -> None:
         """Judge the leading batches; with ``accumulate``, add the batch to the epoch statistics and class counts."""
         if not accumulate and self._checked[label] >= self.check_batches and self._window_full():
             return
@@ -742,6 +747,7 @@ class BatchStatsCallback(SanityCallback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         summary = self._finish_split(trainer, "train")
+        self._passes["train"] += 1
         if summary is not None:
             self._train_reference = summary
         self._finish_targets(trainer)
@@ -783,6 +789,7 @@ class BatchStatsCallback(SanityCallback):
         reference = train.summary() if train is not None and train.update_called else self._train_reference
         for label in sorted(_labels_of(self._stats, split)):
             summary = self._finish_split(trainer, label)
+            self._passes[label] += 1
             if summary is not None and reference is not None:
                 self._check_shift(trainer, reference, summary, label, "epoch")
 

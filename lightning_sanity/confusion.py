@@ -630,10 +630,13 @@ def _bincount_rows(indices: Tensor, classes: int) -> Tensor:
     return counts.index_add_(0, flat, torch.ones_like(flat)).view(rows, classes + 1)[:, :-1]
 
 
-class TrainLoss(FoldingMetric):
+class TrainLoss(Metric):
     """Mean and minimum of the training loss over an epoch (sum-reduced / min-reduced across ranks).
 
-    Each step's loss is only queued (a detached reference, the step's own tensor); queued losses are folded together.
+    ``update`` takes the losses of several steps at once: :class:`ConfusionCallback` keeps each step's loss (a
+    detached reference to the step's own tensor) and hands them over every ``FOLD_BATCHES`` steps and before any
+    read, so a training step pays a list append instead of a metric update (tens of microseconds between the step's
+    kernels).
     """
 
     full_state_update = False
@@ -647,14 +650,10 @@ class TrainLoss(FoldingMetric):
         self.add_state("steps", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("lowest", torch.full((), math.inf, dtype=torch.float64), dist_reduce_fx="min")
 
-    def update(self, loss: Tensor) -> None:
-        self.queue(loss.detach(), 1)
-
-    @override
-    def _fold(self, pending: list[Tensor]) -> None:
-        losses = torch.stack(pending).double()
+    def update(self, losses: Tensor) -> None:
+        losses = losses.detach().double().reshape(-1)
         self.total += losses.sum()
-        self.steps += len(pending)
+        self.steps += losses.numel()
         self.lowest = torch.minimum(self.lowest, losses.min())
 
     def compute(self) -> tuple[Tensor, Tensor]:
@@ -922,6 +921,9 @@ class ConfusionCallback(SanityCallback):
         self._splits: dict[str, _SplitState] = {}
         self._observer: StepObserver | None = None
         self._train_loss: TrainLoss | None = None
+        self._step_losses: list[Tensor] = []
+        """Training losses not yet handed to ``_train_loss`` (see :class:`TrainLoss`)."""
+        self._loss_scale = 1
         self._epoch_losses: list[float] = []
         self._lowest_loss = math.inf
         self._suspicious: dict[str, int] = {}
@@ -1303,16 +1305,26 @@ class ConfusionCallback(SanityCallback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             return
-        if self._train_loss is None:
-            self._train_loss = TrainLoss().to(pl_module.device)
-        scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
-        self._train_loss.update(loss.reshape(()) * scale if scale != 1 else loss.reshape(()))
+        self._loss_scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+        self._step_losses.append(loss.detach())
+        if len(self._step_losses) >= FOLD_BATCHES:
+            self._fold_train_losses()
+
+    def _fold_train_losses(self) -> TrainLoss | None:
+        """Hand the kept step losses to the epoch's :class:`TrainLoss`; it, or ``None`` before any step's loss."""
+        pending, self._step_losses = self._step_losses, []
+        if pending:
+            if self._train_loss is None:
+                self._train_loss = TrainLoss().to(pending[0].device)
+            self._train_loss.update(torch.cat([loss.reshape(1) for loss in pending]) * self._loss_scale)
+        return self._train_loss
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._train_loss is not None:
-            mean, lowest = (float(v) for v in self._train_loss.compute())
-            self._train_loss.reset()
+        train_loss = self._fold_train_losses()
+        if train_loss is not None:
+            mean, lowest = (float(v) for v in train_loss.compute())
+            train_loss.reset()
             if math.isfinite(mean):
                 self._epoch_losses.append(mean)
                 self._lowest_loss = min(self._lowest_loss, lowest)
@@ -1321,15 +1333,17 @@ class ConfusionCallback(SanityCallback):
         self._judge_loss(trainer)
 
     def _running_lowest_loss(self) -> float:
-        if self._train_loss is None or not self._train_loss.update_called:
+        train_loss = self._fold_train_losses()
+        if train_loss is None or not train_loss.update_called:
             return math.inf
-        return float(self._train_loss.compute()[1])
+        return float(train_loss.compute()[1])
 
     def _losses_so_far(self) -> list[float]:
         """Epoch-mean training losses, with the running epoch's mean so far (validation runs before epoch end)."""
-        if self._train_loss is None or not self._train_loss.update_called:
+        train_loss = self._fold_train_losses()
+        if train_loss is None or not train_loss.update_called:
             return list(self._epoch_losses)
-        mean = float(self._train_loss.compute()[0])
+        mean = float(train_loss.compute()[0])
         return [*self._epoch_losses, mean] if math.isfinite(mean) else list(self._epoch_losses)
 
     # ------------------------------------------------------------- epoch end

@@ -32,7 +32,8 @@ class ErrorOnLastRank(ls.SanityCallback):
 def main(out_dir: Path, devices: int, one_rank_error: bool, logger: bool) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
-    callbacks: list[Any] = ls.default_callbacks()
+    # every batch feeds BatchStats' epoch statistics: the last validation's synchronised count is the whole val set
+    callbacks: list[Any] = ls.default_callbacks(batch_stats={"stats_every_n_batches": 1})
     if one_rank_error:
         callbacks.append(ErrorOnLastRank())
     train = DataLoader(TensorDataset(*wine_tensors("train")), batch_size=16, shuffle=True)

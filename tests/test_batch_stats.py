@@ -172,13 +172,13 @@ def test_nan_inputs_are_an_error_naming_split_and_fraction(make_trainer: Any) ->
     assert 0 < nan.evidence["fraction"] < 0.05
 
 
-def test_after_the_first_epoch_one_training_batch_in_n_feeds_the_epoch_statistics(
+def test_after_the_first_epoch_one_batch_in_n_feeds_the_epoch_statistics(
     make_trainer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first epoch counts every training sample, later ones (the same samples again) one batch in N; validation
-    batches always count."""
+    """A split's first epoch counts every sample, later ones (the same samples again) one batch in N: training and
+    validation alike; a later test run counts every test batch again."""
     fed: list[tuple[int, str, int]] = []
-    callback = BatchStatsCallback(train_stats_every_n_batches=4)
+    callback = BatchStatsCallback(stats_every_n_batches=4)
     update = ChannelStats.update
 
     def spy(metric: ChannelStats, view: Tensor) -> None:
@@ -187,15 +187,18 @@ def test_after_the_first_epoch_one_training_batch_in_n_feeds_the_epoch_statistic
         update(metric, view)
 
     monkeypatch.setattr(ChannelStats, "update", spy)
-    train, val = wine_loaders(standardize=True)  # 134 samples: 8 training batches of 16 and one of 6
+    train, _ = wine_loaders(standardize=True)  # 134 samples: 8 training batches of 16 and one of 6
+    val = DataLoader(train.dataset, batch_size=16)  # the same 134 samples, unshuffled: 9 validation batches
     trainer = make_trainer(callbacks=[callback], max_epochs=3, num_sanity_val_steps=0)
-    trainer.fit(Classifier(mlp(13, 3)), train, val)
-    samples = {(epoch, label): 0 for epoch in range(3) for label in ("train", "val")}
-    for epoch, label, size in fed:
-        samples[epoch, label] += size
-    assert [samples[epoch, "train"] for epoch in range(3)] == [134, 38, 38]  # later: batches 0, 4 and 8
-    assert len({samples[epoch, "val"] for epoch in range(3)}) == 1 and samples[0, "val"] == len(val.dataset)
+    model = Classifier(mlp(13, 3))
+    trainer.fit(model, train, val)
+    for label in ("train", "val"):  # later epochs: batches 0, 4 and 8
+        assert [sum(n for e, where, n in fed if (e, where) == (epoch, label)) for epoch in range(3)] == [134, 38, 38]
     assert problems(trainer) == []
+    for _ in range(2):
+        fed.clear()
+        trainer.test(model, val)
+        assert sum(n for _, label, n in fed if label == "test") == 134
 
 
 def test_all_zero_inputs_are_collapsed(make_trainer: Any) -> None:
@@ -470,7 +473,7 @@ def test_epoch_statistics_are_logged_for_each_split(make_trainer: Any, tmp_path:
         ("log_channels", -1),
         ("max_classes", 1),
         ("check_batches", True),
-        ("train_stats_every_n_batches", 0),
+        ("stats_every_n_batches", 0),
     ],
 )
 def test_bad_configuration_fails_fast(option: str, value: Any) -> None:

@@ -599,13 +599,40 @@ def test_eval_counts_fold_queued_batches_into_the_counts_of_each_batch(dense: bo
         assert float(values[key]) == pytest.approx(value, rel=1e-6)
 
 
-def test_train_loss_folds_queued_steps_into_their_mean_and_minimum() -> None:
+def test_train_loss_takes_several_steps_at_once() -> None:
     losses = [2.5 - 0.02 * step + 0.1 * math.sin(step) for step in range(75)]
     metric = TrainLoss()
-    for step, loss in enumerate(losses):
-        metric.update(torch.tensor(loss))
-        if step == 40:  # a read midway sees every step so far
-            assert float(metric.compute()[0]) == pytest.approx(sum(losses[:41]) / 41, rel=1e-6)
+    metric.update(torch.tensor(losses[0]))
+    metric.update(torch.tensor(losses[1:41]))
+    assert float(metric.compute()[0]) == pytest.approx(sum(losses[:41]) / 41, rel=1e-6)
+    metric.update(torch.tensor(losses[41:]).reshape(-1, 1))
     mean, lowest = metric.compute()
     assert float(mean) == pytest.approx(sum(losses) / len(losses), rel=1e-6)
     assert float(lowest) == pytest.approx(min(losses), rel=1e-6)
+
+
+class LossRecorder(Classifier):
+    """Keeps every training step's loss, per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__(mlp(13, 3), lr=1e-2)
+        self.losses: list[list[float]] = []
+
+    def on_train_epoch_start(self) -> None:
+        self.losses.append([])
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.losses[-1].append(float(loss))
+        return loss
+
+
+def test_every_training_step_loss_counts_in_its_epoch_mean_and_the_lowest_loss(make_trainer: Any) -> None:
+    """Step losses are kept per step and handed to the metric in groups (one group boundary falls mid-epoch,
+    a validation run mid-epoch reads the running mean): every step counts once, in its own epoch."""
+    model = LossRecorder()
+    train, val = wine(batch_size=2)  # 67 steps per epoch: more than one group of kept losses
+    trainer, callback = fit(make_trainer, model, train, val, epochs=2, val_check_interval=0.5)
+    assert [len(e) for e in model.losses] == [67, 67]
+    assert callback._epoch_losses == pytest.approx([sum(e) / len(e) for e in model.losses], rel=1e-6)
+    assert callback._lowest_loss == pytest.approx(min(min(e) for e in model.losses), rel=1e-6)
