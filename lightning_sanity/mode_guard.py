@@ -11,7 +11,8 @@ What is watched is a list of *mode-dependent* modules computed once per loop run
 dropout-carrying RNNs and attention, stochastic-depth layers, and user-defined modules whose
 ``forward`` reads ``self.training``. Per batch only their ``training`` flags are read (no
 device work). Parameters and BatchNorm statistics are compared as per-tensor sums and norms taken at the
-first evaluation batch and compared after the first and after the last one, so weight swaps done
+first evaluation batch and compared after the last one (also after the first when ``forward`` may re-mask
+weights or the loop's length is unknown), so weight swaps done
 in ``on_validation_(epoch_)start``/``end`` hooks (EMA, :class:`~lightning.pytorch.callbacks.WeightAveraging`)
 are outside the window. The stochastic-output check replays the forward call the user's step made on
 its first evaluation batch (:class:`~lightning_sanity.observe.StepObserver`: the LightningModule, or the
@@ -757,7 +758,7 @@ class ModeGuardCallback(SanityCallback):
             and not self.allow_stochastic_eval
         )
         self._stochastic_checked |= stochastic
-        if can_replay(trainer, pl_module) and (stochastic or bool(run.before_rewrite)):
+        if (stochastic or bool(run.before_rewrite)) and can_replay(trainer, pl_module):  # it walks every module
             if run.observer is not None:
                 run.observer.close()
             run.stochastic_pending = stochastic
@@ -781,7 +782,10 @@ class ModeGuardCallback(SanityCallback):
             run.observer.close()
             call, run.observer = run.observer.model_call, None
         in_training_mode = self._check_train_in_eval(trainer, run, batch_idx, "end")
-        if run.batches == 1 or _is_last_batch(trainer, batch_idx, dataloader_idx):
+        last = _last_batch(trainer)
+        # after the first batch only where it matters: the first forward may re-mask weights, or the last batch of
+        # a loop of unknown length is never known
+        if (dataloader_idx, batch_idx) == last or (run.batches == 1 and (run.before_rewrite or last is None)):
             self._check_unchanged(trainer, pl_module, run, call)
         if run.stochastic_pending and not in_training_mode:
             self._check_stochastic_eval(trainer, pl_module, call)
@@ -1055,8 +1059,9 @@ def _split_passes(
     return [p for p in passes if p]
 
 
-def _is_last_batch(trainer: pl.Trainer, batch_idx: int, dataloader_idx: int) -> bool:
-    """Is this the last batch of the running evaluation loop? ``False`` when its length is unknown."""
+def _last_batch(trainer: pl.Trainer) -> tuple[int, int] | None:
+    """``(dataloader_idx, batch_idx)`` of the running evaluation loop's last batch; ``None`` when its length is
+    unknown."""
     if trainer.sanity_checking:
         counts = trainer.num_sanity_val_batches
     else:
@@ -1066,10 +1071,10 @@ def _is_last_batch(trainer: pl.Trainer, batch_idx: int, dataloader_idx: int) -> 
             "predict": trainer.num_predict_batches,
         }.get(stage_of(trainer), [])
     with_batches = [(i, n) for i, n in enumerate(counts) if n > 0]
-    if not with_batches:
-        return False
+    if not with_batches or math.isinf(with_batches[-1][1]):
+        return None
     last_loader, batches = with_batches[-1]
-    return not math.isinf(batches) and dataloader_idx == last_loader and batch_idx == int(batches) - 1
+    return last_loader, int(batches) - 1
 
 
 def _median(values: Sequence[int]) -> int:

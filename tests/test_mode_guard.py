@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from support import codes, problems, sanity_warnings
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from torchvision import transforms as T
 
 from lightning_sanity import ModeGuardCallback, SanityError, Severity
@@ -129,6 +130,24 @@ class ChangesWeightsOnLastBatch(Classifier):
 def test_weights_modified_late_in_validation_are_caught_by_the_last_batch_comparison(make_trainer: Any) -> None:
     trainer = fit(make_trainer, ChangesWeightsOnLastBatch(bn_mlp()), max_epochs=1, num_sanity_val_steps=0)
     assert the(trainer, "mode.params_changed_in_eval").evidence["tensors"] == ["net.0.weight"]
+
+
+class ValidationStream(IterableDataset):
+    """Wine's validation samples as a stream: the loop's length, hence its last batch, is unknown."""
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return zip(*wine_tensors("val"), strict=True)
+
+
+def test_weights_modified_in_validation_of_unknown_length_are_caught_after_the_first_batch(
+    make_trainer: Any,
+) -> None:
+    pl.seed_everything(0)
+    trainer = make_trainer(callbacks=[ModeGuardCallback()], max_epochs=1, num_sanity_val_steps=0)
+    with sanity_warnings():
+        trainer.fit(ChangesWeightsInValidation(bn_mlp()), wine_loaders()[0], DataLoader(ValidationStream(), 16))
+    finding = the(trainer, "mode.params_changed_in_eval")
+    assert finding.evidence["tensors"] == ["net.4.bias"] and finding.evidence["batches"] == 1
 
 
 class ProbeWithoutRestore(Classifier):
