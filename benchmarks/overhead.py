@@ -1,6 +1,6 @@
 """CPU-time overhead of the sanity callbacks, split into a fixed cost per fit and a per-step cost.
 
-    python benchmarks/overhead.py              # the README table (about 10 minutes on one CPU core)
+    python benchmarks/overhead.py              # the README table (about 20 minutes on one CPU core)
     python benchmarks/overhead.py --repeats 1  # quick look
 
 Each program is fitted, with the same seed, for ``E1`` and ``E2`` epochs (default 2 and 5: the first epoch holds
@@ -19,7 +19,9 @@ during the fits:
 
 - *inside the pack*: the CPU time spent in the pack's callback hooks, in the forward and tensor hooks it
   registers on the user's modules, and at the end of the run (figures, report files), less Python's garbage
-  collections (which land in whichever code crosses the allocation threshold);
+  collections (which land in whichever code crosses the allocation threshold); the run's end is counted as
+  fixed cost only (it happens once per fit, and its tens of ms of fit-to-fit variation would otherwise be spread
+  over the epochs);
 - *and its dispatch*: plus what Lightning spends dispatching every hook to six callbacks that override none
   (``IdleCallback``, fits with ``"idle"``), which any six callbacks cost and the pack's own timers cannot see;
 - *outside the pack*: the whole-fit difference at ``E1`` epochs less the time inside the pack, paired per repeat
@@ -136,6 +138,9 @@ PROGRAMS = (
 )
 
 
+RUN_END = "run end (figures, report)"
+
+
 @contextlib.contextmanager
 def timed_hooks() -> Iterator[tuple[collections.Counter[str], collections.Counter[str]]]:
     """CPU seconds and calls per ``Callback.hook`` spent inside the pack while the block runs: every hook of every
@@ -167,8 +172,8 @@ def timed_hooks() -> Iterator[tuple[collections.Counter[str], collections.Counte
 
     with cpu_timer(spent, calls) as timed_call:
         ls_base._run_isolated = timed
-        ls_run.leave = lambda *args: timed_call("run end (figures, report)", leave, *args)
-        ls_run.abort = lambda *args: timed_call("run end (figures, report)", abort, *args)
+        ls_run.leave = lambda *args: timed_call(RUN_END, leave, *args)
+        ls_run.abort = lambda *args: timed_call(RUN_END, abort, *args)
         for (owner, name), register in zip(registrars, originals, strict=True):
             setattr(owner, name, timing_registrar(register))
         try:
@@ -282,10 +287,13 @@ def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
     extra_fixed = fixed["pack"] - fixed["without"]
     per_step = per_epoch["pack"] / per_epoch["without"] - 1
     step_ms = (per_epoch["pack"] - per_epoch["without"]) / program.train_batches * 1e3
-    # The same split of the CPU time inside the pack: far less noisy than a difference of two whole fits.
-    hooks = {e: statistics.median(fit.in_hooks for fit in fits["pack", e]) for e in (short, long)}
+    # The same split of the CPU time inside the pack: far less noisy than a difference of two whole fits. The run's
+    # end happens once per fit whatever its length: it is fixed cost, kept out of the split (drawing and saving the
+    # figures varies by tens of ms from fit to fit, which the split would otherwise spread over the epochs).
+    hooks = {e: statistics.median(fit.in_hooks - fit.spent[RUN_END] for fit in fits["pack", e]) for e in (short, long)}
     hooks_per_epoch = (hooks[long] - hooks[short]) / (long - short)
-    hooks_fixed = hooks[short] - short * hooks_per_epoch
+    run_end = statistics.median(fit.spent[RUN_END] for fit in fits["pack", short] + fits["pack", long])
+    hooks_fixed = hooks[short] - short * hooks_per_epoch + run_end
     # Lightning's dispatch to as many callbacks doing nothing, all counted as per-step cost (its few once-per-fit
     # hooks are negligible): what the pack's hooks cost before any of them does anything.
     idle = statistics.median(fit.dispatch for fit in fits["idle", long])
