@@ -19,9 +19,10 @@ during the fits:
 
 - *inside the pack*: the CPU time spent in the pack's callback hooks, in the forward and tensor hooks it
   registers on the user's modules, and at the end of the run (figures, report files), less Python's garbage
-  collections (which land in whichever code crosses the allocation threshold); the run's end is counted as
-  fixed cost only (it happens once per fit, and its tens of ms of fit-to-fit variation would otherwise be spread
-  over the epochs);
+  collections (which land in whichever code crosses the allocation threshold). Its per-epoch part is read
+  directly in the ``E2``-epoch fits, from the start of the second epoch (past the first epoch's one-time work)
+  to the end of training; the rest is its fixed part. (A difference of two fits does not work here: the one-time
+  work, e.g. GradientFlow's 20 dense checks, varies between fits by more than the per-epoch cost.)
 - *and its dispatch*: plus what Lightning spends dispatching every hook to six callbacks that override none
   (``IdleCallback``, fits with ``"idle"``), which any six callbacks cost and the pack's own timers cannot see;
 - *outside the pack*: the whole-fit difference at ``E1`` epochs less the time inside the pack, paired per repeat
@@ -48,6 +49,7 @@ import functools
 import gc
 import io
 import logging
+import math
 import platform
 import statistics
 import tempfile
@@ -244,12 +246,29 @@ KITS: dict[str, Callable[[], list[pl.Callback]]] = {
 """The callbacks a measured fit runs with: none, the pack, or as many callbacks that do nothing."""
 
 
+class EpochMarks(pl.Callback):
+    """Reads a running total where the second training epoch starts and where training ends (first in the callback
+    list: before the pack's hooks of those events)."""
+
+    def __init__(self, total: Callable[[], float]) -> None:
+        self.total = total
+        self.marks: dict[str, float] = {}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            self.marks["second epoch"] = self.total()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.marks["train end"] = self.total()
+
+
 @dataclass
 class Fit:
     cpu: float  # process CPU seconds of trainer.fit
     dispatch: float  # of which in Lightning's calls of callback hooks (``_call_callback_hooks``)
     spent: collections.Counter[str]  # of which inside the pack, per hook (see ``timed_hooks``)
     calls: collections.Counter[str]
+    steady_per_epoch: float  # inside the pack per epoch after the first (its one-time work), to the end of training
 
     @property
     def in_hooks(self) -> float:
@@ -261,17 +280,24 @@ def cpu_seconds_of_fit(program: Program, epochs: int, kit: str) -> Fit:
     train, val = program.loaders()
     model = program.model()
     with tempfile.TemporaryDirectory() as log_dir, contextlib.ExitStack() as stack:
-        spent, calls = stack.enter_context(timed_hooks()) if kit == "pack" else (collections.Counter(),) * 2
+        if kit == "pack":
+            spent, calls = stack.enter_context(timed_hooks())
+        else:
+            spent, calls = collections.Counter(), collections.Counter()
         # the dispatch is timed only when nothing inside it is: the pack's timers would count as dispatch
         dispatch = stack.enter_context(timed_dispatch()) if kit != "pack" else collections.Counter()
+        marks = EpochMarks(lambda: sum(spent.values()))
         trainer = pl.Trainer(
             accelerator="cpu", max_epochs=epochs, logger=pl.loggers.CSVLogger(log_dir), enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=2, callbacks=KITS[kit](),
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=2,
+            callbacks=[marks, *KITS[kit]()],
         )  # fmt: skip
         start = time.process_time()
         with contextlib.redirect_stdout(io.StringIO()):  # the run report
             trainer.fit(model, train, val)
-        return Fit(time.process_time() - start, dispatch["dispatch"], spent, calls)
+        cpu = time.process_time() - start
+        steady = (marks.marks["train end"] - marks.marks["second epoch"]) / (epochs - 1) if epochs > 1 else math.nan
+        return Fit(cpu, dispatch["dispatch"], spent, calls, steady)
 
 
 def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
@@ -287,13 +313,12 @@ def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
     extra_fixed = fixed["pack"] - fixed["without"]
     per_step = per_epoch["pack"] / per_epoch["without"] - 1
     step_ms = (per_epoch["pack"] - per_epoch["without"]) / program.train_batches * 1e3
-    # The same split of the CPU time inside the pack: far less noisy than a difference of two whole fits. The run's
-    # end happens once per fit whatever its length: it is fixed cost, kept out of the split (drawing and saving the
-    # figures varies by tens of ms from fit to fit, which the split would otherwise spread over the epochs).
-    hooks = {e: statistics.median(fit.in_hooks - fit.spent[RUN_END] for fit in fits["pack", e]) for e in (short, long)}
-    hooks_per_epoch = (hooks[long] - hooks[short]) / (long - short)
-    run_end = statistics.median(fit.spent[RUN_END] for fit in fits["pack", short] + fits["pack", long])
-    hooks_fixed = hooks[short] - short * hooks_per_epoch + run_end
+    # Inside the pack the cost per epoch is read directly in the long fits, from the second epoch (past the first
+    # epoch's one-time work) to the end of training, and the rest of the time inside the pack is its fixed cost:
+    # no difference of two fits, whose one-time work (e.g. GradientFlow's 20 dense checks) varies by more than the
+    # per-epoch cost between fits.
+    hooks_per_epoch = statistics.median(fit.steady_per_epoch for fit in fits["pack", long])
+    hooks_fixed = statistics.median(fit.in_hooks - long * fit.steady_per_epoch for fit in fits["pack", long])
     # Lightning's dispatch to as many callbacks doing nothing, all counted as per-step cost (its few once-per-fit
     # hooks are negligible): what the pack's hooks cost before any of them does anything.
     idle = statistics.median(fit.dispatch for fit in fits["idle", long])
