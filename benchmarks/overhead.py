@@ -26,7 +26,8 @@ during the fits:
 - *and its dispatch*: plus what Lightning spends dispatching every hook to six callbacks that override none
   (``IdleCallback``, fits with ``"idle"``), which any six callbacks cost and the pack's own timers cannot see;
 - *outside the pack*: the whole-fit difference at ``E1`` epochs less the time inside the pack, paired per repeat
-  (about zero, within the noise of the whole fits, when the direct measurement misses nothing).
+  (about zero, within the noise of the whole fits, when the direct measurement misses nothing), and how much
+  more of the fit went to Python's garbage collections with the pack than without it.
 
 Programs log to a ``CSVLogger`` (so figures are
 rendered and the report files written, as in a real run) and use one torch thread, for repeatable numbers. Work
@@ -187,9 +188,8 @@ def timed_hooks() -> Iterator[tuple[collections.Counter[str], collections.Counte
 
 
 @contextlib.contextmanager
-def cpu_timer(spent: collections.Counter[str], calls: collections.Counter[str]) -> Iterator[Callable[..., Any]]:
-    """``timed_call(key, function, *args)``: calls ``function`` and adds its CPU seconds, less the garbage
-    collections that ran meanwhile, to ``spent[key]``."""
+def garbage_collections() -> Iterator[dict[str, float]]:
+    """``{"total": CPU seconds}`` spent in Python's garbage collections while the block runs, kept up to date."""
     collecting = {"since": 0.0, "total": 0.0}
 
     def gc_clock(phase: str, info: dict) -> None:
@@ -198,19 +198,28 @@ def cpu_timer(spent: collections.Counter[str], calls: collections.Counter[str]) 
         else:
             collecting["total"] += time.process_time() - collecting["since"]
 
-    def timed_call(key: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        start, collected = time.process_time(), collecting["total"]
-        try:
-            return function(*args, **kwargs)
-        finally:
-            spent[key] += time.process_time() - start - (collecting["total"] - collected)
-            calls[key] += 1
-
     gc.callbacks.append(gc_clock)
     try:
-        yield timed_call
+        yield collecting
     finally:
         gc.callbacks.remove(gc_clock)
+
+
+@contextlib.contextmanager
+def cpu_timer(spent: collections.Counter[str], calls: collections.Counter[str]) -> Iterator[Callable[..., Any]]:
+    """``timed_call(key, function, *args)``: calls ``function`` and adds its CPU seconds, less the garbage
+    collections that ran meanwhile, to ``spent[key]``."""
+    with garbage_collections() as collecting:
+
+        def timed_call(key: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            start, collected = time.process_time(), collecting["total"]
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[key] += time.process_time() - start - (collecting["total"] - collected)
+                calls[key] += 1
+
+        yield timed_call
 
 
 @contextlib.contextmanager
@@ -269,6 +278,7 @@ class Fit:
     spent: collections.Counter[str]  # of which inside the pack, per hook (see ``timed_hooks``)
     calls: collections.Counter[str]
     steady_per_epoch: float  # inside the pack per epoch after the first (its one-time work), to the end of training
+    collecting: float  # of the whole fit, in Python's garbage collections
 
     @property
     def in_hooks(self) -> float:
@@ -292,12 +302,13 @@ def cpu_seconds_of_fit(program: Program, epochs: int, kit: str) -> Fit:
             enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=2,
             callbacks=[marks, *KITS[kit]()],
         )  # fmt: skip
+        collections_of_fit = stack.enter_context(garbage_collections())
         start = time.process_time()
         with contextlib.redirect_stdout(io.StringIO()):  # the run report
             trainer.fit(model, train, val)
         cpu = time.process_time() - start
         steady = (marks.marks["train end"] - marks.marks["second epoch"]) / (epochs - 1) if epochs > 1 else math.nan
-        return Fit(cpu, dispatch["dispatch"], spent, calls, steady)
+        return Fit(cpu, dispatch["dispatch"], spent, calls, steady, collections_of_fit["total"])
 
 
 def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
@@ -326,10 +337,9 @@ def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
     all_in_per_epoch = hooks_per_epoch + idle_per_epoch
     # What the direct measurement misses, if anything: the whole-fit difference at E1 epochs less the time inside
     # the pack, per repeat (paired fits run minutes apart, not hours), then the median.
-    outside = statistics.median(
-        pack.cpu - pack.in_hooks - without.cpu
-        for pack, without in zip(fits["pack", short], fits["without", short], strict=True)
-    )
+    pairs = list(zip(fits["pack", short], fits["without", short], strict=True))
+    outside = statistics.median(pack.cpu - pack.in_hooks - without.cpu for pack, without in pairs)
+    collecting = statistics.median(pack.collecting - without.collecting for pack, without in pairs)
 
     def share(seconds_per_epoch: float) -> str:
         ms = seconds_per_epoch / program.train_batches * 1e3
@@ -338,7 +348,7 @@ def overhead_row(program: Program, short: int, long: int, repeats: int) -> str:
     return (
         f"| {program.name} | {median['without', long]:.1f} s | {extra_fixed:+.2f} s | {per_step:+.1%} "
         f"({step_ms:+.2f} ms) | {hooks_fixed:+.2f} s | {share(hooks_per_epoch)} | {share(all_in_per_epoch)} "
-        f"| {outside:+.2f} s |"
+        f"| {outside:+.2f} s (garbage collections {collecting:+.2f} s) |"
     )
 
 
