@@ -373,18 +373,16 @@ def time_in_hooks(program: Program, epochs: int) -> None:
     idle = cpu_seconds_of_fit(program, epochs, "idle").dispatch
     idle -= cpu_seconds_of_fit(program, epochs, "without").dispatch
     fit = cpu_seconds_of_fit(program, epochs, "pack")
-    total, spent, calls = fit.cpu, fit.spent, fit.calls
     steps = program.train_batches * epochs
     print(f"\n### CPU time inside the pack: {program.name}, {epochs} epochs ({steps} training steps)")
-    inside = sum(spent.values())
-    print(f"fit {total:.2f} s, in the pack {inside:.3f} s = {inside / steps * 1e3:.2f} ms per step")
+    print(f"fit {fit.cpu:.2f} s, in the pack {fit.in_hooks:.3f} s = {fit.in_hooks / steps * 1e3:.2f} ms per step")
     print(
         f"Lightning's dispatch of every hook to {len(KITS['idle']())} callbacks that do nothing: {idle:.3f} s = "
         f"{idle / steps * 1e3:.2f} ms per step"
     )
     print("| hook | calls | total | per call |\n|---|---|---|---|")
-    for key, seconds in spent.most_common(16):
-        print(f"| {key} | {calls[key]} | {seconds * 1e3:.1f} ms | {seconds / calls[key] * 1e3:.3f} ms |")
+    for key, seconds in fit.spent.most_common(16):
+        print(f"| {key} | {fit.calls[key]} | {seconds * 1e3:.1f} ms | {seconds / fit.calls[key] * 1e3:.3f} ms |")
 
 
 def confusion_at_scale(num_classes: int = 50_000) -> None:
