@@ -27,8 +27,8 @@ import inspect
 import logging
 import math
 import random
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,13 +38,14 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity import compat
 from lightning_sanity.base import EvalSplit, SanityCallback, require, stage_of
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.findings import Severity
-from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, tensors_in
+from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, is_own_forward, map_tensors, tensors_in
 from lightning_sanity.rng import forked_rng
 
 log = logging.getLogger("lightning_sanity")
@@ -252,39 +253,135 @@ def owners(tensor_names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(name.rpartition(".")[0] for name in tensor_names))
 
 
-_WRITES_IN_PLACE = re.compile(r"\.data\s*(?:[-+*/]?=(?!=)|\[|\.\w+_\()|\.\w+_\(")
-"""Forward rewrites a tensor: ``w.data *= mask``, ``w.data = w * mask``, ``w.data[i] = 0``, ``w.clamp_()``."""
-_WRITES_IN_PLACE_CACHE: dict[type, bool] = {}
+class _OutermostCalls:
+    """Record the outermost module calls of one evaluation step, whichever modules of ``root`` they are.
+
+    The LightningModule for ``self(x)``, a child for ``self.model(x)``, and for a step that calls ``self.forward(x)``
+    (no hook of the LightningModule runs) each module that ``forward`` calls, grandchildren in a ``ModuleList``
+    included. Each call keeps private copies of its arguments cut to their first ``samples`` samples
+    (:meth:`~lightning_sanity.observe.ForwardCall.head`), so the step's forward can be replayed cheaply. Metrics are
+    not watched (calling one updates its state); hooks live until :meth:`close`.
+
+    Example::
+
+        recorder = _OutermostCalls(pl_module, samples=4)  # at the start of the first evaluation batch
+        ...  # the user's validation_step runs
+        recorder.close()
+        for call in recorder.calls:
+            call.run()  # the pack's own pass: nothing records it
+    """
+
+    _KEPT = 32
+    """A step calls a few modules; a cell called once per time step needs only its first calls replayed."""
+
+    def __init__(self, root: nn.Module, samples: int) -> None:
+        self.samples = samples
+        self.calls: list[ForwardCall] = []
+        self._depth = 0
+        self._handles: list[RemovableHandle] = []
+        unhooked = (Metric, torch.jit.ScriptModule)  # a metric's call updates its state; scripted modules take no hooks
+        skipped = {id(sub) for module in root.modules() if isinstance(module, unhooked) for sub in module.modules()}
+        for name, module in root.named_modules():
+            if id(module) not in skipped:
+                self._handles.append(module.register_forward_pre_hook(self._before(name), with_kwargs=True))
+                self._handles.append(module.register_forward_hook(self._after, with_kwargs=True, always_call=True))
+
+    def close(self) -> None:
+        """Remove every hook; safe to call more than once."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _before(self, name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if is_own_forward():
+                return
+            self._depth += 1
+            if self._depth == 1 and len(self.calls) < self._KEPT:
+                head_args, head_kwargs = ForwardCall(module, name, args, kwargs).head(self.samples)
+                self.calls.append(ForwardCall(module, name, _copied(head_args), _copied(head_kwargs)))
+
+        return record
+
+    def _after(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if not is_own_forward() and self._depth > 0:
+            self._depth -= 1
 
 
-def _forward_writes_in_place(cls: type) -> bool:
-    """Cached per class: whether the source of a user-defined ``forward`` writes tensors in place."""
-    if cls not in _WRITES_IN_PLACE_CACHE:
-        writes = False
-        if not cls.__module__.startswith(("torch.", "lightning.", "pytorch_lightning.", "torchmetrics.")):
-            try:
-                writes = bool(_WRITES_IN_PLACE.search(inspect.getsource(cls.forward)))  # type: ignore[attr-defined]
-            except (OSError, TypeError, AttributeError):
-                writes = False
-        _WRITES_IN_PLACE_CACHE[cls] = writes
-    return _WRITES_IN_PLACE_CACHE[cls]
+def _copied(value: Any) -> Any:
+    """Private copies of the tensors in ``value``: the step may edit its inputs in place after the call."""
+    return map_tensors(value, lambda tensor: tensor.detach().clone())
 
 
-def rewritable_parameters(root: nn.Module) -> list[str]:
-    """Names of the parameters under modules whose ``forward`` writes tensors in place (re-masking, clamping)."""
-    names: list[str] = []
-    for module_name, module in root.named_modules():
-        if _forward_writes_in_place(type(module)):
-            prefix = f"{module_name}." if module_name else ""
-            names.extend(f"{prefix}{name}" for name, p in module.named_parameters() if p.is_floating_point())
-    return list(dict.fromkeys(names))
+def _host_copies(named: Sequence[tuple[str, Tensor]]) -> dict[str, Tensor]:
+    """Copies of the named tensors in host memory: the device keeps all its memory for the user's evaluation."""
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in named}
 
 
-def _clone_named(root: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
-    if not names:
-        return {}
-    wanted = set(names)
-    return {name: p.detach().clone() for name, p in root.named_parameters() if name in wanted}
+@contextmanager
+def _private_state(root: nn.Module, values: Mapping[str, Tensor]) -> Iterator[None]:
+    """Inside the block every tensor of ``root`` holds a private copy: ``values[name]`` for the parameters named
+    there (consumed), a clone of its current value for every other parameter, buffer and tensor attribute.
+
+    A forward run inside writes only to these copies, whatever it writes through (``w.data *= mask``, ``w.mul_``, a
+    hook or a closure holding the parameter object). On exit the modules' tensor slots get their own objects back
+    and each object its own data, by assignment only: no value of the user's is ever written (an in-place op of
+    ``forward`` inside may still count in a parameter's version counter, as the user's own forward does), and
+    gradients are set aside and put back the same way. Refuses (``RuntimeError``) an inference tensor outside
+    inference mode, whose data cannot be swapped.
+    """
+    by_id = {id(p): values[name] for name, p in root.named_parameters() if name in values}
+    slots: list[tuple[nn.Module, str, dict[str, Any]]] = []
+    tensors: dict[int, Tensor] = {}
+    for module in root.modules():
+        attributes = {key: value for key, value in vars(module).items() if isinstance(value, Tensor)}
+        for kind, content in (("_parameters", module._parameters), ("_buffers", module._buffers)):
+            slots.append((module, kind, dict(content)))
+        slots.append((module, "__dict__", attributes))
+        slots.append((module, "_modules", dict(module._modules)))
+        for tensor in (*module._parameters.values(), *module._buffers.values(), *attributes.values()):
+            if tensor is not None:
+                tensors.setdefault(id(tensor), tensor)
+    if not torch.is_inference_mode_enabled() and any(t.is_inference() for t in tensors.values()):
+        raise RuntimeError("an inference tensor outside inference mode cannot be swapped for a private copy")
+    swapped: list[tuple[Tensor, Tensor, Tensor | None]] = []
+    try:
+        for identity, tensor in tensors.items():
+            own = tensor.data
+            swapped.append((tensor, own, tensor.grad if isinstance(tensor, nn.Parameter) else None))
+            copy = by_id.get(identity)
+            tensor.data = copy.to(tensor.device) if copy is not None else own.clone()
+            if isinstance(tensor, nn.Parameter):
+                tensor.grad = None
+        yield
+    finally:
+        for module, kind, content in slots:
+            in_dict = kind == "__dict__"
+            _put_back(vars(module) if in_dict else getattr(module, kind), content, only_tensors=in_dict)
+        for tensor, own, grad in reversed(swapped):
+            tensor.data = own
+            if isinstance(tensor, nn.Parameter):
+                tensor.grad = grad
+
+
+def _put_back(slots: dict[str, Any], saved: dict[str, Any], only_tensors: bool) -> None:
+    """Give ``slots`` back exactly the objects in ``saved``: entries rebound are set back, entries added removed."""
+    for name in [n for n, v in slots.items() if n not in saved and (not only_tensors or isinstance(v, Tensor))]:
+        del slots[name]
+    for name, value in saved.items():
+        if slots.get(name) is not value:
+            slots[name] = value
+
+
+def _same_values(root: nn.Module, live: Mapping[str, Tensor]) -> bool:
+    """Do the parameters of ``root`` hold ``live``'s values (relative tolerance ``_CHECKSUM_TOLERANCE`` per element,
+    for reductions that are not bit-reproducible on some devices)?"""
+    now = dict(named_parameters_to_watch(root))
+    return now.keys() == live.keys() and all(
+        now[name].shape == value.shape
+        and bool(torch.isclose(now[name], value, rtol=_CHECKSUM_TOLERANCE, atol=0.0, equal_nan=True).all())
+        for name, value in live.items()
+    )
 
 
 @dataclass
@@ -319,10 +416,12 @@ class _EvalRun:
     running_stats: Checksums | None = None
     grad_enabled: bool = False
     hooks: list[RemovableHandle] = field(default_factory=list)
-    rewritable: list[str] = field(default_factory=list)
-    """Parameters of modules whose ``forward`` writes tensors in place (``w.data *= mask``)..."""
-    before_rewrite: dict[str, Tensor] = field(default_factory=dict)
-    """...and their values at the start of the first batch, to replay what ``forward`` did to them (freed after it)."""
+    before: dict[str, Tensor] = field(default_factory=dict)
+    """The parameters' values at the start of the first batch (host copies, freed once the weights are compared)..."""
+    recorder: _OutermostCalls | None = None
+    """...and, while the first batch runs, the recorder of its step's module calls..."""
+    first_calls: list[ForwardCall] = field(default_factory=list)
+    """...which a change of the weights is replayed with (:meth:`ModeGuardCallback._rewritten_by_forward`)."""
     observer: StepObserver | None = None
     """Watches the step of a batch whose forward call a check replays (the first batch, the stochastic check's)."""
     stochastic_pending: bool = False
@@ -685,7 +784,7 @@ class ModeGuardCallback(SanityCallback):
 
     def _start_eval_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_eval_run()
-        self._run = _EvalRun(mode_dependent_modules(pl_module), rewritable=rewritable_parameters(pl_module))
+        self._run = _EvalRun(mode_dependent_modules(pl_module))
         if not compat.is_compiled(pl_module):
             self._run.hooks = self._watch_grad_mode(pl_module)
 
@@ -738,6 +837,8 @@ class ModeGuardCallback(SanityCallback):
                 handle.remove()
             if self._run.observer is not None:
                 self._run.observer.close()
+            if self._run.recorder is not None:
+                self._run.recorder.close()
             self._run = None
 
     def _eval_batch_start(
@@ -747,10 +848,11 @@ class ModeGuardCallback(SanityCallback):
         if run is None:
             return
         in_training_mode = self._check_train_in_eval(trainer, run, batch_idx, "start")
-        if run.batches == 0:
-            run.params = Checksums.of(named_parameters_to_watch(pl_module))
+        first = run.batches == 0
+        if first:
+            watched = named_parameters_to_watch(pl_module)
+            run.params = Checksums.of(watched)
             run.running_stats = Checksums.of(named_running_stats(run.modules))
-            run.before_rewrite = _clone_named(pl_module, run.rewritable)
         stochastic = (
             check_stochastic
             and not in_training_mode
@@ -758,10 +860,16 @@ class ModeGuardCallback(SanityCallback):
             and not self.allow_stochastic_eval
         )
         self._stochastic_checked |= stochastic
-        if (stochastic or bool(run.before_rewrite)) and can_replay(trainer, pl_module):  # it walks every module
+        if not (first or stochastic) or not can_replay(trainer, pl_module):  # it walks every module
+            return
+        if first:
+            # what a change of the weights seen at the end is replayed with: the weights before, the step's calls
+            run.before = _host_copies(watched)
+            run.recorder = _OutermostCalls(pl_module, self.stochastic_samples)
+        if stochastic:
             if run.observer is not None:
                 run.observer.close()
-            run.stochastic_pending = stochastic
+            run.stochastic_pending = True
             run.observer = StepObserver(pl_module)
 
     def _eval_batch_end(
@@ -781,12 +889,14 @@ class ModeGuardCallback(SanityCallback):
         if run.observer is not None:
             run.observer.close()
             call, run.observer = run.observer.model_call, None
+        if run.recorder is not None:
+            run.recorder.close()
+            run.first_calls, run.recorder = run.recorder.calls, None
         in_training_mode = self._check_train_in_eval(trainer, run, batch_idx, "end")
         last = _last_batch(trainer)
-        # after the first batch only where it matters: the first forward may re-mask weights, or the last batch of
-        # a loop of unknown length is never known
-        if (dataloader_idx, batch_idx) == last or (run.batches == 1 and (run.before_rewrite or last is None)):
-            self._check_unchanged(trainer, pl_module, run, call)
+        # after the first batch only when the last batch of a loop of unknown length is never known
+        if (dataloader_idx, batch_idx) == last or (run.batches == 1 and last is None):
+            self._check_unchanged(trainer, pl_module, run)
         if run.stochastic_pending and not in_training_mode:
             self._check_stochastic_eval(trainer, pl_module, call)
         elif run.stochastic_pending:
@@ -823,24 +933,25 @@ class ModeGuardCallback(SanityCallback):
 
     # ---- mode.bn_updated_in_eval / mode.params_changed_in_eval -----------------------------
 
-    def _check_unchanged(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, run: _EvalRun, call: ForwardCall | None
-    ) -> None:
+    def _check_unchanged(self, trainer: pl.Trainer, pl_module: pl.LightningModule, run: _EvalRun) -> None:
         if run.params is not None:
             changed = run.params.changed(Checksums.of(named_parameters_to_watch(pl_module)))
-            if changed and self._rewritten_by_forward(pl_module, changed, call, run.before_rewrite):
-                # re-masking in forward: compare later batches against the re-parametrised weights
-                run.params = Checksums.of(named_parameters_to_watch(pl_module))
-                changed = []
-            run.before_rewrite = {}  # the first forward has re-masked: later changes are not re-parametrisation
+            before, calls, run.before, run.first_calls = run.before, run.first_calls, {}, []
+            replayed = bool(changed and before and calls)
+            if replayed and self._rewritten_by_forward(pl_module, calls, before):
+                changed = []  # the model's forward re-parametrises its weights (re-masking): nothing leaked
             if changed:
-                self._report_changed(trainer, "mode.params_changed_in_eval", "parameters", changed, run.batches)
+                self._report_changed(
+                    trainer, "mode.params_changed_in_eval", "parameters", changed, run.batches, replayed=replayed
+                )
         if run.running_stats is not None:
             changed = run.running_stats.changed(Checksums.of(named_running_stats(run.modules)))
             if changed:
                 self._report_changed(trainer, "mode.bn_updated_in_eval", "running statistics", changed, run.batches)
 
-    def _report_changed(self, trainer: pl.Trainer, code: str, what: str, tensors: list[str], batches: int) -> None:
+    def _report_changed(
+        self, trainer: pl.Trainer, code: str, what: str, tensors: list[str], batches: int, replayed: bool = False
+    ) -> None:
         modules = owners(tensors)
         where = describe_modules(modules)
         stage = stage_of(trainer)
@@ -854,60 +965,56 @@ class ModeGuardCallback(SanityCallback):
                 "Evaluation must not change weights: remove in-place parameter updates and optimizer steps from "
                 "validation/test/predict steps and hooks (swap EMA weights in on_validation_start/end, not per batch)."
             )
+        evidence: dict[str, Any] = {
+            "tensors": tensors[:_NAMES_SHOWN],
+            "tensor_count": len(tensors),
+            "modules": modules[:_NAMES_SHOWN],
+            "batches": batches,
+        }
+        replay = ""
+        if code == "mode.params_changed_in_eval":
+            evidence["forward_replayed"] = replayed
+            if replayed:
+                replay = " The model's forward, replayed on the weights from before, does not make this change."
         self.record(
             trainer,
             code,
             Severity.ERROR,
             f"The {what} of {where} changed during {stage}: {len(tensors)} tensor(s) differ after {batches} "
-            f"{stage} batch(es) from their values before the first batch.",
+            f"{stage} batch(es) from their values before the first batch.{replay}",
             hint,
             subject=f"{stage}:{where}",
-            evidence={
-                "tensors": tensors[:_NAMES_SHOWN],
-                "tensor_count": len(tensors),
-                "modules": modules[:_NAMES_SHOWN],
-                "batches": batches,
-            },
+            evidence=evidence,
         )
 
     def _rewritten_by_forward(
-        self,
-        pl_module: pl.LightningModule,
-        changed: list[str],
-        call: ForwardCall | None,
-        before: Mapping[str, Tensor],
+        self, pl_module: pl.LightningModule, calls: Sequence[ForwardCall], before: dict[str, Tensor]
     ) -> bool:
-        """Is the whole change the in-place re-parametrisation ``forward`` itself does (``w.data *= mask``)?
+        """Is the whole change of the weights what the model's forward does to them (re-masking, clamping)?
 
-        The changed parameters are set back to their values before the batch and the step's forward call is
-        replayed on a few samples (:meth:`ForwardCall.head`): if it rewrites them to exactly their current values,
-        and a second pass leaves them unchanged (a projection), evaluation computes with what training's forward
-        computes with (masked entries are zero either way, no output can differ). A change made in the step or a
-        hook (training leaking into evaluation) is not reproduced; a forward that drifts the weights moves them
-        again. Every parameter and buffer is restored bit-exactly afterwards; the RNG is forked.
+        The module calls of the run's first step (:class:`_OutermostCalls`, a few samples each) are replayed on
+        private copies of every tensor of the model, the parameters set to their values before the first batch
+        (``before``, consumed), RNG forked, modes untouched. The change is the forward's own re-parametrisation when
+        the replay turns those weights into exactly the weights the run ended with, and a second replay leaves them
+        there (a projection: masking, clamping, normalising; a forward that moves the weights on every call moves
+        them again). A change made by the step or a hook (an optimizer step, a weight write in
+        ``on_validation_batch_end``), wherever the masking happens, is not reproduced. The user's tensors are never
+        written (:func:`_private_state`); a replay that raises proves nothing and keeps the finding.
         """
-        if not changed or call is None or any(name not in before for name in changed):
-            return False  # nothing to replay: keep the finding
-        args, kwargs = call.head(self.stochastic_samples)
-        named = dict(named_parameters_to_watch(pl_module))
-        state = [t for t in (*pl_module.parameters(), *pl_module.buffers()) if not t.is_meta]
-        with forked_rng(), torch.no_grad():
-            saved = [t.detach().clone() for t in state]
-            after = {name: named[name].detach().clone() for name in changed}
-            try:
-                for name in changed:
-                    named[name].copy_(before[name])
-                call.run(args, kwargs)
-                if not all(torch.equal(named[name], after[name]) for name in changed):
-                    return False
-                call.run(args, kwargs)  # a projection (re-masking) has nothing left to change; a drift moves them again
-                return all(torch.equal(named[name], after[name]) for name in changed)
-            except Exception:  # a replay that fails proves nothing: keep the finding
-                log.debug("ModeGuardCallback: replaying the forward call failed", exc_info=True)
-                return False
-            finally:
-                for tensor, value in zip(state, saved, strict=True):
-                    tensor.copy_(value)
+        live = {name: p.detach() for name, p in named_parameters_to_watch(pl_module)}
+        if live.keys() != before.keys():
+            return False  # parameters were added or removed: not a re-parametrisation
+        try:
+            with forked_rng(), torch.no_grad(), _private_state(pl_module, before):
+                for _ in range(2):
+                    for call in calls:
+                        call.run()
+                    if not _same_values(pl_module, live):
+                        return False
+                return True
+        except Exception:
+            log.debug("ModeGuardCallback: replaying the step's forward calls failed", exc_info=True)
+            return False
 
     # ---- mode.grad_in_eval -----------------------------------------------------------------
 
