@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -42,7 +44,7 @@ from lightning_sanity.confusion import (
     probability_loss_floor,
 )
 from lightning_sanity.findings import Severity
-from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, graph_activation, map_tensors
+from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, graph_activation, map_tensors, own_forward
 from lightning_sanity.rng import forked_rng
 
 log = logging.getLogger("lightning_sanity")
@@ -87,6 +89,43 @@ class LossCandidate:
         return f"{self.name}({self.variant})" if self.variant else self.name
 
 
+_Kind = TypeVar("_Kind", int, float, str, Tensor)
+
+
+def loss_attribute(owner: object, name: str, kind: type[_Kind]) -> _Kind | None:
+    """``owner.name`` as a ``kind`` (``int``, ``float``, ``str`` or ``Tensor``), ``None`` when it is missing, ``None``,
+    of another type, or raises on access.
+
+    User losses and models carry attributes with values of their own (``ignore_index=None``, ``weight=None``, a
+    property or ``__getattr__`` that raises anything): reading one must never fail a check. An ``int`` is not a
+    ``bool``; a 0-d integer tensor reads as an ``int``, a 0-d floating tensor or an ``int`` as a ``float``; a float must
+    be finite.
+
+    Example::
+
+        >>> loss = nn.CrossEntropyLoss(ignore_index=255)
+        >>> loss.ignore_index = None  # e.g. segmentation_models_pytorch losses
+        >>> loss_attribute(loss, "ignore_index", int), loss_attribute(loss, "label_smoothing", float)
+        (None, 0.0)
+    """
+    try:
+        value = getattr(owner, name)
+    except Exception:  # a property or __getattr__ of the user's that raises: the attribute is unknown
+        return None
+    if isinstance(value, Tensor) and kind is not Tensor:
+        if value.ndim != 0 or value.is_meta or value.is_complex() or (kind is int and value.is_floating_point()):
+            return None
+        value = value.item()
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        return int(value) if isinstance(value, numbers.Integral) else None  # type: ignore[return-value]
+    if kind is float:
+        finite = isinstance(value, numbers.Real) and math.isfinite(float(value))
+        return float(value) if finite else None  # type: ignore[return-value]
+    return value if isinstance(value, kind) else None
+
+
 @dataclass
 class LossContext:
     """What the model sets for its loss: class weights, label smoothing and ignore indices found on it."""
@@ -94,31 +133,45 @@ class LossContext:
     weights: list[tuple[str, Tensor]] = field(default_factory=list)
     smoothings: tuple[float, ...] = SMOOTHINGS
     ignore_indices: tuple[int, ...] = (-100,)
+    modules: tuple[tuple[str, nn.Module], ...] = ()
+    """The loss modules of the model by attribute name: losses of any kind, tried as they are
+    (:func:`module_candidates`)."""
 
     @classmethod
     def of(cls, module: nn.Module) -> LossContext:
-        """Collect them from loss modules and from float ``[C]`` buffers / tensor attributes (e.g. class weights)."""
+        """Collect them from loss modules and from float ``[C]`` buffers / tensor attributes (e.g. class weights).
+
+        Attributes a loss does not set in a way ``F.cross_entropy`` accepts (``ignore_index=None``, a smoothing
+        outside ``[0, 1)``) are left out: they cannot be what the loss was computed with.
+        """
         weights: list[tuple[str, Tensor]] = []
         smoothings, ignores = list(SMOOTHINGS), [-100]
-        for name, sub in module.named_modules():
-            if isinstance(sub, compat.LOSS):
-                weight = getattr(sub, "weight", None)
-                if isinstance(weight, Tensor) and weight.ndim == 1:
-                    weights.append((f"{name}.weight", weight.detach()))
-                smoothing = getattr(sub, "label_smoothing", 0.0)
-                if smoothing and smoothing not in smoothings:
-                    smoothings.append(float(smoothing))
-                ignore = getattr(sub, "ignore_index", -100)
-                if ignore not in ignores:
-                    ignores.append(int(ignore))
+        losses = tuple((name, sub) for name, sub in module.named_modules() if isinstance(sub, compat.LOSS))
+        for name, sub in losses:
+            weight = loss_attribute(sub, "weight", Tensor)
+            if weight is not None and _is_class_weights(weight, nonnegative=False):
+                weights.append((f"{name}.weight", weight.detach()))
+            smoothing = loss_attribute(sub, "label_smoothing", float)
+            if smoothing is not None and 0 < smoothing < 1 and smoothing not in smoothings:
+                smoothings.append(smoothing)
+            ignore = loss_attribute(sub, "ignore_index", int)
+            if ignore is not None and ignore not in ignores:
+                ignores.append(ignore)
         # The module's own buffers and tensor attributes only: normalisation statistics of its layers are no weights.
         named = [*module.named_buffers(recurse=False)] + [
             (k, v) for k, v in vars(module).items() if isinstance(v, Tensor)
         ]
         for name, tensor in named:
-            if tensor.ndim == 1 and tensor.is_floating_point() and len(tensor) >= 2 and bool((tensor >= 0).all()):
+            if _is_class_weights(tensor, nonnegative=True) and len(tensor) >= 2:
                 weights.append((name, tensor.detach()))
-        return cls(weights, tuple(smoothings), tuple(ignores))
+        return cls(weights, tuple(smoothings), tuple(ignores), losses)
+
+
+def _is_class_weights(tensor: Tensor, nonnegative: bool) -> bool:
+    """A ``[C]`` floating tensor that can be read here (not meta, sparse or complex); ``nonnegative``: all ``>= 0``."""
+    if tensor.ndim != 1 or not tensor.is_floating_point() or tensor.is_meta or tensor.layout != torch.strided:
+        return False
+    return not nonnegative or bool((tensor.detach() >= 0).all())
 
 
 def _is_probability_rows(scores: Tensor, tolerance: float) -> bool:
@@ -278,8 +331,47 @@ def reproduces_loss(output: Tensor, targets: Tensor, loss: float, context: LossC
     output = output.detach()
     tolerance = MATCH_TOLERANCE_HALF if output.dtype in (torch.float16, torch.bfloat16) else MATCH_TOLERANCE
     candidates, _ = _loss_candidates(output.float(), targets.detach(), context)
-    matches = matching(candidates, loss, tolerance)
+    matches = matching(candidates, loss, tolerance) or matching(
+        module_candidates(output, targets.detach(), context), loss, tolerance
+    )
     return min(matches, key=lambda c: abs(c.value - loss)) if matches else None
+
+
+def module_candidates(output: Tensor, targets: Tensor, context: LossContext) -> list[LossCandidate]:
+    """The model's own loss modules (e.g. a segmentation library's Dice, Jaccard or Focal loss) called on private
+    copies of ``output`` and ``targets``: named by their class, with the attribute as variant.
+
+    Each call runs in a forked RNG, without autograd, on private copies of the module's tensors
+    (:func:`private_state`); a loss that fails on this pair, or returns no finite scalar, gives no candidate. Not
+    under ``torch.distributed``: a loss that gathers across ranks would wait for ranks that make no such call.
+
+    Example::
+
+        >>> class Dice(nn.modules.loss._Loss):
+        ...     def forward(self, logits, masks):
+        ...         hit = (logits.softmax(1) * F.one_hot(masks, logits.shape[1]).movedim(-1, 1)).sum()
+        ...         return 1 - 2 * hit / (2 * masks.numel())
+        >>> holder = nn.Module()
+        >>> holder.loss = Dice()
+        >>> logits, masks = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+        >>> [c.label for c in module_candidates(logits, masks, LossContext.of(holder))]
+        ['Dice(self.loss)']
+    """
+    if not context.modules or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return []
+    found: list[LossCandidate] = []
+    for name, loss_module in context.modules:
+        try:
+            with forked_rng(), private_state(loss_module), own_forward(), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                value = loss_module(output.clone(), targets.clone())
+                value = float(value) if isinstance(value, Tensor) and value.numel() == 1 else None
+        except Exception:  # the user's loss on a pair it was not made for: not this pair
+            log.debug("ModelChecksCallback: the loss module %s failed on a candidate pair", name, exc_info=True)
+            continue
+        if value is not None and math.isfinite(value):
+            found.append(LossCandidate(type(loss_module).__name__, value, f"self.{name}"))
+    return found
 
 
 def _loss_candidates(
@@ -386,6 +478,53 @@ def _reading(
         plain = _safe(lambda: _elementwise("bce_with_logits", output.reshape(targets.shape), targets.float()).mean())
         return make("ok", init_loss=plain, init_expected=math.log(2), prior_entropy=entropy, num_classes=2)
     return make("ok")
+
+
+@contextmanager
+def private_state(root: nn.Module) -> Iterator[None]:
+    """Run the pack's own calls of ``root`` (or of a loss module) on private copies of the tensors it holds.
+
+    A forward may write its buffers (a queue, a counter, a cache, a metric's state) and re-bind attributes
+    (``self.last = x``) even in eval mode. Inside the block every buffer and tensor attribute of every submodule is a
+    clone, so such writes land on the copies; on exit the user's own tensors and attribute values are put back by
+    assignment. Nothing the user's graph, batch, module or optimizer holds is written in place: an in-place restore
+    bumps a tensor's version counter and breaks the backward of a graph that saved it (a BatchNorm saves its running
+    statistics; with NaN inputs they are NaN, which compares unequal to itself, so "restore only what changed" would
+    still write them).
+
+    Example::
+
+        with private_state(model), torch.no_grad():
+            model(sample)  # a buffer the forward updates is updated on a copy
+    """
+    saved: list[tuple[nn.Module, dict[str, Any], dict[str, Tensor | None], dict[str, Any]]] = []
+    for module in root.modules():
+        attributes = vars(module)
+        buffers = dict(module._buffers)
+        saved.append((module, dict(attributes), buffers, dict(module._parameters)))
+        for name, buffer in buffers.items():
+            if buffer is not None:
+                module._buffers[name] = _private_copy(buffer)
+        for name, value in list(attributes.items()):
+            if isinstance(value, Tensor) and not isinstance(value, nn.Parameter):
+                attributes[name] = _private_copy(value)
+    try:
+        yield
+    finally:
+        for module, attributes, buffers, parameters in saved:
+            module._buffers.clear()
+            module._buffers.update(buffers)
+            module._parameters.clear()
+            module._parameters.update(parameters)
+            current = vars(module)
+            for name in [name for name in current if name not in attributes]:
+                del current[name]
+            current.update(attributes)
+
+
+def _private_copy(tensor: Tensor) -> Tensor:
+    """A clone that shares no memory and no version counter with ``tensor``, a leaf requiring grad like it."""
+    return tensor.detach().clone().requires_grad_(tensor.requires_grad)
 
 
 # ---- image layout ---------------------------------------------------------------------------------------------
@@ -992,13 +1131,11 @@ class ModelChecksCallback(SanityCallback):
 
     def _check_dependence(self, trainer: pl.Trainer, pl_module: pl.LightningModule, call: ForwardCall) -> None:
         modes = {module: module.training for module in pl_module.modules()}
-        # A forward may update buffers even in eval mode (queues, counters, caches): put them back afterwards.
-        buffers = [(buffer, buffer.detach().clone()) for buffer in pl_module.buffers()]
         first: Probe | None = None
         mixing: Probe | None = None
         try:
             pl_module.eval()
-            with forked_rng():
+            with forked_rng(), private_state(pl_module):
                 for batch_dim in (0, 1):
                     probe = _try_probe(call, batch_dim, self.samples)
                     if probe is None:
@@ -1014,10 +1151,6 @@ class ModelChecksCallback(SanityCallback):
         finally:
             for module, training in modes.items():
                 module.training = training  # the exact flags, without running user overrides of train()
-            with torch.no_grad():
-                for buffer, saved in buffers:
-                    if not torch.equal(buffer, saved):  # an unneeded write would break a graph that saved it
-                        buffer.copy_(saved)
         culprit = call.name or type(pl_module).__name__
         if first is not None and first.input_independent:
             self._report_input_independent(trainer, first, culprit)

@@ -649,3 +649,193 @@ def test_observer_keeps_keyword_arguments() -> None:
     assert call is not None and call.name == "model" and call.args == ()
     assert call.kwargs["scale"] == 2.0 and torch.equal(call.kwargs["image"], torch.ones(2, 3))
     assert torch.equal(call.run(), torch.full((2, 3), 2.0))
+
+
+# ---- the step-zero passes write nothing the user's step holds ----------------------------------------------------
+
+
+def blank_scans_standardised_per_image() -> DataLoader:
+    """Digits as 1-channel images standardised per image: the 5 % blank scans divide 0 by 0 and are all NaN."""
+    pixels, labels = digits_tensors(standardize=False)
+    images = pixels.reshape(-1, 1, 8, 8).clone()
+    images[::20] = 0.0
+    images = (images - images.mean((1, 2, 3), keepdim=True)) / images.std((1, 2, 3), keepdim=True)
+    assert 0.04 < float(images.isnan().flatten(1).all(1).float().mean()) < 0.06
+    return tabular(images, labels)
+
+
+def test_nan_inputs_through_batchnorm_do_not_break_the_users_backward(make_trainer: Any) -> None:
+    """Issue #23 item 1: the NaN running statistics that BatchNorm saves for its backward compare unequal to
+    themselves; a restore that wrote them back in place made the user's loss.backward() raise."""
+    model = Net(SmallCNN(10, in_channels=1, width=16))
+    fit(make_trainer, model, blank_scans_standardised_per_image())
+    assert model.net[1].running_mean.isnan().all()  # the training forward did see the NaN inputs
+
+
+class Remembers(Net):
+    """A forward that keeps its input and counts its calls in a buffer, in eval mode too (a cache, a queue); the
+    step reads both after the pack's step-zero passes."""
+
+    def __init__(self) -> None:
+        super().__init__(mlp())
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.seen: list[tuple[int, int, bool]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        self.last_input = x
+        return self.net(x) + 0 * self.calls
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.batch_input = batch[0]
+        return super().training_step(batch, batch_idx)
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        self.seen.append((int(self.calls), self.calls._version, self.last_input is self.batch_input))
+
+
+def test_the_replay_writes_no_buffer_and_rebinds_no_attribute_of_the_model(make_trainer: Any) -> None:
+    model = Remembers()
+    fit(make_trainer, model, digits())
+    assert model.seen == [(1, 1, True), (2, 2, True)]  # as without the pack: one call and one write per step
+
+
+# ---- odd attributes of losses; losses of other libraries ---------------------------------------------------------
+
+
+class SmpLikeDiceLoss(nn.modules.loss._Loss):
+    """The attributes and the multiclass arithmetic of ``segmentation_models_pytorch.losses.DiceLoss`` (not
+    installed here): ``ignore_index=None`` and friends on a ``_Loss``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode, self.classes, self.log_loss, self.from_logits = "multiclass", None, False, True
+        self.smooth, self.ignore_index, self.eps = 0.0, None, 1e-7
+
+    def forward(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        batch, classes = y_true.shape[0], y_pred.shape[1]
+        y_pred = y_pred.log_softmax(dim=1).exp().view(batch, classes, -1)
+        y_true = F.one_hot(y_true.view(batch, -1), classes).permute(0, 2, 1).type_as(y_pred)
+        intersection, cardinality = (y_pred * y_true).sum((0, 2)), (y_pred + y_true).sum((0, 2))
+        loss = 1.0 - (2.0 * intersection + self.smooth) / (cardinality + self.smooth).clamp_min(self.eps)
+        loss *= (y_true.sum((0, 2)) > 0).to(loss.dtype)
+        return loss.mean()
+
+
+def digit_masks(split: str = "train") -> DataLoader:
+    """Digits as 1-channel 8x8 images with a mask per pixel: background 0, the digit's ink 1 + its label."""
+    pixels, labels = digits_tensors(split, standardize=False)  # type: ignore[arg-type]
+    images = pixels.reshape(-1, 1, 8, 8) / 16
+    masks = torch.where(images[:, 0] > 0.4, labels[:, None, None] + 1, 0)
+    return DataLoader(TensorDataset(images - 0.3, masks), batch_size=32, shuffle=split == "train")
+
+
+class Segmenter(pl.LightningModule):
+    def __init__(self, ignores_input: bool = False) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 11, 3, padding=1))
+        self.loss = SmpLikeDiceLoss()
+        self.ignores_input = ignores_input
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x * 0 if self.ignores_input else x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.loss(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self.loss(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_a_segmentation_loss_with_ignore_index_none_gets_a_pixel_confusion_matrix(make_trainer: Any) -> None:
+    """Issue #22: smp's losses set ignore_index=None; reading it raised int(None) in both callbacks, which skipped the
+    step-zero checks and every confusion count of the run. The loss module itself now identifies the pairing."""
+    pl.seed_everything(0)
+    confusion, checks = ls.ConfusionCallback(), ModelChecksCallback()
+    trainer = make_trainer(callbacks=[confusion, checks], max_epochs=2, limit_train_batches=8)
+    trainer.fit(Segmenter(), digit_masks(), digit_masks("val"))
+    assert [f.code for f in ls.collect_findings(trainer) if f.code == "sanity.internal_error"] == []
+    assert confusion.pairing is not None and confusion.pairing.loss == "SmpLikeDiceLoss"
+    matrix = confusion.confusion_matrices["val"]
+    assert matrix.shape == (11, 11) and int(matrix.sum()) == len(digit_masks("val").dataset) * 64
+
+
+def test_a_segmentation_model_ignoring_its_input_is_caught_with_an_smp_like_loss(make_trainer: Any) -> None:
+    findings = fit(make_trainer, Segmenter(ignores_input=True), digit_masks())
+    assert "sanity.internal_error" not in [f.code for f in findings]
+    assert only(findings, "model.input_independent").severity is Severity.ERROR
+    quiet(fit(make_trainer, Segmenter(), digit_masks()))
+
+
+class OddCrossEntropy(nn.CrossEntropyLoss):
+    """A cross-entropy whose attributes carry values of their own, as user losses do."""
+
+    def __init__(self) -> None:
+        super().__init__(label_smoothing=0.1)
+        self.reduction = "mean_over_pixels"  # forward below does not read it
+        self.__dict__["built"] = True
+
+    @property  # type: ignore[override]
+    def ignore_index(self) -> int:
+        raise KeyError("ignore_index is not configured")
+
+    @ignore_index.setter
+    def ignore_index(self, value: int) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "weight" and self.__dict__.get("built"):
+            raise RuntimeError("weights live on the datamodule")
+        return super().__getattr__(name)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "kind", "expected"),
+    [
+        ("ignore_index", None, int, None),
+        ("ignore_index", 255, int, 255),
+        ("ignore_index", torch.tensor(255), int, 255),
+        ("ignore_index", np.int64(-1), int, -1),
+        ("ignore_index", True, int, None),
+        ("ignore_index", 2.5, int, None),
+        ("ignore_index", "255", int, None),
+        ("label_smoothing", "0.1", float, None),
+        ("label_smoothing", torch.tensor(0.1), float, pytest.approx(0.1)),
+        ("label_smoothing", float("nan"), float, None),
+        ("label_smoothing", 0, float, 0.0),
+        ("reduction", "mean_over_pixels", str, "mean_over_pixels"),
+        ("weight", None, Tensor, None),
+        ("weight", [1.0, 2.0], Tensor, None),
+    ],
+)
+def test_loss_attributes_are_read_as_their_kind_or_unknown(name: str, value: Any, kind: type, expected: Any) -> None:
+    from lightning_sanity.model_checks import loss_attribute
+
+    loss = nn.modules.loss._Loss()
+    loss.__dict__[name] = value
+    assert loss_attribute(loss, name, kind) == expected
+    assert loss_attribute(loss, "missing", kind) is None
+    assert loss_attribute(OddCrossEntropy(), "ignore_index", int) is None  # a property raising KeyError
+    assert loss_attribute(OddCrossEntropy(), "weight", Tensor) is None  # __getattr__ raising RuntimeError
+
+
+def test_odd_loss_attributes_never_become_internal_errors(make_trainer: Any) -> None:
+    class Holder(Net):
+        def __init__(self) -> None:
+            super().__init__(mlp())
+            self.criterion, self.other = OddCrossEntropy(), SmpLikeDiceLoss()
+            self.other.weight, self.other.label_smoothing = "balanced", float("inf")  # type: ignore[assignment]
+
+        def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+            return self.criterion(self(batch[0]), batch[1])
+
+    pl.seed_everything(0)
+    trainer = make_trainer(callbacks=ls.default_callbacks(), max_steps=2, limit_val_batches=0)
+    trainer.fit(Holder(), digits())
+    assert [f.message for f in ls.collect_findings(trainer) if f.code == "sanity.internal_error"] == []
