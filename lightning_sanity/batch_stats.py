@@ -156,12 +156,22 @@ def _finite_moments(values: Tensor, samples: int) -> ChannelSummary:
     )
 
 
+def _channel_major(view: Tensor) -> Tensor:
+    """``[N, C, L]`` values as a ``[C, N * L]`` tensor of the pack's own, which :func:`_finite_moments` may overwrite.
+
+    The reshape copies, except when the memory of ``view`` (a view of the user's batch) is already channel-major
+    (one sample, or one value per channel): then it is a view of that memory, and is cloned.
+    """
+    values = view.transpose(0, 1).reshape(view.shape[1], -1)
+    shares_memory = values.untyped_storage().data_ptr() == view.untyped_storage().data_ptr()
+    return values.clone() if shares_memory else values
+
+
 def _checked_moments(view: Tensor) -> ChannelSummary:
     """:func:`batch_moments` of one judged batch; on CPU (where the host read is free) by :func:`_finite_moments` on a
     channel-major copy when every value is finite."""
     if view.device.type == "cpu":
-        values = view.transpose(0, 1).reshape(view.shape[1], -1)
-        values = values.clone() if values.data_ptr() == view.data_ptr() else values
+        values = _channel_major(view)
         if bool(torch.isfinite(values.sum(1)).all()):
             return _finite_moments(values, view.shape[0])
     return batch_moments(view)
@@ -237,9 +247,8 @@ class ChannelStats(FoldingMetric):
         elif channels != self._channels:
             return
         positions = self._sampled_positions(view)
-        if positions is None:  # channel-major copy (the step may change the batch in place after this hook)
-            values = view.transpose(0, 1).reshape(channels, -1)
-            values = values.clone() if values.data_ptr() == view.data_ptr() else values
+        if positions is None:  # a copy: the step may change the batch in place after this hook
+            values = _channel_major(view)
             self.queue(_SampledBatch(values, samples, None), values.numel())
             return
         # float32 at least: a float16 sum of ordinary pixels overflows to Inf
