@@ -14,7 +14,7 @@ ensure_venv() {
     local stamp="$venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
     if [ ! -f "$stamp" ]; then
         "$venv/bin/python" -m pip install --quiet --upgrade pip
-        "$venv/bin/python" -m pip install --quiet -e ".[dev]"
+        "$venv/bin/python" -m pip install --quiet -e ".[dev,clients]"
         touch "$stamp"
     fi
 }
