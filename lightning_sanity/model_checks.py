@@ -10,7 +10,8 @@ and, when the step's loss is about to be backpropagated, before any parameter ch
    ``target.shape``; a class loss far above ln(C) is ``loss.init_high``. When no candidate matches (custom losses),
    nothing is said.
 2. re-runs the called module on a few samples in eval mode (forked RNG, modes restored, ``torch.autograd.grad`` only,
-   so no parameter ``.grad`` and no optimizer is touched) and backpropagates each sample's outputs to the inputs:
+   so no parameter ``.grad`` and no optimizer is touched; buffers and tensor attributes are private copies for the
+   re-run, :func:`private_state`) and backpropagates each sample's outputs to the inputs:
    a gradient reaching another sample's input is ``model.batch_mixing``; outputs, input gradients and parameter
    gradients identical for different inputs are ``model.input_independent``.
 3. compares the images the model receives read as channels-first (as they are) and as channels-last: far smoother
@@ -32,6 +33,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from typing_extensions import override
 
 from lightning_sanity import compat
@@ -65,6 +67,8 @@ LAYOUT_RATIO = 0.5
 channels-last arrays."""
 LAYOUT_SAMPLES = 16
 """Images of the first batch compared for the layout check."""
+PRIVATE_COPY_MAX_ELEMENTS = 1 << 24
+"""Buffers and tensor attributes up to this size are copied for the pack's own passes (:func:`private_state`)."""
 
 
 @dataclass(frozen=True)
@@ -490,13 +494,23 @@ def private_state(root: nn.Module) -> Iterator[None]:
     assignment. Nothing the user's graph, batch, module or optimizer holds is written in place: an in-place restore
     bumps a tensor's version counter and breaks the backward of a graph that saved it (a BatchNorm saves its running
     statistics; with NaN inputs they are NaN, which compares unequal to itself, so "restore only what changed" would
-    still write them).
+    still write them). A tensor of more than :data:`PRIVATE_COPY_MAX_ELEMENTS` elements (a dataset kept on the
+    module) or an uninitialised lazy one is left as it is: its identity is still restored.
 
     Example::
 
         with private_state(model), torch.no_grad():
             model(sample)  # a buffer the forward updates is updated on a copy
     """
+    copies: dict[int, Tensor] = {}  # by id: a tensor held in two places gets one copy, so they stay one tensor
+
+    def private(tensor: Tensor) -> Tensor:
+        if is_lazy(tensor) or tensor.numel() > PRIVATE_COPY_MAX_ELEMENTS:
+            return tensor
+        if id(tensor) not in copies:
+            copies[id(tensor)] = _private_copy(tensor)
+        return copies[id(tensor)]
+
     saved: list[tuple[nn.Module, dict[str, Any], dict[str, Tensor | None], dict[str, Any]]] = []
     for module in root.modules():
         attributes = vars(module)
@@ -504,10 +518,10 @@ def private_state(root: nn.Module) -> Iterator[None]:
         saved.append((module, dict(attributes), buffers, dict(module._parameters)))
         for name, buffer in buffers.items():
             if buffer is not None:
-                module._buffers[name] = _private_copy(buffer)
+                module._buffers[name] = private(buffer)
         for name, value in list(attributes.items()):
             if isinstance(value, Tensor) and not isinstance(value, nn.Parameter):
-                attributes[name] = _private_copy(value)
+                attributes[name] = private(value)
     try:
         yield
     finally:

@@ -839,3 +839,33 @@ def test_odd_loss_attributes_never_become_internal_errors(make_trainer: Any) -> 
     trainer = make_trainer(callbacks=ls.default_callbacks(), max_steps=2, limit_val_batches=0)
     trainer.fit(Holder(), digits())
     assert [f.message for f in ls.collect_findings(trainer) if f.code == "sanity.internal_error"] == []
+
+
+def test_private_state_gives_writes_to_copies_and_puts_back_every_tensor_and_attribute() -> None:
+    from lightning_sanity.model_checks import private_state
+
+    class Stateful(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm1d(4)
+            self.register_buffer("queue", torch.zeros(3, 4))
+            self.alias = self.queue  # one tensor held twice
+            self.lazy = nn.LazyBatchNorm1d()  # never called: uninitialised buffers
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.queue[0] = x[0]
+            assert self.alias is self.queue
+            self.last, self.bn.running_mean = x, torch.ones(4)
+            return self.bn(x)
+
+    module = Stateful().eval()
+    queue, mean, versions = (
+        module.queue,
+        module.bn.running_mean,
+        (module.queue._version, module.bn.running_mean._version),
+    )
+    with private_state(module), torch.no_grad():
+        module(torch.randn(2, 4))
+    assert module.queue is queue and module.alias is queue and module.bn.running_mean is mean
+    assert (module.queue._version, module.bn.running_mean._version) == versions and not module.queue.any()
+    assert not hasattr(module, "last")
