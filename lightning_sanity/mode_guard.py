@@ -320,46 +320,47 @@ def _host_copies(named: Sequence[tuple[str, Tensor]]) -> dict[str, Tensor]:
 
 @contextmanager
 def _private_state(root: nn.Module, values: Mapping[str, Tensor]) -> Iterator[None]:
-    """Inside the block every tensor of ``root`` holds a private copy: ``values[name]`` for the parameters named
-    there (consumed), a clone of its current value for every other parameter, buffer and tensor attribute.
+    """Inside the block every tensor of ``root`` is a private copy: ``values[name]`` for the parameters named there
+    (consumed), a clone of its current value for every other parameter, buffer and tensor attribute.
 
-    A forward run inside writes only to these copies, whatever it writes through (``w.data *= mask``, ``w.mul_``, a
-    hook or a closure holding the parameter object). On exit the modules' tensor slots get their own objects back
-    and each object its own data, by assignment only: no value of the user's is ever written (an in-place op of
-    ``forward`` inside may still count in a parameter's version counter, as the user's own forward does), and
-    gradients are set aside and put back the same way. Refuses (``RuntimeError``) an inference tensor outside
-    inference mode, whose data cannot be swapped.
+    Each module's slots hold new tensor objects over the copies, and each of the user's objects is pointed at the same
+    copy (``tensor.data = copy``): a forward run inside writes only to copies, whatever it writes through (``w.data *=
+    mask``, ``w.masked_fill_`` under ``no_grad``, a hook, a closure holding a parameter object), and its in-place ops
+    count in the new objects' version counters, not in those of tensors the user's graphs may hold. On exit every slot
+    gets its own object back and every object its own data and gradient, by assignment only: no value of the user's is
+    ever written. Refuses (``RuntimeError``) an inference tensor outside inference mode, whose data cannot be swapped.
     """
     by_id = {id(p): values[name] for name, p in root.named_parameters() if name in values}
-    slots: list[tuple[nn.Module, str, dict[str, Any]]] = []
-    tensors: dict[int, Tensor] = {}
+    saved: list[tuple[dict[str, Any], dict[str, Any], bool]] = []
     for module in root.modules():
         attributes = {key: value for key, value in vars(module).items() if isinstance(value, Tensor)}
-        for kind, content in (("_parameters", module._parameters), ("_buffers", module._buffers)):
-            slots.append((module, kind, dict(content)))
-        slots.append((module, "__dict__", attributes))
-        slots.append((module, "_modules", dict(module._modules)))
-        for tensor in (*module._parameters.values(), *module._buffers.values(), *attributes.values()):
-            if tensor is not None:
-                tensors.setdefault(id(tensor), tensor)
+        saved.append((vars(module), attributes, True))
+        saved.extend((slots, dict(slots), False) for slots in (module._parameters, module._buffers, module._modules))
+    tensors = {id(t): t for _, content, _ in saved for t in content.values() if isinstance(t, Tensor)}
     if not torch.is_inference_mode_enabled() and any(t.is_inference() for t in tensors.values()):
         raise RuntimeError("an inference tensor outside inference mode cannot be swapped for a private copy")
-    swapped: list[tuple[Tensor, Tensor, Tensor | None]] = []
+    own: list[tuple[Tensor, Tensor, Tensor | None]] = []
     try:
+        fresh: dict[int, Tensor] = {}
         for identity, tensor in tensors.items():
-            own = tensor.data
-            swapped.append((tensor, own, tensor.grad if isinstance(tensor, nn.Parameter) else None))
-            copy = by_id.get(identity)
-            tensor.data = copy.to(tensor.device) if copy is not None else own.clone()
+            own.append((tensor, tensor.data, tensor.grad if isinstance(tensor, nn.Parameter) else None))
+            copy = by_id[identity].to(tensor.device) if identity in by_id else tensor.detach().clone()
+            tensor.data = copy
             if isinstance(tensor, nn.Parameter):
                 tensor.grad = None
+                fresh[identity] = nn.Parameter(copy, requires_grad=tensor.requires_grad)
+            else:
+                fresh[identity] = copy
+        for slots, content, _ in saved:
+            for name, value in content.items():
+                if isinstance(value, Tensor):
+                    slots[name] = fresh[id(value)]
         yield
     finally:
-        for module, kind, content in slots:
-            in_dict = kind == "__dict__"
-            _put_back(vars(module) if in_dict else getattr(module, kind), content, only_tensors=in_dict)
-        for tensor, own, grad in reversed(swapped):
-            tensor.data = own
+        for slots, content, only_tensors in saved:
+            _put_back(slots, content, only_tensors)
+        for tensor, data, grad in reversed(own):
+            tensor.data = data
             if isinstance(tensor, nn.Parameter):
                 tensor.grad = grad
 
@@ -373,15 +374,29 @@ def _put_back(slots: dict[str, Any], saved: dict[str, Any], only_tensors: bool) 
             slots[name] = value
 
 
-def _same_values(root: nn.Module, live: Mapping[str, Tensor]) -> bool:
-    """Do the parameters of ``root`` hold ``live``'s values (relative tolerance ``_CHECKSUM_TOLERANCE`` per element,
-    for reductions that are not bit-reproducible on some devices)?"""
+def _other_values(root: nn.Module, live: Mapping[str, Tensor]) -> list[str]:
+    """The names of ``live`` whose parameter in ``root`` holds other values (relative tolerance
+    ``_CHECKSUM_TOLERANCE`` per element, for reductions that are not bit-reproducible on some devices)."""
     now = dict(named_parameters_to_watch(root))
-    return now.keys() == live.keys() and all(
-        now[name].shape == value.shape
-        and bool(torch.isclose(now[name], value, rtol=_CHECKSUM_TOLERANCE, atol=0.0, equal_nan=True).all())
+    return [
+        name
         for name, value in live.items()
-    )
+        if name not in now
+        or now[name].shape != value.shape
+        or not bool(torch.isclose(now[name], value, rtol=_CHECKSUM_TOLERANCE, atol=0.0, equal_nan=True).all())
+    ]
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """What replaying the first step's forward calls on the weights from before evaluation showed."""
+
+    unexplained: list[str]
+    """The changed parameters that the replay does not bring to their values at the end (all when it failed)."""
+
+    def __bool__(self) -> bool:
+        """Is the whole change the forward's own re-parametrisation?"""
+        return not self.unexplained
 
 
 @dataclass
@@ -938,8 +953,9 @@ class ModeGuardCallback(SanityCallback):
             changed = run.params.changed(Checksums.of(named_parameters_to_watch(pl_module)))
             before, calls, run.before, run.first_calls = run.before, run.first_calls, {}, []
             replayed = bool(changed and before and calls)
-            if replayed and self._rewritten_by_forward(pl_module, calls, before):
-                changed = []  # the model's forward re-parametrises its weights (re-masking): nothing leaked
+            if replayed:
+                # what is left once the forward's own re-parametrisation (re-masking) is explained
+                changed = self._rewritten_by_forward(pl_module, calls, before, changed).unexplained
             if changed:
                 self._report_changed(
                     trainer, "mode.params_changed_in_eval", "parameters", changed, run.batches, replayed=replayed
@@ -988,9 +1004,13 @@ class ModeGuardCallback(SanityCallback):
         )
 
     def _rewritten_by_forward(
-        self, pl_module: pl.LightningModule, calls: Sequence[ForwardCall], before: dict[str, Tensor]
-    ) -> bool:
-        """Is the whole change of the weights what the model's forward does to them (re-masking, clamping)?
+        self,
+        pl_module: pl.LightningModule,
+        calls: Sequence[ForwardCall],
+        before: dict[str, Tensor],
+        changed: list[str],
+    ) -> _Replay:
+        """Is the whole change of the ``changed`` weights what the model's forward does to them (re-masking)?
 
         The module calls of the run's first step (:class:`_OutermostCalls`, a few samples each) are replayed on
         private copies of every tensor of the model, the parameters set to their values before the first batch
@@ -998,23 +1018,24 @@ class ModeGuardCallback(SanityCallback):
         the replay turns those weights into exactly the weights the run ended with, and a second replay leaves them
         there (a projection: masking, clamping, normalising; a forward that moves the weights on every call moves
         them again). A change made by the step or a hook (an optimizer step, a weight write in
-        ``on_validation_batch_end``), wherever the masking happens, is not reproduced. The user's tensors are never
-        written (:func:`_private_state`); a replay that raises proves nothing and keeps the finding.
+        ``on_validation_batch_end``), wherever the masking happens, is not reproduced and stays unexplained. The
+        user's tensors are never written (:func:`_private_state`); a replay that raises explains nothing.
         """
         live = {name: p.detach() for name, p in named_parameters_to_watch(pl_module)}
         if live.keys() != before.keys():
-            return False  # parameters were added or removed: not a re-parametrisation
+            return _Replay(changed)  # parameters were added or removed: not a re-parametrisation
         try:
             with forked_rng(), torch.no_grad(), _private_state(pl_module, before):
-                for _ in range(2):
-                    for call in calls:
-                        call.run()
-                    if not _same_values(pl_module, live):
-                        return False
-                return True
+                for call in calls:
+                    call.run()
+                unexplained = set(_other_values(pl_module, live))
+                for call in calls:
+                    call.run()
+                unexplained.update(_other_values(pl_module, live))
         except Exception:
             log.debug("ModeGuardCallback: replaying the step's forward calls failed", exc_info=True)
-            return False
+            return _Replay(changed)
+        return _Replay([name for name in changed if name in unexplained])
 
     # ---- mode.grad_in_eval -----------------------------------------------------------------
 

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from support import codes, problems, sanity_warnings
 from torch import Tensor, nn
+from torch.nn.utils import parametrizations, parametrize, prune
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from torchvision import transforms as T
 
-from lightning_sanity import ModeGuardCallback, SanityError, Severity
+from lightning_sanity import ModeGuardCallback, SanityError, Severity, default_callbacks
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, wine_tensors
 from lightning_sanity.mode_guard import (
     CUSTOM,
@@ -22,6 +23,7 @@ from lightning_sanity.mode_guard import (
     NORMALIZATION,
     STOCHASTIC,
     Checksums,
+    _private_state,
     describe_modules,
     innermost_sources,
     mode_kind,
@@ -280,6 +282,251 @@ def test_autograd_enabled_in_validation_is_info(make_trainer: Any) -> None:
 def test_no_grad_in_default_validation(make_trainer: Any) -> None:
     trainer = fit(make_trainer, Classifier(bn_mlp()), max_epochs=1)
     assert "mode.grad_in_eval" not in codes(trainer)
+
+
+# ---- re-parametrisation in forward (re-masking) is not a weight change -----------------------
+
+
+def causal_mask(conv: nn.Conv2d) -> Tensor:
+    """PixelCNN's type-A mask: each output sees only the pixels above and left of the kernel's centre."""
+    mask = torch.ones_like(conv.weight)
+    centre = conv.kernel_size[0] // 2
+    mask[:, :, centre, centre:] = 0
+    mask[:, :, centre + 1 :] = 0
+    return mask
+
+
+class MaskedConvolution(nn.Module):
+    """The UvA PixelCNN tutorial's layer: it re-masks its CHILD's weight in place at every call."""
+
+    def __init__(self, channels_in: int, channels_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in, channels_out, 5, padding=2)
+        self.register_buffer("mask", causal_mask(self.conv))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.conv.weight.data *= self.mask
+        return self.conv(x)
+
+
+def zero_masked_weights(conv: nn.Conv2d, mask: Tensor) -> None:
+    with torch.no_grad():
+        conv.weight.masked_fill_(mask == 0, 0.0)
+
+
+class HelperMaskedConvolution(MaskedConvolution):
+    """Re-masks through a helper function, with ``masked_fill_`` under ``no_grad``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        zero_masked_weights(self.conv, self.mask)
+        return self.conv(x)
+
+
+def pre_hook_masked(channels_in: int, channels_out: int) -> nn.Module:
+    """A plain convolution re-masked by a forward pre-hook holding its weight (no masking code in any forward)."""
+    conv = nn.Conv2d(channels_in, channels_out, 5, padding=2)
+    weight = conv.weight
+    conv.register_buffer("mask", causal_mask(conv))
+
+    def re_mask(module: nn.Module, args: Any) -> None:
+        weight.data.mul_(module.mask)
+
+    conv.register_forward_pre_hook(re_mask)
+    return conv
+
+
+def pruned(channels_in: int, channels_out: int) -> nn.Module:
+    conv = nn.Conv2d(channels_in, channels_out, 5, padding=2)
+    return prune.custom_from_mask(conv, "weight", causal_mask(conv))
+
+
+class Masking(nn.Module):
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask
+
+
+def parametrized(channels_in: int, channels_out: int) -> nn.Module:
+    conv = nn.Conv2d(channels_in, channels_out, 5, padding=2)
+    return parametrize.register_parametrization(conv, "weight", Masking(causal_mask(conv)))
+
+
+def weight_normalised(channels_in: int, channels_out: int) -> nn.Module:
+    return parametrizations.weight_norm(nn.Conv2d(channels_in, channels_out, 5, padding=2))
+
+
+MASKED_LAYERS = {
+    "child-data-imul": MaskedConvolution,
+    "helper-masked-fill": HelperMaskedConvolution,
+    "forward-pre-hook": pre_hook_masked,
+    "prune": pruned,
+    "parametrize": parametrized,
+    "weight-norm": weight_normalised,
+}
+
+
+class PixelClassifier(pl.LightningModule):
+    """Two re-masked convolutions in a ModuleList (grandchildren), BatchNorm, a linear head. Like the UvA PixelCNN, the
+    steps call ``self.forward(x)``: no hook of the LightningModule runs, only those of the modules it calls.
+
+    ``leak`` is what else changes the weights during validation (the bugs next to the masking).
+    """
+
+    def __init__(self, layer: Any = MaskedConvolution, leak: str = "none") -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([layer(3, 8), layer(8, 8)])
+        self.norm = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 10)
+        self.leak = leak
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return self.head(self.norm(x).mean((2, 3)))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return F.cross_entropy(self.forward(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if self.leak == "train":
+            self.train()
+        loss = F.cross_entropy(self.forward(batch[0]), batch[1])
+        self.log("val_loss", loss)
+        if self.leak == "optimizer-step":  # test-time training by mistake
+            with torch.enable_grad():
+                F.cross_entropy(self.forward(batch[0]), batch[1]).backward()
+            optimizer = self.optimizers()
+            optimizer.step()  # type: ignore[union-attr]
+            optimizer.zero_grad()  # type: ignore[union-attr]
+        elif self.leak == "step-write":
+            with torch.no_grad():
+                self.layers[0].conv.weight.add_(1e-3)
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.leak == "hook-write" and batch_idx == 0:
+            with torch.no_grad():
+                self.layers[1].conv.weight.mul_(0.5)  # keeps the masked zeros at zero: only a replay tells
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+class MaskedInOwnForward(PixelClassifier):
+    """The LightningModule's own forward re-masks its grandchildren's weights (called as ``self(x)``)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda channels_in, channels_out: nn.Conv2d(channels_in, channels_out, 5, padding=2))
+        for layer in self.layers:
+            layer.register_buffer("mask", causal_mask(layer))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            layer.weight.data = layer.weight.data * layer.mask
+        return super().forward(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+
+def digit_image_loaders() -> tuple[DataLoader, DataLoader]:
+    train, val = (DigitImages(T.ToTensor(), split=split, size=16) for split in ("train", "val"))
+    return DataLoader(train, batch_size=32, shuffle=True), DataLoader(val, batch_size=64)  # type: ignore[arg-type]
+
+
+def fit_pixels(
+    make_trainer: Any, model: pl.LightningModule, callbacks: list[pl.Callback], **options: Any
+) -> pl.Trainer:
+    pl.seed_everything(0, verbose=False)
+    options = {"max_epochs": 2, "limit_train_batches": 8, "limit_val_batches": 2, **options}
+    trainer = make_trainer(callbacks=callbacks, **options)
+    with sanity_warnings():
+        trainer.fit(model, *digit_image_loaders())
+    return trainer
+
+
+@pytest.mark.parametrize("layer", list(MASKED_LAYERS.values()), ids=list(MASKED_LAYERS))
+def test_weights_re_masked_wherever_it_happens_stay_quiet_under_strict(make_trainer: Any, layer: Any) -> None:
+    model = PixelClassifier(layer)
+    trainer = fit_pixels(make_trainer, model, [ModeGuardCallback(strict=True)])  # an ERROR would raise
+    assert trainer.current_epoch == 2 and problems(trainer) == []
+    if layer in (MaskedConvolution, HelperMaskedConvolution):
+        weight, mask = model.layers[0].conv.weight, model.layers[0].mask
+        assert bool((weight[mask == 0] == 0).all())  # the last forward re-masked: the case is not vacuous
+
+
+def test_weights_re_masked_by_the_lightning_modules_own_forward_stay_quiet(make_trainer: Any) -> None:
+    trainer = fit_pixels(make_trainer, MaskedInOwnForward(), [ModeGuardCallback(strict=True)])
+    assert problems(trainer) == []
+
+
+@pytest.mark.parametrize("leak", ["step-write", "optimizer-step", "hook-write"])
+def test_weight_changes_next_to_re_masking_are_still_errors(make_trainer: Any, leak: str) -> None:
+    options = {"inference_mode": False} if leak == "optimizer-step" else {}
+    trainer = fit_pixels(make_trainer, PixelClassifier(leak=leak), [ModeGuardCallback()], max_epochs=1, **options)
+    finding = the(trainer, "mode.params_changed_in_eval")
+    assert finding.severity is Severity.ERROR and finding.evidence["forward_replayed"] is True
+    changed = {"step-write": {"layers.0.conv.weight"}, "hook-write": {"layers.1.conv.weight"}}.get(leak)
+    assert changed is None or set(finding.evidence["tensors"]) == changed
+    assert "does not make this change" in finding.message
+
+
+def test_batchnorm_updated_next_to_re_masking_is_still_an_error(make_trainer: Any) -> None:
+    trainer = fit_pixels(make_trainer, PixelClassifier(leak="train"), [ModeGuardCallback()], max_epochs=1)
+    assert {"mode.train_in_eval", "mode.bn_updated_in_eval"} <= codes(trainer, Severity.ERROR)
+    assert the(trainer, "mode.bn_updated_in_eval").evidence["modules"] == ["norm"]
+    assert "mode.params_changed_in_eval" not in codes(trainer)  # the weights only changed by the re-masking
+
+
+@pytest.mark.parametrize("layer", [MaskedConvolution, HelperMaskedConvolution], ids=["data-imul", "masked-fill"])
+def test_re_masking_replay_leaves_the_weights_bit_identical(
+    make_trainer: Any, monkeypatch: pytest.MonkeyPatch, layer: Any
+) -> None:
+    replays: list[bool] = []
+    replay = ModeGuardCallback._rewritten_by_forward
+
+    def counted(self: ModeGuardCallback, *args: Any) -> bool:
+        replays.append(replay(self, *args))
+        return replays[-1]
+
+    monkeypatch.setattr(ModeGuardCallback, "_rewritten_by_forward", counted)
+
+    def weights(callbacks: list[pl.Callback]) -> dict[str, Tensor]:
+        pl.seed_everything(0, verbose=False)
+        model = PixelClassifier(layer)
+        fit_pixels(make_trainer, model, callbacks, inference_mode=False)  # in-place writes would count in versions
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    without, observed = weights([]), weights(default_callbacks())
+    assert [k for k in without if not torch.equal(without[k], observed[k])] == []
+    assert len(replays) == 3 and all(replays)  # sanity check and two validations: replayed, recognised
+
+
+def test_the_replay_writes_no_tensor_of_the_user() -> None:
+    """Inside ``_private_state`` a forward that re-masks (through the module and through a closure holding the
+    weight) writes only copies: values, objects and version counters are untouched and a graph that holds the
+    weight still runs backward."""
+    layer = pre_hook_masked(3, 4)
+    layer.register_forward_pre_hook(lambda module, args: zero_masked_weights(module, module.mask))
+    x = torch.rand(2, 3, 8, 8)
+    loss = layer(x).square().sum()  # the graph holds the weight
+    layer.weight.data.add_(1.0)  # the masked entries move (through .data: the graph's version check still passes)
+    state = {name: (t, t.clone(), t._version) for name, t in layer.state_dict(keep_vars=True).items()}
+    before = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    with torch.no_grad(), _private_state(layer, before):
+        layer(x)
+        assert bool((layer.weight[layer.mask == 0] == 0).all())  # the copy was re-masked
+    for name, tensor in layer.state_dict(keep_vars=True).items():
+        original, value, version = state[name]
+        assert tensor is original and torch.equal(tensor, value) and tensor._version == version
+    assert bool((layer.weight[layer.mask == 0] != 0).any())
+    loss.backward()  # raises if a tensor saved for backward was written in place
+    assert layer.weight.grad is not None
 
 
 # ---- healthy programs that must stay quiet -----------------------------------------------
