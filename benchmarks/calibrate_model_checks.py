@@ -43,18 +43,8 @@ from torchvision.models import resnet18
 
 from lightning_sanity import ModelChecksCallback
 from lightning_sanity.demos import DigitImages, SmallCNN, digits_tensors, wine_tensors
-from lightning_sanity.model_checks import (
-    INIT_LOSS_RATIO,
-    LAYOUT_RATIO,
-    LAYOUT_SAMPLES,
-    MATCH_TOLERANCE,
-    LossContext,
-    class_candidates,
-    elementwise_candidates,
-    layout_ratio,
-    probe_call,
-    read_loss,
-)
+from lightning_sanity.losses import MATCH_TOLERANCE, LossContext, class_candidates, elementwise_candidates, read_loss
+from lightning_sanity.model_checks import INIT_LOSS_RATIO, LAYOUT_RATIO, LAYOUT_SAMPLES, layout_ratio, probe_call
 from lightning_sanity.observe import ForwardCall, graph_activation
 
 torch.set_num_threads(1)

@@ -30,7 +30,7 @@ from lightning_sanity.rng import forked_rng
 from lightning_sanity.triage import input_cause
 
 if TYPE_CHECKING:
-    from lightning_sanity.model_checks import LossContext
+    from lightning_sanity.losses import LossContext
 
 OUTPUT_KEYS = ("logits", "preds", "y_hat", "outputs")
 """Keys of a step's returned dict that hold the predictions."""
@@ -768,7 +768,7 @@ def reconstructs_input(output: Tensor, call: ForwardCall, targets: Tensor) -> bo
 @dataclass(frozen=True)
 class ScorePairing:
     """Which output and which batch tensor the user's training loss was computed from
-    (:func:`~lightning_sanity.model_checks.reproduces_loss`).
+    (:func:`~lightning_sanity.losses.reproduces_loss`).
 
     Attributes:
         source: ``"call:<name>"`` for a top-level forward call (``""`` is the LightningModule itself), ``"child:<k>"``
@@ -1014,7 +1014,7 @@ class ConfusionCallback(SanityCallback):
         """Recompute the step's returned loss from each captured output and each batch tensor (a host read, on the
         first training steps only): the pair that gives it is the user's own (scores, target)."""
         # model_checks reads losses with the class scores defined here: imported late to avoid an import cycle
-        from lightning_sanity.model_checks import LossContext, reproduces_loss
+        from lightning_sanity.losses import LossContext, reproduces_loss
 
         self._pairing_tries += 1
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs

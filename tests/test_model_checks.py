@@ -815,7 +815,7 @@ class OddCrossEntropy(nn.CrossEntropyLoss):
     ],
 )
 def test_loss_attributes_are_read_as_their_kind_or_unknown(name: str, value: Any, kind: type, expected: Any) -> None:
-    from lightning_sanity.model_checks import loss_attribute
+    from lightning_sanity.losses import loss_attribute
 
     loss = nn.modules.loss._Loss()
     loss.__dict__[name] = value
@@ -842,7 +842,7 @@ def test_odd_loss_attributes_never_become_internal_errors(make_trainer: Any) -> 
 
 
 def test_private_state_gives_writes_to_copies_and_puts_back_every_tensor_and_attribute() -> None:
-    from lightning_sanity.model_checks import private_state
+    from lightning_sanity.losses import private_state
 
     class Stateful(nn.Module):
         def __init__(self) -> None:
