@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -77,22 +79,23 @@ def _guarded(hook: Callable[..., Any]) -> Callable[..., Any]:
     An exception escaping ``hook`` becomes a ``sanity.internal_error`` finding: never kill the user's run. Around
     the outermost ``setup`` / ``teardown`` / ``on_exception`` call the base class's run bookkeeping runs, whether or
     not the subclass's hook calls ``super()``: joining the trainer's run, and ending it (:mod:`lightning_sanity.run`).
+    A duplicate (see :attr:`SanityCallback.duplicate_of`) keeps the bookkeeping and runs none of its hooks.
     """
     lifecycle = hook.__name__ in _LIFECYCLE_HOOKS
 
     @functools.wraps(hook)
     def run_guarded(self: SanityCallback, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> Any:
         if not lifecycle or self._in_lifecycle_hook:
-            return _run_isolated(self, hook, trainer, args, kwargs)
+            return None if self.duplicate_of is not None else _run_isolated(self, hook, trainer, args, kwargs)
         self._in_lifecycle_hook = True
         try:
             if hook.__name__ == "setup":
                 self._join_run(trainer)
-            result = _run_isolated(self, hook, trainer, args, kwargs)
+            result = None if self.duplicate_of is not None else _run_isolated(self, hook, trainer, args, kwargs)
         finally:
             self._in_lifecycle_hook = False
             if hook.__name__ == "on_exception":  # release hooks and write the report even if the hook raised
-                sanity_run.abort(trainer, kwargs.get("exception", args[-1] if args else RuntimeError("unknown")))
+                self._end_run(trainer, kwargs.get("exception", args[-1] if args else RuntimeError("unknown")))
         if hook.__name__ == "teardown":  # not when teardown raised: Lightning then calls on_exception
             sanity_run.leave(trainer, self)
         return result
@@ -153,13 +156,23 @@ class SanityCallback(Callback):
     name: ClassVar[str] = "sanity"
     """Short name used in scalar keys: ``sanity/<name>/<split>/<metric>``."""
 
+    duplicate_of: SanityCallback | None
+    """In a run where an earlier callback of the Trainer has this one's class and options, that callback: this one
+    then runs no check (each would run twice, each finding be reported twice) and its public attributes (e.g.
+    ``layer_grad_norms``, ``confusion_matrix``) read that callback's. ``None`` otherwise."""
+
     _init_options: dict[str, Any]
     _state_key: str | None = None
+    _key_base: str | None = None
+    _own_attributes: dict[str, Any]
     _in_lifecycle_hook: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         instance = super().__new__(cls)
         instance._init_options = dict(kwargs)  # what the user passed: the instance's state_key derives from it
+        instance.duplicate_of = None
+        instance._own_attributes = {}
+        _CREATED[instance] = next(_SERIALS)
         return instance
 
     def __init__(
@@ -209,12 +222,46 @@ class SanityCallback(Callback):
     @override
     def state_key(self) -> str:
         """``ClassName`` for default options, ``ClassName{'num_classes': 3}`` otherwise: instances of one class
-        with different options checkpoint and resume side by side."""
-        # Lightning reads state_key around every hook call (to name profiler actions): derive it once.
-        if self._state_key is None:
+        with different options checkpoint and resume side by side. The n-th callback of the Trainer with the same
+        class and key gets ``#n`` appended (``GradientFlowCallback#2``): its position in the callback list, stable
+        across processes and from a checkpoint to its resume as long as the list is built the same way.
+
+        The position is fixed when the run starts (``setup``, before Lightning restores a checkpoint). Before that
+        (when the Trainer checks the keys are unique) ``n`` counts the live instances with this key created before
+        this one, so the keys of a new callback list are unique even next to callbacks of earlier Trainers.
+        """
+        # Lightning reads state_key around every hook call (to name profiler actions): fixed once a run starts.
+        if self._state_key is not None:
+            return self._state_key
+        base = self._key()
+        earlier = sum(
+            1
+            for other, serial in list(_CREATED.items())
+            if serial < _CREATED[self] and type(other) is type(self) and other._key() == base
+        )
+        return _numbered(base, earlier + 1)
+
+    def _key(self) -> str:
+        """The state key without its position: class name and the options given with a value other than their
+        default."""
+        if self._key_base is None:
             options = _explicit_options(type(self), self._init_options)
-            self._state_key = f"{type(self).__qualname__}{options!r}" if options else type(self).__qualname__
-        return self._state_key
+            self._key_base = f"{type(self).__qualname__}{options!r}" if options else type(self).__qualname__
+        return self._key_base
+
+    def _same_check(self, other: SanityCallback) -> bool:
+        """Whether ``other`` is the same check: same class, options equal to this one's (not just alike when
+        printed, as two different lambdas are)."""
+        if type(other) is not type(self) or other._key() != self._key():
+            return False
+        try:
+            mine, theirs = (
+                _explicit_options(type(self), self._init_options, stable=False),
+                _explicit_options(type(other), other._init_options, stable=False),
+            )
+            return bool(mine == theirs)
+        except Exception:  # options whose == raises (arrays, tensors) or is ambiguous: not provably the same
+            return False
 
     @property
     def findings(self) -> list[Finding]:
@@ -411,11 +458,61 @@ class SanityCallback(Callback):
         outputs). Called by the run coordinator at the end of every run, normal or not; must be idempotent."""
 
     def _join_run(self, trainer: pl.Trainer) -> None:
-        """A new run starts: this callback's findings and figures are the run's own."""
+        """A new run starts: this callback's findings and figures are the run's own; its state key and whether it
+        duplicates an earlier callback follow from its position among the Trainer's callbacks."""
         self._findings = {}
         self.figure_paths = []
         self._pending_pngs = {}
+        same_key = [cb for cb in sanity_callbacks(trainer) if type(cb) is type(self) and cb._key() == self._key()]
+        position = next((i for i, cb in enumerate(same_key) if cb is self), len(same_key))
+        self._state_key = _numbered(self._key(), position + 1)
+        self._duplicate(next((cb for cb in same_key[:position] if cb._same_check(self)), None))
         self._run_name = sanity_run.join(trainer, self).name
+        if self.duplicate_of is not None:
+            self.record(
+                trainer,
+                "sanity.duplicate",
+                Severity.INFO,
+                f"{self.state_key} has the same options as {self.duplicate_of.state_key}, earlier in the Trainer's "
+                "callbacks: it runs none of its checks, and its attributes read that callback's.",
+                "Nothing to do if you keep it to read its attributes; remove it otherwise, or give it other options "
+                "to run a second, different check.",
+                subject=self.state_key,
+                evidence={"duplicate_of": self.duplicate_of.state_key},
+                stage="setup",
+            )
+
+    def _duplicate(self, original: SanityCallback | None) -> None:
+        """Become a duplicate of ``original`` (its public attributes replace this one's) or, with ``None``, a
+        callback in its own right again (its own attributes back)."""
+        if original is not None and self.duplicate_of is None:
+            public = [name for name in vars(self) if not name.startswith("_") and name not in _OWN_ATTRIBUTES]
+            self._own_attributes = {name: vars(self).pop(name) for name in public}
+        elif original is None and self.duplicate_of is not None:
+            vars(self).update(self._own_attributes)
+            self._own_attributes = {}
+        self.duplicate_of = original
+
+    if not TYPE_CHECKING:  # would make every attribute of every sanity callback type-check
+
+        def __getattr__(self, name: str) -> Any:
+            """Called only for attributes this instance lacks: a duplicate's public ones are its original's."""
+            original = vars(self).get("duplicate_of")
+            if original is None or name.startswith("_"):
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            return getattr(original, name)
+
+    def _end_run(self, trainer: pl.Trainer, exception: BaseException) -> None:
+        """``on_exception``: end the run with ``exception``. Lightning tells every callback in turn; the first one
+        ends the run for all. An exception before any sanity callback's ``setup`` (in ``prepare_data``,
+        ``configure_callbacks``) still gets its report: every sanity callback of the Trainer joins a run that ends
+        at once."""
+        if sanity_run.told(trainer, self):
+            return
+        if sanity_run.current_run(trainer) is None and not sanity_run.amend(trainer, self, exception):
+            for callback in sanity_callbacks(trainer):
+                callback._join_run(trainer)
+        sanity_run.abort(trainer, self, exception)
 
     @override
     @_guarded
@@ -461,8 +558,20 @@ def collect_findings(trainer: pl.Trainer) -> list[Finding]:
     return sorted(findings, key=lambda f: -f.severity)
 
 
-def _explicit_options(cls: type, passed: Mapping[str, Any]) -> dict[str, Any]:
-    """The constructor options passed with a value other than their default, in a stable printable form."""
+_CREATED: weakref.WeakKeyDictionary[SanityCallback, int] = weakref.WeakKeyDictionary()
+"""Every live sanity callback, with its serial number: the order in which they were created."""
+_SERIALS = itertools.count()
+_OWN_ATTRIBUTES = frozenset({"duplicate_of", "figure_paths"})
+"""Public attributes a duplicate keeps as its own: it drew no figure."""
+
+
+def _numbered(key: str, position: int) -> str:
+    return key if position == 1 else f"{key}#{position}"
+
+
+def _explicit_options(cls: type, passed: Mapping[str, Any], stable: bool = True) -> dict[str, Any]:
+    """The constructor options passed with a value other than their default, in a stable printable form (or as
+    passed, with ``stable=False``)."""
     try:
         parameters = inspect.signature(cls).parameters
     except (TypeError, ValueError):
@@ -472,7 +581,7 @@ def _explicit_options(cls: type, passed: Mapping[str, Any]) -> dict[str, Any]:
         parameter = parameters.get(name)
         if parameter is not None and _same(value, parameter.default):
             continue
-        options[name] = _stable(value)
+        options[name] = _stable(value) if stable else value
     return options
 
 

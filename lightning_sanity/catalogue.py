@@ -41,6 +41,7 @@ _CODES: tuple[FindingCode, ...] = (
     # SanityCallback (shared)
     FindingCode("sanity.internal_error", WARNING, "SanityCallback", "A check raised and was skipped; training continued.", "Report it with the traceback (logger 'lightning_sanity' at DEBUG level)."),
     FindingCode("sanity.skipped", INFO, "SanityCallback", "A callback could not read (inputs, targets) from a batch and skipped its batch checks.", "Pass batch_adapter=lambda batch: (inputs, targets)."),
+    FindingCode("sanity.duplicate", INFO, "SanityCallback", "A second callback with the class and options of an earlier one runs no check; its attributes read the earlier one's.", "Remove it, or give it other options to run a different check."),
     FindingCode("sanity.recomputed", INFO, "ConfusionCallback", "No logits were found in the step's output or forward calls; one extra forward pass computes them.", "Return the logits from the step or call self(x) in it."),
     # TransformParityCallback
     FindingCode("transform.normalize_scale", ERROR, "TransformParityCallback", "A Normalize step's mean/std are on another scale than the tensor it receives.", "Put the constants on the scale the step receives (divide by 255 after ToTensor)."),

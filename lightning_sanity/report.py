@@ -5,8 +5,9 @@ File format (``sanity_report_<run>.json``), schema ``lightning-sanity/report`` v
     {
       "schema": "lightning-sanity/report", "version": 2,
       "run": "fit" | "validate" | "test" | "predict",
-      "status": "finished" | "interrupted",      # interrupted: an exception (e.g. strict mode) ended the run
-      "exception": null | "SanityError: [error] ...",
+      "status": "finished" | "interrupted",          # as Lightning's trainer.state.status: interrupted when an
+      "exception": null | "SanityError: [error] ...", # exception (the user's, strict mode, Ctrl+C) ended the run
+      "exception_type": null | "SanityError",        # its class name (absent from older version 2 files)
       "summary": {"error": int, "warning": int, "info": int},
       "findings": [Finding.to_dict(), ...],          # most severe first
       "sections": [{"title": str, "text": str}, ...],
@@ -14,7 +15,8 @@ File format (``sanity_report_<run>.json``), schema ``lightning-sanity/report`` v
       "triage": [{"check": str, "status": "fine" | "wrong" | "not checkable", "code": str | null}, ...]
     }
 
-Version 1 documents (no ``status`` / ``exception`` / ``triage``) still load. Readers must ignore keys they do not know.
+Version 1 documents (no ``status`` / ``exception`` / ``triage``) and version 2 documents without
+``exception_type`` still load. Readers must ignore keys they do not know.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class SanityReport:
     exception: str | None = None
     triage: list[TriageRow] = field(default_factory=list)
     """The differential diagnosis, when a finding says the run is stuck, collapsed or at chance."""
+    exception_type: str | None = None
+    """The class name of the exception that ended the run (``"KeyboardInterrupt"``, ``"SanityError"``, ...)."""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -82,6 +86,7 @@ class SanityReport:
                 "run": self.run,
                 "status": self.status,
                 "exception": self.exception,
+                "exception_type": self.exception_type,
                 "summary": self.counts,
                 "findings": [f.to_dict() for f in self.findings],
                 "sections": [{"title": title, "text": text} for title, text in self.sections],
@@ -104,6 +109,7 @@ class SanityReport:
             status=data.get("status", FINISHED),
             exception=data.get("exception"),
             triage=[TriageRow(**row) for row in data.get("triage", [])],
+            exception_type=data.get("exception_type"),
         )
 
     def to_markdown(self) -> str:

@@ -4,14 +4,18 @@ Every sanity callback joins the trainer's current run in its ``setup``. When the
 ``teardown``, the coordinator makes **one** collective (on every rank) to merge every callback's findings across
 ranks, releases every hook and snapshot the callbacks hold, and publishes one report (rank zero prints it and
 writes ``sanity_report_<run>.json`` / ``.md`` next to the logs). When the run ends with an exception (``strict``
-mode, or an error in the user's code) Lightning calls ``on_exception`` instead of ``teardown``: the first callback
-to receive it makes the coordinator release everything and publish each rank's own findings, without any
-collective (another rank may never reach it).
+mode, an error in the user's code, Ctrl+C) Lightning calls ``on_exception`` instead of ``teardown``: the first
+callback to receive it makes the coordinator release everything and publish each rank's own findings, without any
+collective (another rank may never reach it). An exception after the report was published (in the
+LightningModule's own ``teardown``, which Lightning calls after the callbacks') rewrites the report as
+interrupted.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import traceback
 import weakref
 from collections import Counter
 from collections.abc import Iterable
@@ -35,6 +39,9 @@ class RunMember(Protocol):
 
     @property
     def state_key(self) -> str: ...
+
+    @property
+    def duplicate_of(self) -> Any: ...
 
     @property
     def findings(self) -> list[Finding]: ...
@@ -72,6 +79,10 @@ class _TrainerRuns:
     current: SanityRun | None = None
     last: SanityRun | None = None
     started: Counter[str] = field(default_factory=Counter)
+    untold: list[RunMember] = field(default_factory=list)
+    """Members yet to receive ``on_exception`` for the exception that ended the last run (Lightning tells every
+    callback in turn; the first one ends the run). Kept rather than the exception: its traceback holds the
+    trainer, which must not outlive its last reference here."""
 
 
 _RUNS: weakref.WeakKeyDictionary[pl.Trainer, _TrainerRuns] = weakref.WeakKeyDictionary()
@@ -99,6 +110,7 @@ def last_report(trainer: pl.Trainer) -> SanityReport | None:
 def join(trainer: pl.Trainer, member: RunMember) -> SanityRun:
     """Add ``member`` to the trainer's current run, starting a new run if none is in progress (from ``setup``)."""
     runs = _RUNS.setdefault(trainer, _TrainerRuns())
+    runs.untold = []
     if runs.current is None:
         name = trainer.state.fn.value if trainer.state.fn is not None else "run"
         runs.started[name] += 1
@@ -119,22 +131,65 @@ def leave(trainer: pl.Trainer, member: RunMember) -> None:
         return
     _end(trainer, run)
     _gather_across_ranks(trainer, run.members)
-    run.report = _publish(trainer, run, FINISHED, None)
+    run.report = _publish(trainer, run, None)
 
 
-def abort(trainer: pl.Trainer, exception: BaseException) -> None:
-    """The run ended with ``exception``: release everything and publish each rank's findings, with no collective."""
+def abort(trainer: pl.Trainer, member: RunMember, exception: BaseException) -> None:
+    """The run ended with ``exception`` (``member`` was told first): release everything and publish each rank's
+    findings, with no collective."""
     run = current_run(trainer)
     if run is None:
         return
     _end(trainer, run)
-    run.report = _publish(trainer, run, INTERRUPTED, f"{type(exception).__name__}: {exception}"[:2000])
+    _RUNS[trainer].untold = [other for other in run.members if other is not member]
+    run.report = _publish(trainer, run, exception)
+
+
+def told(trainer: pl.Trainer, member: RunMember) -> bool:
+    """Whether ``member`` is being told about an exception that already ended its run (from ``on_exception``)."""
+    runs = _RUNS.get(trainer)
+    if runs is None or member not in runs.untold:
+        return False
+    runs.untold.remove(member)
+    return True
+
+
+def amend(trainer: pl.Trainer, member: RunMember, exception: BaseException) -> bool:
+    """If ``exception`` left the LightningModule's ``teardown``, which Lightning calls after the callbacks' (so after
+    the report was published), rewrite the last run's report as interrupted and say so.
+
+    Returns:
+        Whether it did; otherwise the exception came before the run started (``prepare_data``,
+        ``configure_callbacks``, ...).
+    """
+    runs = _RUNS.get(trainer)
+    run = runs.last if runs is not None else None
+    if run is None or run.report is None or member not in run.members or not _left_teardown(trainer, exception):
+        return False
+    runs.untold = [other for other in run.members if other is not member]  # type: ignore[union-attr]
+    run.report = _publish(trainer, run, exception, amended=True)
+    return True
+
+
+def _left_teardown(trainer: pl.Trainer, exception: BaseException) -> bool:
+    """Whether ``exception`` was raised inside ``teardown`` of the trainer's LightningModule: read from the
+    exception's own traceback (a frame running that method's code on that module), not from Lightning's private
+    state."""
+    module = trainer.lightning_module
+    hook = getattr(type(module), "teardown", None)
+    code = getattr(inspect.unwrap(hook), "__code__", None) if callable(hook) else None
+    return code is not None and any(
+        frame.f_code is code and frame.f_locals.get("self") is module
+        for frame, _ in traceback.walk_tb(exception.__traceback__)
+    )
 
 
 def _end(trainer: pl.Trainer, run: SanityRun) -> None:
     runs = _RUNS[trainer]
     runs.current, runs.last = None, run
     for member in run.members:
+        if member.duplicate_of is not None:
+            continue  # it ran nothing, and its attributes are its original's
         try:
             member.release()
         except Exception:  # releasing is best effort: never hide the run's own outcome
@@ -164,22 +219,39 @@ def merge_findings(per_rank: list[list[Finding]]) -> list[Finding]:
     return list(merged.values())
 
 
-def _publish(trainer: pl.Trainer, run: SanityRun, status: str, exception: str | None) -> SanityReport:
-    """Build the run's report; on rank zero print it, log its counts and write it next to the logs."""
+def _publish(
+    trainer: pl.Trainer, run: SanityRun, exception: BaseException | None, amended: bool = False
+) -> SanityReport:
+    """Build the run's report (``interrupted`` by ``exception``, if any); on rank zero print it, log its counts and
+    write it next to the logs. An ``amended`` report (an exception after the run's report) is written again and
+    announced in one line; it was printed and logged already."""
     findings = sorted((f for m in run.members for f in m.findings), key=lambda f: -f.severity)
-    sections = [section for m in run.members for section in m.report_sections()]
+    sections = [section for m in run.members if m.duplicate_of is None for section in m.report_sections()]
     if trainer.global_rank == 0:
         for member in run.members:
             member.flush_figures(trainer)
     figures = [path for m in run.members for path in m.figure_paths]
     triage = triage_rows(findings, {type(m).__name__ for m in run.members})
-    report = SanityReport(findings, sections, run.name, figures, status, exception, triage)
+    report = SanityReport(
+        findings,
+        sections,
+        run.name,
+        figures,
+        FINISHED if exception is None else INTERRUPTED,
+        None if exception is None else f"{type(exception).__name__}: {exception}"[:2000],
+        triage,
+        None if exception is None else type(exception).__name__,
+    )
     if trainer.global_rank != 0:
         return report
     try:
-        report.print()
-        counts = report.counts
-        log_scalars(trainer, {"sanity/errors": counts["error"], "sanity/warnings": counts["warning"]})
+        if amended:
+            log.warning("lightning-sanity: the %s run ended with %s after its report; the report says so", run.name,
+                        report.exception)  # fmt: skip
+        else:
+            report.print()
+            counts = report.counts
+            log_scalars(trainer, {"sanity/errors": counts["error"], "sanity/warnings": counts["warning"]})
         directory = report_dir(trainer)
         if directory is not None:
             write_report(report, directory, run.stem)

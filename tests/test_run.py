@@ -76,7 +76,7 @@ def test_second_instances_with_other_options_fit_checkpoint_and_resume(make_trai
     assert checkpointed["ConfusionCallback"] and checkpointed["ConfusionCallback{'num_classes': 3}"]
 
     resumed = two_of_each()
-    trainer = make_trainer(callbacks=resumed, max_epochs=3)
+    trainer = make_trainer(callbacks=list(resumed), max_epochs=3)
     with sanity_warnings() as texts:
         trainer.fit(UnusedHead(), *loaders(), ckpt_path=path)
     assert not any("output.activated" in text for text in texts)  # restored, so not announced again
@@ -89,12 +89,82 @@ def test_second_instances_with_other_options_fit_checkpoint_and_resume(make_trai
                     assert counts[key] > count, (callback.state_key, key)  # and counted on (step-zero checks run once)
 
 
-def test_identical_options_in_yaml_and_python_give_the_same_state_key() -> None:
-    assert ls.ConfusionCallback().state_key == "ConfusionCallback"
-    assert ls.ConfusionCallback(max_classes=512).state_key == "ConfusionCallback"  # the default, spelt out
-    assert ls.ConfusionCallback(compare_keys=["acc"]).state_key == "ConfusionCallback{'compare_keys': ['acc']}"
-    adapted = ls.BatchStatsCallback(batch_adapter=wine_tensors).state_key
-    assert adapted == "BatchStatsCallback{'batch_adapter': 'lightning_sanity.demos.wine_tensors'}"
+def test_a_duplicate_of_every_default_callback_fits_checkpoints_resumes_and_reads_the_originals_results(
+    make_trainer: Any, tmp_path: Path
+) -> None:
+    """Issue 23, item 2: ``default_callbacks() + [GradientFlowCallback()]`` (for ``.layer_grad_norms`` in a notebook)
+    failed when the Trainer was built (two stateful callbacks with one state key)."""
+
+    def with_duplicates() -> list[pl.Callback]:
+        return [*ls.default_callbacks(), *(type(cb)() for cb in ls.default_callbacks())]
+
+    first = with_duplicates()
+    logger = CSVLogger(tmp_path, name="dup")
+    trainer = make_trainer(callbacks=list(first), max_epochs=2, enable_checkpointing=True, logger=logger)
+    with sanity_warnings():
+        trainer.fit(UnusedHead(), *loaders())
+    originals, duplicates = first[:6], first[6:]
+    keys = [cb.state_key for cb in first]
+    assert keys[6:] == [f"{key}#2" for key in keys[:6]]
+    for original, duplicate in zip(originals, duplicates, strict=True):
+        assert duplicate.duplicate_of is original
+        assert [(f.code, f.subject) for f in duplicate.findings] == [("sanity.duplicate", duplicate.state_key)]
+    gradient_flow, confusion = first[8], first[9]
+    assert isinstance(gradient_flow, ls.GradientFlowCallback) and isinstance(confusion, ls.ConfusionCallback)
+    assert gradient_flow.layer_grad_norms and gradient_flow.layer_grad_norms == first[2].layer_grad_norms
+    assert confusion.confusion_matrix is not None and confusion.confusion_matrix is first[3].confusion_matrix
+    report = SanityReport.from_json(Path(logger.log_dir, "sanity_report_fit.json").read_text())
+    checks = [(f.callback, f.code, f.subject) for f in report.findings if f.code != "sanity.duplicate"]
+    assert {"grad.missing", "output.activated"} <= {code for _, code, _ in checks}
+    assert len(checks) == len(set(checks))  # every finding once: the duplicates checked nothing
+    assert len(report.sections) == 1  # one confusion matrix
+    path = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
+    saved = torch.load(path, weights_only=False)["callbacks"]
+    assert set(keys) <= set(saved)
+
+    resumed = with_duplicates()
+    trainer = make_trainer(callbacks=list(resumed), max_epochs=3)
+    with sanity_warnings() as texts:
+        trainer.fit(UnusedHead(), *loaders(), ckpt_path=path)
+    assert [cb.state_key for cb in resumed] == keys
+    assert not any("output.activated" in text for text in texts)  # restored, so not announced again
+    for callback in resumed:
+        assert isinstance(callback, SanityCallback)
+        counts = {f.key: f.count for f in callback.findings}
+        for finding in saved[callback.state_key]["findings"]:
+            assert counts.get((finding["code"], finding["subject"]), 0) >= finding["count"], callback.state_key
+    assert resumed[8].layer_grad_norms == resumed[2].layer_grad_norms != {}
+
+
+def inputs_and_targets(batch: Any) -> Any:
+    return batch[0], batch[1]
+
+
+def test_state_keys_name_the_options_and_number_the_same_check_by_its_place_in_the_list(make_trainer: Any) -> None:
+    callbacks = [
+        ls.ConfusionCallback(),
+        ls.ConfusionCallback(max_classes=512),  # the default, spelt out: the same check
+        ls.ConfusionCallback(compare_keys=["acc"]),
+        ls.BatchStatsCallback(batch_adapter=inputs_and_targets),
+        ls.BatchStatsCallback(batch_adapter=lambda batch: (batch[0], batch[1])),
+        ls.BatchStatsCallback(batch_adapter=lambda batch: tuple(batch)),  # printed alike, another function
+    ]
+    before = [cb.state_key for cb in callbacks]
+    assert len(set(before)) == len(before)  # what Lightning checks when the Trainer is built
+    with sanity_warnings() as texts:
+        make_trainer(callbacks=callbacks, max_steps=1).fit(Classifier(mlp(13, 3)), loaders()[0])
+    assert texts == []
+    lambdas = "BatchStatsCallback{'batch_adapter': 'test_run.test_state_keys_name_the_options_and_number_the_same_" \
+        "check_by_its_place_in_the_list.<locals>.<lambda>'}"  # fmt: skip
+    assert [cb.state_key for cb in callbacks] == [
+        "ConfusionCallback",
+        "ConfusionCallback#2",
+        "ConfusionCallback{'compare_keys': ['acc']}",
+        "BatchStatsCallback{'batch_adapter': 'test_run.inputs_and_targets'}",
+        lambdas,
+        f"{lambdas}#2",
+    ]
+    assert [cb.duplicate_of for cb in callbacks] == [None, callbacks[0], None, None, None, None]
 
 
 # ---------------------------------------------------------------- every exit (issue 14, bug 2)
