@@ -8,6 +8,13 @@
 - parameter/statistics checksums (``Checksums``, per-tensor sum and L2 norm): relative change of either between two
   reads with nothing changed (eval forwards, a state_dict round trip) and after the smallest real changes (one Adam
   step at lr 1e-6, one train-mode BatchNorm forward), against ``_CHECKSUM_TOLERANCE``; and its cost on ResNet-50.
+- re-masking replay (``mode.params_changed_in_eval``): a masked-conv net trained a few Adam steps, then an evaluation
+  run of 3 batches; the changed weights are replayed (``_OutermostCalls`` of the first batch, on the weights from
+  before, ``_private_state``) for every re-parametrisation form (a child's ``.data *=``, ``masked_fill_`` in a helper,
+  a forward pre-hook, the root's forward, clamping, per-channel normalisation, prune, parametrize) and for leaks next
+  to the masking (``add_`` in the step, ``mul_(0.5)`` in a hook, an Adam step at lr 1e-6, a drifting forward): the
+  largest per-element relative difference between the replayed and the final weights against
+  ``_CHECKSUM_TOLERANCE``, the verdict of ``ModeGuardCallback._rewritten_by_forward``, and the cost on ResNet-50.
 
     python benchmarks/calibrate_mode_guard.py
 """
@@ -22,14 +29,19 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize, prune
 from torchvision import models
 
+from lightning_sanity import ModeGuardCallback
 from lightning_sanity.demos import SmallCNN, mlp
 from lightning_sanity.mode_guard import (
     _CHECKSUM_TOLERANCE,
     _DIFFERENT_OUTPUTS,
     _SAME_OUTPUTS,
     Checksums,
+    _host_copies,
+    _OutermostCalls,
+    _private_state,
     mode_dependent_modules,
     named_parameters_to_watch,
     named_running_stats,
@@ -296,6 +308,205 @@ def checksum_cost() -> str:
     )
 
 
+def causal_mask(weight: Tensor) -> Tensor:
+    mask = torch.ones_like(weight)
+    mask[:, :, 2, 2:] = 0
+    mask[:, :, 3:] = 0
+    return mask
+
+
+def _zero_masked(conv: nn.Conv2d, mask: Tensor) -> None:
+    with torch.no_grad():
+        conv.weight.masked_fill_(mask == 0, 0.0)
+
+
+class Reparametrised(nn.Module):
+    """A 5x5 convolution whose weight ``how`` re-parametrises at every call."""
+
+    def __init__(self, channels_in: int, channels_out: int, how: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in, channels_out, 5, padding=2)
+        self.register_buffer("mask", causal_mask(self.conv.weight))
+        self.how = how
+        if how == "pre-hook":
+            self.conv.register_forward_pre_hook(self._re_mask)
+        elif how == "prune":
+            prune.custom_from_mask(self.conv, "weight", self.mask)
+        elif how == "parametrize":
+            parametrize.register_parametrization(self.conv, "weight", Masking(self.mask))
+
+    def _re_mask(self, conv: nn.Module, args: object) -> None:
+        conv.weight.data.mul_(self.mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.how == "data":
+            self.conv.weight.data *= self.mask
+        elif self.how == "helper":
+            _zero_masked(self.conv, self.mask)
+        elif self.how == "clamp":
+            self.conv.weight.data.clamp_(min=0)
+        elif self.how == "normalise":
+            self.conv.weight.data /= self.conv.weight.data.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return self.conv(x)
+
+
+class Masking(nn.Module):
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask
+
+
+class MaskedNet(nn.Module):
+    """Two re-parametrised convolutions in a ModuleList and a head; ``how="root"``: the root's forward re-masks
+    plain convolutions; ``leak="drift"``: the forward also moves the head's bias at every call."""
+
+    def __init__(self, how: str, leak: str) -> None:
+        super().__init__()
+        layer = "none" if how == "root" else how
+        self.layers = nn.ModuleList([Reparametrised(3, 8, layer), Reparametrised(8, 8, layer)])
+        self.head = nn.Linear(8, 10)
+        self.how, self.leak = how, leak
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.how == "root":
+            for layer in self.layers:
+                layer.conv.weight.data = layer.conv.weight.data * layer.mask
+        if self.leak == "drift":
+            self.head.bias.data += 1e-2
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return self.head(x.mean((2, 3)))
+
+
+FORMS = {
+    "data": "a child's `.data *= mask`",
+    "helper": "`masked_fill_` under no_grad in a helper",
+    "pre-hook": "a forward pre-hook's `.data.mul_`",
+    "root": "the root's forward, `.data = w * mask`",
+    "clamp": "`.data.clamp_(min=0)`",
+    "normalise": "`.data /= ||w||` per output channel",
+    "prune": "`prune.custom_from_mask`",
+    "parametrize": "`parametrize` masking",
+}
+LEAKS = {
+    "add": "`weight.add_(1e-3)` in the step, every batch",
+    "scale": "`weight.mul_(0.5)` in a hook, first batch",
+    "adam": "an Adam step at lr 1e-6 in the step, every batch",
+    "drift": "forward moves a bias by 1e-2 at every call",
+}
+
+
+def replay_difference(model: nn.Module, calls: list, before: dict[str, Tensor]) -> float:
+    """Largest ``|replayed - final| / |final|`` per element over the parameters (what ``_rewritten_by_forward``
+    compares against ``_CHECKSUM_TOLERANCE``), after the replay and after a second one."""
+    live = {name: p.detach().clone() for name, p in named_parameters_to_watch(model)}
+    worst = 0.0
+    with torch.no_grad(), _private_state(model, before):
+        for _ in range(2):
+            for call in calls:
+                call.run()
+            for name, p in named_parameters_to_watch(model):
+                relative = ((p - live[name]).abs() / live[name].abs()).nan_to_num(nan=0.0)
+                worst = max(worst, float(relative.max()))
+    return worst
+
+
+def evaluation_run(how: str, leak: str, seed: int) -> tuple[int, int, float]:
+    """Train 3 Adam steps, evaluate 3 batches with ``leak``; ``(changed, unexplained, replay difference)``."""
+    torch.manual_seed(seed)
+    model = MaskedNet(how, leak)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = F.cross_entropy(model(torch.rand(16, 3, 16, 16)), torch.randint(0, 10, (16,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()  # moves the masked entries
+    model.eval()
+    watched = named_parameters_to_watch(model)
+    start, before = Checksums.of(watched), _host_copies(watched)
+    recorder = _OutermostCalls(model, samples=4)
+    for batch in range(3):
+        x, y = torch.rand(32, 3, 16, 16), torch.randint(0, 10, (32,))
+        with torch.no_grad():
+            model(x)
+        recorder.close()
+        weight = model.layers[0].conv.weight
+        if leak == "add":
+            with torch.no_grad():
+                weight.add_(1e-3)
+        elif leak == "scale" and batch == 0:
+            with torch.no_grad():
+                weight.mul_(0.5)
+        elif leak == "adam":
+            step = torch.optim.Adam(model.parameters(), lr=1e-6)
+            F.cross_entropy(model(x), y).backward()
+            step.step()
+            step.zero_grad()
+    changed = start.changed(Checksums.of(watched))
+    if not changed:
+        return 0, 0, 0.0
+    difference = replay_difference(model, recorder.calls, _host_copies(list(before.items())))
+    verdict = ModeGuardCallback()._rewritten_by_forward(model, recorder.calls, before, changed)
+    return len(changed), len(verdict.unexplained), difference
+
+
+def re_masking(seeds: Sequence[int]) -> list[Row]:
+    tolerance = f"<= {_CHECKSUM_TOLERANCE:g}"
+    rows: list[Row] = []
+    cases = [(how, "none", "healthy", FORMS[how]) for how in FORMS]
+    cases += [("data", leak, "broken", f"{FORMS['data']} + {LEAKS[leak]}") for leak in LEAKS]
+    cases += [("helper", "adam", "broken", f"{FORMS['helper']} + {LEAKS['adam']}")]
+    for how, leak, kind, label in cases:
+        runs = [evaluation_run(how, leak, seed) for seed in seeds]
+        fired = sum(unexplained > 0 for _, unexplained, _ in runs)
+        changed = max(c for c, _, _ in runs)
+        unexplained = max(u for _, u, _ in runs)
+        value = max(d for _, _, d in runs) if kind == "healthy" else min(d for _, _, d in runs)
+        statistic = "replay difference, " + ("max" if kind == "healthy" else "min")
+        rows.append(
+            (
+                f"{label} ({changed} changed, {unexplained} unexplained)",
+                statistic,
+                kind,
+                value,
+                tolerance,
+                f"fired {fired}/{len(runs)}",
+            )
+        )
+    return rows
+
+
+def replay_cost() -> str:
+    model = models.resnet50().eval()
+    inputs = torch.rand(32, 3, 64, 64)
+    watched = named_parameters_to_watch(model)
+    with torch.no_grad():
+        model(inputs)
+        start = time.perf_counter()
+        model(inputs)
+        plain = time.perf_counter() - start
+        start = time.perf_counter()
+        before = _host_copies(watched)
+        copy = time.perf_counter() - start
+        start = time.perf_counter()
+        recorder = _OutermostCalls(model, samples=4)
+        model(inputs)
+        recorder.close()
+        recorded = time.perf_counter() - start
+    changed = [name for name, _ in watched]
+    start = time.perf_counter()
+    ModeGuardCallback()._rewritten_by_forward(model, recorder.calls, before, changed)
+    replay = time.perf_counter() - start
+    return (
+        f"ResNet-50, batch of 32 at 64px: host copy of the weights {1e3 * copy:.0f} ms, first batch with the "
+        f"recorder {1e3 * recorded:.0f} ms against {1e3 * plain:.0f} ms without, replay (2 passes of 4 samples, "
+        f"only when weights changed) {1e3 * replay:.0f} ms"
+    )
+
+
 def print_table(title: str, rows: list[Row]) -> None:
     print(f"\n## {title}\n\n| variant | statistic | kind | value | threshold | verdict |\n|---|---|---|---|---|---|")
     for variant, statistic, kind, value, threshold, verdict in rows:
@@ -333,6 +544,16 @@ def main() -> None:
     print(f"\nunchanged max {unchanged:.3g} <= {_CHECKSUM_TOLERANCE:g} < smallest real change {smallest:.3g}")
     assert unchanged <= _CHECKSUM_TOLERANCE < smallest
     print(checksum_cost())
+
+    rows = re_masking(seeds + [seeds[-1] + 1])
+    print_table("mode.params_changed_in_eval: replaying the first step on the weights from before evaluation", rows)
+    healthy = max(r[3] for r in rows if r[2] == "healthy")
+    smallest = min(r[3] for r in rows if r[2] == "broken")
+    quiet = all(r[5].startswith("fired 0/") for r in rows if r[2] == "healthy")
+    caught = all(r[5] == f"fired {len(seeds) + 1}/{len(seeds) + 1}" for r in rows if r[2] == "broken")
+    print(f"\nre-parametrisation max {healthy:.3g} <= {_CHECKSUM_TOLERANCE:g} < smallest leak {smallest:.3g}")
+    assert healthy <= _CHECKSUM_TOLERANCE < smallest and quiet and caught
+    print(replay_cost())
     print(f"\nrun time {time.perf_counter() - start:.0f} s")
 
 

@@ -11,14 +11,16 @@ What is watched is a list of *mode-dependent* modules computed once per loop run
 dropout-carrying RNNs and attention, stochastic-depth layers, and user-defined modules whose
 ``forward`` reads ``self.training``. Per batch only their ``training`` flags are read (no
 device work). Parameters and BatchNorm statistics are compared as per-tensor sums and norms taken at the
-first evaluation batch and compared after the last one (also after the first when ``forward`` may re-mask
-weights or the loop's length is unknown), so weight swaps done
-in ``on_validation_(epoch_)start``/``end`` hooks (EMA, :class:`~lightning.pytorch.callbacks.WeightAveraging`)
-are outside the window. The stochastic-output check replays the forward call the user's step made on
-its first evaluation batch (:class:`~lightning_sanity.observe.StepObserver`: the LightningModule, or the
-direct child such as ``self.model`` it called) on a few samples, two times per run (if they differ,
-both again from the first pass's RNG state, recording every module's activations, to rule out a stateful
-forward and find where the randomness starts).
+first evaluation batch and compared after the last one (after the first when the loop's length is unknown), so
+weight swaps done in ``on_validation_(epoch_)start``/``end`` hooks (EMA,
+:class:`~lightning.pytorch.callbacks.WeightAveraging`) are outside the window. Weights that changed are replayed:
+the module calls of the run's first step (:class:`_OutermostCalls`), run again on private copies of the weights
+from before it, tell a forward that re-parametrises its own weights (re-masking, wherever it is done) from a change
+made by the step or a hook; only the first batch pays for recording them. The stochastic-output check replays
+the forward call the user's step made on its first evaluation batch (:class:`~lightning_sanity.observe.StepObserver`:
+the LightningModule, or the direct child such as ``self.model`` it called) on a few samples, two times per run (if
+they differ, both again from the first pass's RNG state, recording every module's activations, to rule out a
+stateful forward and find where the randomness starts).
 """
 
 from __future__ import annotations
@@ -383,7 +385,10 @@ def _other_values(root: nn.Module, live: Mapping[str, Tensor]) -> list[str]:
         for name, value in live.items()
         if name not in now
         or now[name].shape != value.shape
-        or not bool(torch.isclose(now[name], value, rtol=_CHECKSUM_TOLERANCE, atol=0.0, equal_nan=True).all())
+        or not (
+            torch.equal(now[name], value)  # the usual case, in one cheap pass
+            or bool(torch.isclose(now[name], value, rtol=_CHECKSUM_TOLERANCE, atol=0.0, equal_nan=True).all())
+        )
     ]
 
 
@@ -512,7 +517,8 @@ class ModeGuardCallback(SanityCallback):
     - ``mode.train_in_eval`` (error): mode-dependent modules in training mode during a validation,
       test or predict batch (checked at each batch start and end).
     - ``mode.bn_updated_in_eval`` / ``mode.params_changed_in_eval`` (error): BatchNorm running
-      statistics / parameters changed between the first and the last batch of an evaluation run.
+      statistics / parameters changed between the first and the last batch of an evaluation run
+      (parameters: beyond what the model's forward does to them itself, e.g. re-masking).
     - ``mode.eval_in_train`` (warning): the LightningModule itself is in eval mode at a training batch
       (whatever hook called ``self.eval()``, at any epoch), or modules that trained in training mode are
       found in eval mode at a later training batch. A *part* already in eval mode at the first training
@@ -533,7 +539,7 @@ class ModeGuardCallback(SanityCallback):
             depth, sampling in ``forward``): skip ``mode.stochastic_eval`` and do not report dropout or
             stochastic-depth layers in training mode during evaluation.
         stochastic_samples: How many samples of the first evaluation batch the stochastic check replays
-            through the forward call the step made.
+            through the forward call the step made (and the re-masking replay through each module call).
         strict: Raise :class:`~lightning_sanity.SanityError` on the first ERROR finding.
         batch_adapter: ``batch -> (inputs, targets)`` for batch structures not understood by default.
         ignore, severity: Finding codes to silence / re-grade (see :class:`~lightning_sanity.SanityCallback`).
