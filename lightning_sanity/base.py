@@ -7,6 +7,7 @@ import inspect
 import itertools
 import logging
 import math
+import traceback
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from matplotlib.figure import Figure
 from torch import Tensor
+from torch.utils.data import Dataset
 from typing_extensions import Self, override
 
 from lightning_sanity import run as sanity_run
@@ -113,6 +115,20 @@ def _run_isolated(
         raise  # deliberate: strict mode, or the user's warnings filter set to "error"
     except Exception as error:
         log.debug("%s.%s failed", type(callback).__name__, hook.__name__, exc_info=True)
+        where = _users_code(trainer, error)
+        if where is not None:  # the user's bug, met first by a check: theirs to see when their own code meets it
+            callback.record(
+                trainer,
+                "sanity.skipped",
+                Severity.INFO,
+                f"{type(callback).__name__}.{hook.__name__} called your code ({where}), which raised "
+                f"{type(error).__name__}: {error}; that check did not run.",
+                "Nothing to do if your own training never runs that code; otherwise the error is in your code, "
+                "not in the check: fix it there.",
+                subject=f"{hook.__name__}:{type(error).__name__}",
+                evidence={"hook": hook.__name__, "error": repr(error)[:500], "where": where},
+            )
+            return None
         callback.record(
             trainer,
             "sanity.internal_error",
@@ -125,6 +141,18 @@ def _run_isolated(
             evidence={"hook": hook.__name__, "error": repr(error)[:500]},
         )
         return None
+
+
+def _users_code(trainer: pl.Trainer, error: BaseException) -> str | None:
+    """Where ``error`` left the user's code, if a check called it (a Dataset's ``__getitem__``, the LightningModule
+    or one of its layers, the datamodule): ``"Class.method (file:line)"`` of the outermost such frame."""
+    module = trainer.lightning_module
+    layers = list(module.modules()) if module is not None else []
+    for frame, line in traceback.walk_tb(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, (Dataset, pl.LightningDataModule)) or any(owner is layer for layer in layers):
+            return f"{type(owner).__name__}.{frame.f_code.co_name} ({frame.f_code.co_filename}:{line})"
+    return None
 
 
 class SanityCallback(Callback):

@@ -178,6 +178,7 @@ def assert_fault_handled(
     ckpt_path: str | None = None,
     reaches_caller: type | None = None,
     figures: bool = False,
+    strict: bool = False,
 ) -> tuple[pl.Trainer, Net, BaseException]:
     """Fit ``make()`` without and with the pack; check everything the module docstring promises. The user's
     exception reaches the caller of ``fit`` unless Lightning turns it into ``reaches_caller``. Figures (drawn at
@@ -188,7 +189,8 @@ def assert_fault_handled(
 
     model = make()
     before = leftovers(model)
-    trainer = trainer_for(tmp_path / "with", callbacks=ls.default_callbacks(figure_every_n_epochs=5 if figures else 0))
+    callbacks = ls.default_callbacks(figure_every_n_epochs=5 if figures else 0, strict=strict)
+    trainer = trainer_for(tmp_path / "with", callbacks=callbacks)
     with sanity_warnings():
         raised = fit(trainer, model, ckpt_path)
     assert raised is not None and type(raised) is type(without)
@@ -199,6 +201,7 @@ def assert_fault_handled(
 
     data = report(trainer)
     assert data["status"] == "interrupted" == trainer.state.status.value
+    assert "sanity.internal_error" not in {finding["code"] for finding in data["findings"]}
     assert data["exception_type"] == type(model.raised).__name__
     assert str(model.raised) in data["exception"]
 
@@ -278,9 +281,15 @@ class ReadsFailingData(Net):
         return DataLoader(self.dataset, batch_size=16)
 
 
-def test_a_dataset_that_raises_mid_epoch(tmp_path: Path) -> None:
-    trainer, model, raised = assert_fault_handled(ReadsFailingData, tmp_path, figures=True)
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_dataset_that_raises_mid_epoch(tmp_path: Path, strict: bool) -> None:
+    """The pipeline checks read a few items of the dataset before training: when they meet the broken item first,
+    it is the user's bug (``sanity.skipped``), not the pack's (``sanity.internal_error``, a ``SanityError`` under
+    ``strict``, which replaced the user's exception)."""
+    trainer, model, raised = assert_fault_handled(ReadsFailingData, tmp_path, figures=True, strict=strict)
     assert "corrupt item 40" in str(raised)
+    skipped = [f for f in ls.collect_findings(trainer) if f.code == "sanity.skipped" and "UserFault" in f.subject]
+    assert [f.evidence["where"].split(" ")[0] for f in skipped] == ["FailsAtItem.__getitem__"]
     model.dataset.armed = False  # type: ignore[attr-defined]
     assert_second_fit_works(trainer, model)
 
