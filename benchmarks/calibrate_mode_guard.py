@@ -10,7 +10,7 @@
   step at lr 1e-6, one train-mode BatchNorm forward), against ``_CHECKSUM_TOLERANCE``; and its cost on ResNet-50.
 - re-masking replay (``mode.params_changed_in_eval``): a masked-conv net trained a few Adam steps, then an evaluation
   run of 3 batches; the changed weights are replayed (``_OutermostCalls`` of the first batch, on the weights from
-  before, ``_private_state``) for every re-parametrisation form (a child's ``.data *=``, ``masked_fill_`` in a helper,
+  before, ``private_state``) for every re-parametrisation form (a child's ``.data *=``, ``masked_fill_`` in a helper,
   a forward pre-hook, the root's forward, clamping, per-channel normalisation, prune, parametrize) and for leaks next
   to the masking (``add_`` in the step, ``mul_(0.5)`` in a hook, an Adam step at lr 1e-6, a drifting forward): the
   largest per-element relative difference between the replayed and the final weights against
@@ -34,6 +34,7 @@ from torchvision import models
 
 from lightning_sanity import ModeGuardCallback
 from lightning_sanity.demos import SmallCNN, mlp
+from lightning_sanity.isolation import private_state
 from lightning_sanity.mode_guard import (
     _CHECKSUM_TOLERANCE,
     _DIFFERENT_OUTPUTS,
@@ -41,7 +42,6 @@ from lightning_sanity.mode_guard import (
     Checksums,
     _host_copies,
     _OutermostCalls,
-    _private_state,
     mode_dependent_modules,
     named_parameters_to_watch,
     named_running_stats,
@@ -404,7 +404,7 @@ def replay_difference(model: nn.Module, calls: list, before: dict[str, Tensor]) 
     compares against ``_CHECKSUM_TOLERANCE``), after the replay and after a second one."""
     live = {name: p.detach().clone() for name, p in named_parameters_to_watch(model)}
     worst = 0.0
-    with torch.no_grad(), _private_state(model, before):
+    with torch.no_grad(), private_state(model, before):
         for _ in range(2):
             for call in calls:
                 call.run()

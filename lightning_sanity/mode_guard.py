@@ -29,8 +29,7 @@ import inspect
 import logging
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -47,6 +46,7 @@ from lightning_sanity import compat
 from lightning_sanity.base import EvalSplit, SanityCallback, require, stage_of
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.findings import Severity
+from lightning_sanity.isolation import private_state
 from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, is_own_forward, map_tensors, tensors_in
 from lightning_sanity.rng import forked_rng
 
@@ -318,62 +318,6 @@ def _copied(value: Any) -> Any:
 def _host_copies(named: Sequence[tuple[str, Tensor]]) -> dict[str, Tensor]:
     """Copies of the named tensors in host memory: the device keeps all its memory for the user's evaluation."""
     return {name: tensor.detach().to("cpu", copy=True) for name, tensor in named}
-
-
-@contextmanager
-def _private_state(root: nn.Module, values: Mapping[str, Tensor]) -> Iterator[None]:
-    """Inside the block every tensor of ``root`` is a private copy: ``values[name]`` for the parameters named there
-    (consumed), a clone of its current value for every other parameter, buffer and tensor attribute.
-
-    Each module's slots hold new tensor objects over the copies, and each of the user's objects is pointed at the same
-    copy (``tensor.data = copy``): a forward run inside writes only to copies, whatever it writes through (``w.data *=
-    mask``, ``w.masked_fill_`` under ``no_grad``, a hook, a closure holding a parameter object), and its in-place ops
-    count in the new objects' version counters, not in those of tensors the user's graphs may hold. On exit every slot
-    gets its own object back and every object its own data and gradient, by assignment only: no value of the user's is
-    ever written. Refuses (``RuntimeError``) an inference tensor outside inference mode, whose data cannot be swapped.
-    """
-    by_id = {id(p): values[name] for name, p in root.named_parameters() if name in values}
-    saved: list[tuple[dict[str, Any], dict[str, Any], bool]] = []
-    for module in root.modules():
-        attributes = {key: value for key, value in vars(module).items() if isinstance(value, Tensor)}
-        saved.append((vars(module), attributes, True))
-        saved.extend((slots, dict(slots), False) for slots in (module._parameters, module._buffers, module._modules))
-    tensors = {id(t): t for _, content, _ in saved for t in content.values() if isinstance(t, Tensor)}
-    if not torch.is_inference_mode_enabled() and any(t.is_inference() for t in tensors.values()):
-        raise RuntimeError("an inference tensor outside inference mode cannot be swapped for a private copy")
-    own: list[tuple[Tensor, Tensor, Tensor | None]] = []
-    try:
-        fresh: dict[int, Tensor] = {}
-        for identity, tensor in tensors.items():
-            own.append((tensor, tensor.data, tensor.grad if isinstance(tensor, nn.Parameter) else None))
-            copy = by_id[identity].to(tensor.device) if identity in by_id else tensor.detach().clone()
-            tensor.data = copy
-            if isinstance(tensor, nn.Parameter):
-                tensor.grad = None
-                fresh[identity] = nn.Parameter(copy, requires_grad=tensor.requires_grad)
-            else:
-                fresh[identity] = copy
-        for slots, content, _ in saved:
-            for name, value in content.items():
-                if isinstance(value, Tensor):
-                    slots[name] = fresh[id(value)]
-        yield
-    finally:
-        for slots, content, only_tensors in saved:
-            _put_back(slots, content, only_tensors)
-        for tensor, data, grad in reversed(own):
-            tensor.data = data
-            if isinstance(tensor, nn.Parameter):
-                tensor.grad = grad
-
-
-def _put_back(slots: dict[str, Any], saved: dict[str, Any], only_tensors: bool) -> None:
-    """Give ``slots`` back exactly the objects in ``saved``: entries rebound are set back, entries added removed."""
-    for name in [n for n, v in slots.items() if n not in saved and (not only_tensors or isinstance(v, Tensor))]:
-        del slots[name]
-    for name, value in saved.items():
-        if slots.get(name) is not value:
-            slots[name] = value
 
 
 def _other_values(root: nn.Module, live: Mapping[str, Tensor]) -> list[str]:
@@ -1025,13 +969,14 @@ class ModeGuardCallback(SanityCallback):
         there (a projection: masking, clamping, normalising; a forward that moves the weights on every call moves
         them again). A change made by the step or a hook (an optimizer step, a weight write in
         ``on_validation_batch_end``), wherever the masking happens, is not reproduced and stays unexplained. The
-        user's tensors are never written (:func:`_private_state`); a replay that raises explains nothing.
+        user's tensors are never written (:func:`~lightning_sanity.isolation.private_state`); a replay that raises
+        explains nothing.
         """
         live = {name: p.detach() for name, p in named_parameters_to_watch(pl_module)}
         if live.keys() != before.keys():
             return _Replay(changed)  # parameters were added or removed: not a re-parametrisation
         try:
-            with forked_rng(), torch.no_grad(), _private_state(pl_module, before):
+            with forked_rng(), torch.no_grad(), private_state(pl_module, before):
                 for call in calls:
                     call.run()
                 unexplained = set(_other_values(pl_module, live))
@@ -1075,7 +1020,7 @@ class ModeGuardCallback(SanityCallback):
         if device.type not in ("cpu", "cuda"):
             return
         try:
-            with forked_rng(), torch.no_grad():
+            with forked_rng(), torch.no_grad(), private_state(pl_module):
                 start = _RngState(device)
                 first = output_tensors(call.run(args, kwargs))
                 second = output_tensors(call.run(args, kwargs))

@@ -17,13 +17,13 @@ from torchvision import transforms as T
 
 from lightning_sanity import ModeGuardCallback, SanityError, Severity, default_callbacks
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, wine_tensors
+from lightning_sanity.isolation import private_state
 from lightning_sanity.mode_guard import (
     CUSTOM,
     DROPOUT,
     NORMALIZATION,
     STOCHASTIC,
     Checksums,
-    _private_state,
     describe_modules,
     innermost_sources,
     mode_kind,
@@ -508,7 +508,7 @@ def test_re_masking_replay_leaves_the_weights_bit_identical(
 
 
 def test_the_replay_writes_no_tensor_of_the_user() -> None:
-    """Inside ``_private_state`` a forward that re-masks (through the module and through a closure holding the
+    """Inside ``private_state`` a forward that re-masks (through the module and through a closure holding the
     weight) writes only copies: values, objects and version counters are untouched and a graph that holds the
     weight still runs backward."""
     layer = pre_hook_masked(3, 4)
@@ -518,7 +518,7 @@ def test_the_replay_writes_no_tensor_of_the_user() -> None:
     layer.weight.data.add_(1.0)  # the masked entries move (through .data: the graph's version check still passes)
     state = {name: (t, t.clone(), t._version) for name, t in layer.state_dict(keep_vars=True).items()}
     before = {name: p.detach().clone() for name, p in layer.named_parameters()}
-    with torch.no_grad(), _private_state(layer, before):
+    with torch.no_grad(), private_state(layer, before):
         layer(x)
         assert bool((layer.weight[layer.mask == 0] == 0).all())  # the copy was re-masked
     for name, tensor in layer.state_dict(keep_vars=True).items():

@@ -842,7 +842,7 @@ def test_odd_loss_attributes_never_become_internal_errors(make_trainer: Any) -> 
 
 
 def test_private_state_gives_writes_to_copies_and_puts_back_every_tensor_and_attribute() -> None:
-    from lightning_sanity.losses import private_state
+    from lightning_sanity.isolation import private_state
 
     class Stateful(nn.Module):
         def __init__(self) -> None:

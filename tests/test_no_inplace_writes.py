@@ -234,22 +234,9 @@ def run(
     return model, None, trainer
 
 
-STATEFUL_EVAL_REPLAY = pytest.mark.xfail(
-    strict=True,
-    reason="ModeGuardCallback's mode.stochastic_eval replays run forward on the user's own buffers: a forward that "
-    "counts its calls in a buffer has it written in place (value and version counter) during validation",
-)
-
-
 @pytest.mark.parametrize(
     ("name", "leave_out"),
-    [
-        *(
-            pytest.param(name, None, marks=STATEFUL_EVAL_REPLAY) if name == "keeps_its_input" else (name, None)
-            for name in PROGRAMS
-        ),
-        ("keeps_its_input", ls.ModeGuardCallback),
-    ],
+    [*((name, None) for name in PROGRAMS), ("keeps_its_input", ls.ModeGuardCallback)],
 )
 def test_checks_write_nothing_the_users_step_holds(make_trainer: Any, name: str, leave_out: type | None) -> None:
     plain, plain_error, _ = run(make_trainer, name, pack=False)
