@@ -34,15 +34,13 @@ from lightning_sanity.batch_stats import (
     SHIFT_MEAN,
     SHIFT_STD_RATIO,
     SINGLE_CLASS_ALPHA,
-    ChannelSummary,
-    batch_moments,
-    channel_view,
     is_collapsed,
     looks_like_raw_pixels,
     shift_between,
     single_class_probability,
     unscaled_channels,
 )
+from lightning_sanity.channel_stats import ChannelSummary, batch_moments, channel_view
 from lightning_sanity.demos import DigitImages, wine_tensors
 
 torch.set_num_threads(1)

@@ -17,15 +17,8 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from lightning_sanity import BatchStatsCallback, Severity
-from lightning_sanity.batch_stats import (
-    ChannelStats,
-    ClassCounts,
-    batch_moments,
-    channel_view,
-    is_collapsed,
-    shift_between,
-    single_class_probability,
-)
+from lightning_sanity.batch_stats import is_collapsed, shift_between, single_class_probability
+from lightning_sanity.channel_stats import ChannelStats, ClassCounts, batch_moments, channel_view
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, mlp, wine_tensors
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
