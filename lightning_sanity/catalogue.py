@@ -98,6 +98,9 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("model.batch_mixing", ERROR, "ModelChecksCallback", "In eval mode, one sample's outputs depend on another sample's inputs.", "Use permute/transpose instead of view on the batch dimension; reduce over the right axis; allow_batch_mixing=True for set models."),
     FindingCode("model.input_independent", ERROR, "ModelChecksCallback", "The model's outputs do not depend on its inputs.", "Find where forward drops its input (multiplied by zero, replaced, detached)."),
     FindingCode("input.layout_scrambled", WARNING, "ModelChecksCallback", "The images are far smoother read as channels-last: a channels-last array was made channels-first with reshape.", "Use permute(0, 3, 1, 2) / transpose(2, 0, 1) or transforms.ToTensor() instead of reshape/view."),
+    FindingCode("loss.softmax_multilabel", ERROR, "ModelChecksCallback", "Softmax cross-entropy (or NLL of log_softmax) is trained on multi-hot targets: the labels of a row compete for one unit of probability.", "Use BCEWithLogitsLoss / binary_cross_entropy_with_logits on the multi-hot targets and a sigmoid per label at inference."),
+    FindingCode("target.unscaled", WARNING, "ModelChecksCallback", "Regression targets of an MSE/L1-type loss lie far beyond the untrained model's output scale: the model learns little more than their mean.", "Standardise the targets with training-split statistics (invert it on the predictions), or build mean and std into the head."),
+    FindingCode("data.target_in_input", ERROR, "ModelChecksCallback", "The target is a copy of something the model receives: token labels equal to the input ids under an unshifted loss, or a feature column equal to (an affine function of) the label.", "Shift the labels for next-token prediction (logits[:, :-1] vs labels[:, 1:]); drop the target column from the features."),
 )  # fmt: skip
 
 CATALOGUE: Mapping[str, FindingCode] = MappingProxyType({entry.code: entry for entry in _CODES})

@@ -54,6 +54,13 @@ def is_compiled(module: nn.Module) -> bool:
     return any(type(m).__name__ == "OptimizedModule" for m in module.modules())
 
 
+def module_slots(module: nn.Module) -> tuple[dict[str, Any], ...]:
+    """The dicts a module keeps its parameters, buffers and children in (torch private ``_parameters``,
+    ``_buffers``, ``_modules``): what ``module.weight`` resolves through, so swapping an entry swaps what forward
+    reads without touching the tensor the user holds."""
+    return module._parameters, module._buffers, module._modules
+
+
 def foreach_norm(tensors: Sequence[Tensor], ord: float = 2, dtype: torch.dtype | None = None) -> list[Tensor]:
     """Norms of many tensors in one fused call (torch private ``_foreach_norm``)."""
     if dtype is None:

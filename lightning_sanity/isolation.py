@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
+from lightning_sanity import compat
+
 PRIVATE_COPY_MAX_ELEMENTS = 1 << 24
 """Buffers and tensor attributes above this size (a dataset kept on the module) are not copied, only put back."""
 
@@ -50,7 +52,7 @@ def private_state(root: nn.Module, parameters: Mapping[str, Tensor] | None = Non
     named = {id(p): parameters[name] for name, p in root.named_parameters() if parameters and name in parameters}
     saved: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for module in root.modules():
-        holders: tuple[dict[str, Any], ...] = (vars(module), module._parameters, module._buffers, module._modules)
+        holders = (vars(module), *compat.module_slots(module))
         saved.extend((holder, dict(holder)) for holder in holders)
     tensors = {id(t): t for _, content in saved for t in content.values() if isinstance(t, Tensor) and _copied(t)}
     if not torch.is_inference_mode_enabled() and any(t.is_inference() for t in tensors.values()):

@@ -13,18 +13,17 @@ import logging
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
 
 from lightning_sanity import compat
 from lightning_sanity.confusion import NotClassification, activation_kind, class_scores
+from lightning_sanity.isolation import private_state
 from lightning_sanity.observe import graph_activation, own_forward
 from lightning_sanity.rng import forked_rng
 
@@ -37,8 +36,6 @@ MATCH_TOLERANCE_HALF = 1e-2
 """The same for outputs in bf16/fp16."""
 SMOOTHINGS = (0.05, 0.1, 0.15, 0.2, 0.3)
 """Label smoothing values tried besides the ones set on a ``CrossEntropyLoss`` module of the model."""
-PRIVATE_COPY_MAX_ELEMENTS = 1 << 24
-"""Buffers and tensor attributes up to this size are copied for the pack's own passes (:func:`private_state`)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,8 @@ class LossCandidate:
     """A standard loss recomputed from a step's outputs and targets.
 
     Attributes:
-        name: ``cross_entropy``, ``nll``, ``nll_of_log``, ``bce_with_logits``, ``bce``, ``mse``, ``l1``, ``smooth_l1``.
+        name: ``cross_entropy``, ``nll``, ``nll_of_log``, ``soft_cross_entropy`` (float targets over the classes),
+            ``bce_with_logits``, ``bce``, ``mse``, ``l1``, ``smooth_l1``.
         value: Its value.
         variant: How it was computed besides the defaults, e.g. ``"label_smoothing=0.1"``, ``"sum"``.
         broadcast_shape: For an elementwise loss on outputs and targets of different shapes, the shape they
@@ -201,6 +199,9 @@ def class_candidates(scores: Tensor, flat: Tensor, context: LossContext) -> list
     return found
 
 
+ELEMENTWISE_LOSSES = ("mse", "l1", "smooth_l1", "bce_with_logits", "bce")
+
+
 def _elementwise(name: str, output: Tensor, target: Tensor) -> Tensor:
     if name == "bce_with_logits":
         return output.clamp_min(0) - output * target + torch.log1p(torch.exp(-output.abs()))
@@ -266,6 +267,52 @@ def elementwise_candidates(output: Tensor, targets: Tensor) -> list[LossCandidat
     return found
 
 
+def soft_target_candidates(output: Tensor, targets: Tensor) -> list[LossCandidate]:
+    """Softmax cross-entropy of ``output`` (logits, class dimension 1) against float targets of the same shape in
+    ``[0, 1]``: ``F.cross_entropy`` with probability targets, or NLL of ``log_softmax`` written by hand (the same
+    value: ``log_softmax`` of log-probabilities gives them back). Averaged over rows (the default), summed, or averaged
+    over every element (``-(y * log_softmax(x)).mean()``).
+
+    Example::
+
+        >>> logits, soft = torch.randn(8, 3), torch.randn(8, 3).softmax(dim=1)
+        >>> value = float(F.cross_entropy(logits, soft))
+        >>> [c.label for c in soft_target_candidates(logits, soft) if abs(c.value - value) < 1e-6]
+        ['soft_cross_entropy']
+    """
+    if output.ndim < 2 or output.shape != targets.shape or output.shape[1] < 2 or targets.is_complex():
+        return []
+    target = targets.to(output.dtype)
+    if not bool(((target >= 0) & (target <= 1)).all()):
+        return []
+    rows = -(target * output.log_softmax(dim=1)).sum(dim=1)
+    found = []
+    for variant, value in (("", rows.mean()), ("sum", rows.sum()), ("per_element", rows.mean() / output.shape[1])):
+        if math.isfinite(float(value)):
+            found.append(LossCandidate("soft_cross_entropy", float(value), variant))
+    return found
+
+
+def multi_hot_rows(targets: Tensor) -> tuple[int, int, int] | None:
+    """``(rows, rows with 2 or more positives, rows that are not one-hot)`` of ``[N, C, ...]`` targets (class dimension
+    1) whose values are all 0 or 1; ``None`` for other targets (soft labels, smoothing, mixup).
+
+    Example::
+
+        >>> multi_hot_rows(torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 0]]))
+        (3, 1, 2)
+        >>> multi_hot_rows(torch.tensor([[0.9, 0.05, 0.05]])) is None
+        True
+    """
+    if targets.ndim < 2 or targets.shape[1] < 2 or targets.numel() == 0:
+        return None
+    target = targets.detach().float()
+    if not bool(((target == 0) | (target == 1)).all()):
+        return None
+    positives = target.movedim(1, -1).reshape(-1, target.shape[1]).sum(dim=1)
+    return len(positives), int((positives >= 2).sum()), int((positives != 1).sum())
+
+
 def matching(candidates: Sequence[LossCandidate], loss: float, tolerance: float) -> list[LossCandidate]:
     """The candidates equal to ``loss`` within ``tolerance`` (relative, at least 1e-6 absolute)."""
     return [c for c in candidates if abs(c.value - loss) <= tolerance * max(abs(loss), 1e-2)]
@@ -276,7 +323,8 @@ class LossReading:
     """What the step's returned loss is, read from its outputs and targets."""
 
     verdict: str
-    """``activated`` (a logits loss on activated outputs), ``nll_of_probabilities``, ``broadcast`` or ``ok``."""
+    """``activated`` (a logits loss on activated outputs), ``nll_of_probabilities``, ``broadcast``, ``multilabel``
+    (softmax cross-entropy on multi-hot targets) or ``ok``."""
     matched: LossCandidate
     output_shape: tuple[int, ...]
     target_shape: tuple[int, ...]
@@ -290,6 +338,8 @@ class LossReading:
     """...and what an untrained model gives: ln(C), or ln 2 per binary output."""
     prior_entropy: float | None = None
     num_classes: int | None = None
+    multi_hot: tuple[int, int, int] | None = None
+    """For ``multilabel``: :func:`multi_hot_rows` of the targets."""
 
 
 def reproduces_loss(output: Tensor, targets: Tensor, loss: float, context: LossContext) -> LossCandidate | None:
@@ -364,6 +414,7 @@ def _loss_candidates(
         else:
             class_pair = None
     candidates += elementwise_candidates(output, targets.float() if targets.dtype == torch.bool else targets)
+    candidates += soft_target_candidates(output, targets)
     return candidates, class_pair
 
 
@@ -373,7 +424,10 @@ def read_loss(
     """Identify the standard loss that gave ``loss`` on ``output`` and ``targets`` and judge how it reads them.
 
     ``graph``: the output's last op (:func:`~lightning_sanity.observe.graph_activation`) when ``output`` was detached
-    from its graph. ``None`` when no standard loss matches, or several do with different verdicts.
+    from its graph. ``None`` when no standard loss matches, or several do with different verdicts; except that an
+    elementwise loss read both aligned and broadcast (every output against every target) reads as aligned: on targets
+    far from the outputs their common offset dominates both values, which the loss then cannot tell apart, and that
+    offset is the finding (``target.unscaled``).
     """
     graph = graph if graph is not None else graph_activation(output)
     output = output.detach()
@@ -383,6 +437,8 @@ def read_loss(
     matches = matching(candidates, loss, tolerance)
     readings = {_reading(m, output, targets, class_pair, tolerance, graph) for m in matches}
     verdicts = {reading.verdict for reading in readings}
+    if verdicts == {"ok", "broadcast"} and all(r.matched.name in ELEMENTWISE_LOSSES for r in readings):
+        readings, verdicts = {r for r in readings if r.verdict == "ok"}, {"ok"}
     if len(verdicts) != 1:
         return None
     return min(readings, key=lambda r: abs(r.matched.value - loss))
@@ -413,6 +469,12 @@ def _reading(
         if output.numel() == targets.numel():
             aligned = _safe(lambda: _elementwise(matched.name, output.reshape(targets.shape), targets.float()).mean())
         return make("broadcast", correct_value=aligned)
+    if matched.name == "soft_cross_entropy":
+        rows = multi_hot_rows(targets)
+        if rows is None or rows[1] == 0:
+            return make("ok")  # distributions over the classes (one-hot, smoothed, mixed): what softmax models
+        per_label = _safe(lambda: _elementwise("bce_with_logits", output, targets.float()).mean())
+        return make("multilabel", correct_value=per_label, multi_hot=rows, num_classes=output.shape[1])
     if class_pair is not None and matched.name in ("cross_entropy", "nll", "nll_of_log"):
         scores, flat = class_pair
         valid = (flat >= 0) & (flat < scores.shape[1])
@@ -452,60 +514,3 @@ def _reading(
         plain = _safe(lambda: _elementwise("bce_with_logits", output.reshape(targets.shape), targets.float()).mean())
         return make("ok", init_loss=plain, init_expected=math.log(2), prior_entropy=entropy, num_classes=2)
     return make("ok")
-
-
-@contextmanager
-def private_state(root: nn.Module) -> Iterator[None]:
-    """Run the pack's own calls of ``root`` (or of a loss module) on private copies of the tensors it holds.
-
-    A forward may write its buffers (a queue, a counter, a cache, a metric's state) and re-bind attributes
-    (``self.last = x``) even in eval mode. Inside the block every buffer and tensor attribute of every submodule is a
-    clone, so such writes land on the copies; on exit the user's own tensors and attribute values are put back by
-    assignment. Nothing the user's graph, batch, module or optimizer holds is written in place: an in-place restore
-    bumps a tensor's version counter and breaks the backward of a graph that saved it (a BatchNorm saves its running
-    statistics; with NaN inputs they are NaN, which compares unequal to itself, so "restore only what changed" would
-    still write them). A tensor of more than :data:`PRIVATE_COPY_MAX_ELEMENTS` elements (a dataset kept on the
-    module) or an uninitialised lazy one is left as it is: its identity is still restored.
-
-    Example::
-
-        with private_state(model), torch.no_grad():
-            model(sample)  # a buffer the forward updates is updated on a copy
-    """
-    copies: dict[int, Tensor] = {}  # by id: a tensor held in two places gets one copy, so they stay one tensor
-
-    def private(tensor: Tensor) -> Tensor:
-        if is_lazy(tensor) or tensor.numel() > PRIVATE_COPY_MAX_ELEMENTS:
-            return tensor
-        if id(tensor) not in copies:
-            copies[id(tensor)] = _private_copy(tensor)
-        return copies[id(tensor)]
-
-    saved: list[tuple[nn.Module, dict[str, Any], dict[str, Tensor | None], dict[str, Any]]] = []
-    for module in root.modules():
-        attributes = vars(module)
-        buffers = dict(module._buffers)
-        saved.append((module, dict(attributes), buffers, dict(module._parameters)))
-        for name, buffer in buffers.items():
-            if buffer is not None:
-                module._buffers[name] = private(buffer)
-        for name, value in list(attributes.items()):
-            if isinstance(value, Tensor) and not isinstance(value, nn.Parameter):
-                attributes[name] = private(value)
-    try:
-        yield
-    finally:
-        for module, attributes, buffers, parameters in saved:
-            module._buffers.clear()
-            module._buffers.update(buffers)
-            module._parameters.clear()
-            module._parameters.update(parameters)
-            current = vars(module)
-            for name in [name for name in current if name not in attributes]:
-                del current[name]
-            current.update(attributes)
-
-
-def _private_copy(tensor: Tensor) -> Tensor:
-    """A clone that shares no memory and no version counter with ``tensor``, a leaf requiring grad like it."""
-    return tensor.detach().clone().requires_grad_(tensor.requires_grad)

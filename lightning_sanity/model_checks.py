@@ -16,6 +16,12 @@ and, when the step's loss is about to be backpropagated, before any parameter ch
    gradients identical for different inputs are ``model.input_independent``.
 3. compares the images the model receives read as channels-first (as they are) and as channels-last: far smoother
    as channels-last is ``input.layout_scrambled`` (a channels-last array turned channels-first with ``reshape``).
+4. judges the targets under the identified loss (:mod:`lightning_sanity.targets`): softmax cross-entropy on multi-hot
+   targets is ``loss.softmax_multilabel``, regression targets far beyond the untrained outputs' scale are
+   ``target.unscaled``, targets the model also receives as input (unshifted token labels, a label column) are
+   ``data.target_in_input``.
+
+The loss identification itself lives in :mod:`lightning_sanity.losses`.
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.confusion import output_tensor, probability_loss_floor
 from lightning_sanity.findings import Severity
-from lightning_sanity.losses import LossContext, LossReading, private_state, read_loss
+from lightning_sanity.isolation import private_state
+from lightning_sanity.losses import LossContext, LossReading, read_loss
 from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, map_tensors
 from lightning_sanity.rng import forked_rng
+from lightning_sanity.targets import named_tensors, softmax_multilabel, target_in_input, unscaled_targets
 
 log = logging.getLogger("lightning_sanity")
 
@@ -416,7 +424,8 @@ class ModelChecksCallback(SanityCallback):
     reads outputs and targets, the loss at initialisation, samples mixing inside a batch, outputs ignoring the input.
 
     Findings: ``output.activated`` (warning), ``target.shape`` (warning), ``loss.init_high`` (warning),
-    ``input.layout_scrambled`` (warning), ``model.batch_mixing`` (error), ``model.input_independent`` (error). The
+    ``input.layout_scrambled`` (warning), ``model.batch_mixing`` (error), ``model.input_independent`` (error),
+    ``loss.softmax_multilabel`` (error), ``target.unscaled`` (warning), ``data.target_in_input`` (error). The
     extra work is a bounded number of passes on ``samples`` samples in eval mode: 1 forward + (1 + ``samples``)
     backward (to the inputs), 1 more forward with integer inputs, 2 parameter-gradient backward passes only when
     outputs look input-independent, 1 backward to locate mixing when found, and the same again along dim 1 only when
@@ -557,7 +566,24 @@ class ModelChecksCallback(SanityCallback):
                 continue  # not one output per sample: a loss module's result, or a flattened (N*L, C) view
             reading = read_loss(output, parts.targets, loss, context, call.activation(output))
             if reading is not None:
-                self._judge_reading(trainer, reading, loss, call.name or type(pl_module).__name__)
+                culprit = call.name or type(pl_module).__name__
+                self._judge_reading(trainer, reading, loss, culprit)
+                inputs = named_tensors(call.args, call.kwargs)
+                for verdict in (
+                    softmax_multilabel(reading, loss, culprit),
+                    unscaled_targets(reading, output, parts.targets, loss, culprit),
+                    target_in_input(reading, inputs, output, parts.targets, loss, culprit),
+                ):
+                    if verdict is not None:
+                        self.record(
+                            trainer,
+                            verdict.code,
+                            verdict.severity,
+                            verdict.message,
+                            verdict.hint,
+                            subject=verdict.subject,
+                            evidence=verdict.evidence,
+                        )
                 return
 
     def _judge_reading(self, trainer: pl.Trainer, reading: LossReading, loss: float, culprit: str) -> None:

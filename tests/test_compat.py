@@ -53,6 +53,17 @@ def test_torch_private_base_classes_cover_the_layers_we_classify() -> None:
     assert not isinstance(nn.Linear(2, 2), compat.LOSS)
 
 
+def test_module_slots_are_what_attribute_access_resolves_through() -> None:
+    module = nn.BatchNorm1d(3)
+    module.head = nn.Linear(3, 2)
+    parameters, buffers, children = compat.module_slots(module)
+    assert parameters["weight"] is module.weight and buffers["running_mean"] is module.running_mean
+    assert children["head"] is module.head
+    swapped = nn.Parameter(torch.zeros(3))
+    parameters["weight"] = swapped
+    assert module.weight is swapped
+
+
 def test_foreach_kernels_match_their_per_tensor_definition() -> None:
     tensors = [torch.randn(3, 4), torch.randn(5)]
     for ord in (1, 2, math.inf):
