@@ -15,22 +15,53 @@ import functools
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
-from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity import compat
-from lightning_sanity.base import SanityCallback, collect_findings, is_int, is_number, require
+from lightning_sanity.base import SanityCallback, is_int, is_number, require
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import gradient_flow_figure
 from lightning_sanity.findings import Severity
+from lightning_sanity.gradient_stats import (
+    NAMES_SHOWN,
+    CheckSummary,
+    Layer,
+    ParamInfo,
+    PendingCheck,
+    PlainTensor,
+    ResetWindow,
+    Watch,
+    anonymous_info,
+    clipping_factor,
+    collapse_module_names,
+    copied,
+    depth_ratio,
+    describe_parameters,
+    exploding_growth,
+    find_optimizer_index,
+    float_vector,
+    format_lrs,
+    group_peaks,
+    has_grad_scaler,
+    in_training_mode,
+    is_check_step,
+    is_fraction,
+    l2,
+    lr_is_judgeable,
+    per_layer,
+    plain_tensor_attributes,
+    read_to_host,
+    sample_elements,
+    shorten,
+    spread,
+)
 from lightning_sanity.loggers import log_scalars, scalar_key
 
 _MIN_CHECKS = 3
@@ -39,147 +70,16 @@ _BASELINE_CHECKS = 3
 """The gradient-norm baseline that growth is measured against: the median of the first checks."""
 _PERSISTENT_CHECKS = 5
 """Checks an update-size symptom must persist for: one odd step is not a learning rate problem."""
-_DECAYED_LR = 0.5
-"""Below this fraction of its peak a learning rate has been decayed on purpose: too-small updates are expected."""
 _SCALER_SKIPS = 5
 """Consecutive non-finite checks tolerated under a gradient scaler, which skips those steps by design."""
 _VISIBLE_STEP = 1e-6
 """A plain gradient step smaller than this fraction of the weights' RMS may vanish in float32 rounding."""
-_NAMES_SHOWN = 5
-_SAMPLE = 4096
-"""Elements per parameter sampled for its weight and update L2 norms and its gradient's L1 and max-abs norms (all of
-a smaller parameter); the gradient L2 norm, what is judged, is exact."""
 _COLLAPSED_LR = 1e-3
 """A learning rate below this fraction of the highest one the optimizer used has all but stopped training..."""
 _EARLY = 0.5
 """...which schedules reach, if ever, in their last steps: earlier than this fraction of the planned steps is a bug."""
 _RESET_PROBES = 2
 """Parameters per optimizer (its largest) whose gradient is watched for a reset between optimizer steps."""
-
-_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
-_LIGHTNING_TENSOR_ATTRIBUTES = frozenset({"_example_input_array"})
-"""Tensors Lightning itself keeps on a LightningModule (not model state)."""
-
-
-@dataclass(frozen=True)
-class PlainTensor:
-    """A tensor held as a plain attribute of a module: neither a parameter nor a buffer.
-
-    Attributes:
-        name: ``module.attribute`` path from the LightningModule.
-        module_type: Class name of the owning module.
-        kind: ``"requires_grad"`` (meant to be learned), ``"uniform"`` (a 1-D float vector filled with one value, how
-            learnable scales/offsets are initialised) or ``"constant"`` (anything else: should be a buffer).
-    """
-
-    name: str
-    module_type: str
-    kind: str
-    shape: tuple[int, ...]
-    dtype: str
-    device: str
-    tensor: Tensor = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class _ParamInfo:
-    name: str
-    module: str
-    module_ref: nn.Module | None
-    numel: int
-    is_layer_weight: bool
-    """A matrix (or conv kernel) outside an embedding: what the vanishing comparison orders by depth."""
-
-
-@dataclass
-class _PendingCheck:
-    """A check whose gradients were measured before the step; the update is measured after it."""
-
-    optimizer_index: int
-    step: int
-    infos: list[_ParamInfo]
-    params: list[Tensor]
-    lrs: list[float]
-    group_lrs: list[float]
-    group_references: list[float]
-    grad_stats: Tensor | None
-    """``[4, n]``: gradient L2 norm, and the gradient L1, max-abs and weight L2 norms of each parameter's sample (scaled
-    to the whole parameter on the host), still on the device."""
-    snapshot: list[Tensor]
-    """Each parameter's :func:`_sample` before the step."""
-    sampled_out_of: list[float]
-    """Per parameter, its elements per sampled element (1.0 when sampled whole)."""
-    without_grad: list[_ParamInfo]
-
-
-@dataclass
-class CheckSummary:
-    """The numbers of one check of one optimizer, as judged.
-
-    Attributes:
-        optimizer_index: Index of the optimizer in ``trainer.optimizers``.
-        step: Optimizer steps of that optimizer before this one.
-        total_grad_norm: L2 norm of all gradients of the optimizer's trainable parameters.
-        update_ratio: ``||update|| / ||weights||`` over all of them.
-        max_layer_update_ratio: The largest per-layer update ratio.
-        median_layer_step: The median per-layer ``||update|| / ||weights at the layer's first check||``:
-            unlike the update ratio it does not shrink when a destructive step has blown the weights up.
-        depth_ratio: Relative gradient (``||grad|| / ||weight||``) of the first layers over the last ones.
-        judgeable_lr: False while the learning rate warms up or after it was decayed below half its peak.
-        learning_rates: The learning rate of each param group at this step.
-    """
-
-    optimizer_index: int
-    step: int
-    total_grad_norm: float
-    update_ratio: float
-    max_layer_update_ratio: float
-    median_layer_step: float
-    depth_ratio: float | None
-    judgeable_lr: bool
-    learning_rates: list[float] = field(default_factory=list)
-
-
-@dataclass
-class _Watch:
-    """Evidence gathered across the checks of one optimizer."""
-
-    steps: int = 0
-    checks: int = 0
-    judged: bool = False
-    names_checked: dict[str, _ParamInfo] = field(default_factory=dict)
-    had_grad: set[str] = field(default_factory=set)
-    nonzero_grad: set[str] = field(default_factory=set)
-    stepped_with_grad: dict[str, int] = field(default_factory=dict)
-    moved: set[str] = field(default_factory=set)
-    baseline_norms: list[float] = field(default_factory=list)
-    depth_ratios: list[float] = field(default_factory=list)
-    depth_layers: list[str] = field(default_factory=list)
-    initial_weight_norms: dict[str, float] = field(default_factory=dict)
-    small_updates: int = 0
-    healthy_update_seen: bool = False
-    large_updates: int = 0
-    nonfinite_streak: int = 0
-    peak_lrs: list[float] = field(default_factory=list)
-    last_lrs: list[float] = field(default_factory=list)
-    used_peak_lrs: list[float] = field(default_factory=list)
-    """Per param group, the highest learning rate seen at a check: a warm-up's target is never counted as used."""
-    reset_window: _ResetWindow | None = None
-    kept_gradient: list[Tensor | None] = field(default_factory=list)
-    """Per closed window: the smallest norm a probe's gradient had when a new one arrived, or ``None`` if reset."""
-    reset_judged: bool = False
-    gradient_arrived: set[int] = field(default_factory=set)
-    """``id`` of each probed parameter whose gradient backward computed since this optimizer's last step."""
-    cleared_before_step: int = 0
-    """Checked steps where backward computed a probe's gradient but its ``.grad`` was empty at the step."""
-
-
-@dataclass
-class _ResetWindow:
-    """What the probes' ``.grad`` held whenever a new gradient arrived between two steps of one optimizer."""
-
-    saw_reset: bool = False
-    held_norms: list[Tensor] = field(default_factory=list)
 
 
 class GradientFlowCallback(SanityCallback):
@@ -257,11 +157,11 @@ class GradientFlowCallback(SanityCallback):
         require(
             is_int(max_logged_layers) and max_logged_layers >= 0, "max_logged_layers", "an int >= 0", max_logged_layers
         )
-        require(_is_fraction(vanishing_ratio), "vanishing_ratio", "a float in (0, 1)", vanishing_ratio)
+        require(is_fraction(vanishing_ratio), "vanishing_ratio", "a float in (0, 1)", vanishing_ratio)
         require(
             is_number(exploding_growth) and exploding_growth > 1, "exploding_growth", "a float > 1", exploding_growth
         )
-        require(_is_fraction(min_update_ratio), "min_update_ratio", "a float in (0, 1)", min_update_ratio)
+        require(is_fraction(min_update_ratio), "min_update_ratio", "a float in (0, 1)", min_update_ratio)
         require(
             is_number(max_update_ratio) and max_update_ratio > min_update_ratio,
             "max_update_ratio",
@@ -277,9 +177,9 @@ class GradientFlowCallback(SanityCallback):
         self.max_update_ratio = float(max_update_ratio)
         self.layer_grad_norms: dict[str, tuple[float, float]] = {}
         self.summaries: deque[CheckSummary] = deque(maxlen=1000)
-        self._infos: dict[int, _ParamInfo] = {}
-        self._watches: dict[int, _Watch] = {}
-        self._pending: list[_PendingCheck] = []
+        self._infos: dict[int, ParamInfo] = {}
+        self._watches: dict[int, Watch] = {}
+        self._pending: list[PendingCheck] = []
         self._orphans: list[Tensor] = []
         self._probe_handles: list[Any] = []
         self._probed: dict[int, list[Tensor]] = {}
@@ -291,7 +191,7 @@ class GradientFlowCallback(SanityCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._infos = _describe_parameters(pl_module)
+        self._infos = describe_parameters(pl_module)
         self._watches = {}
         self._pending = []
         self.layer_grad_norms = {}
@@ -305,10 +205,10 @@ class GradientFlowCallback(SanityCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        index = _optimizer_index(trainer, optimizer)
+        index = find_optimizer_index(trainer, optimizer)
         watch = self._watches.get(index)
-        if watch is None:  # not setdefault: a _Watch is a dozen containers, and most steps are not checked
-            watch = self._watches[index] = _Watch()
+        if watch is None:  # not setdefault: a Watch is a dozen containers, and most steps are not checked
+            watch = self._watches[index] = Watch()
         step, watch.steps = watch.steps, watch.steps + 1
         self._close_reset_window(watch)
         arrived, watch.gradient_arrived = watch.gradient_arrived, set()
@@ -317,7 +217,7 @@ class GradientFlowCallback(SanityCallback):
                 watch.cleared_before_step += 1  # e.g. zero_grad() between backward and step
             self._pending.append(self._measure_gradients(index, step, optimizer))
             if self._probe_handles and not watch.reset_judged:
-                watch.reset_window = _ResetWindow()  # watches the gradients arriving until this optimizer's next step
+                watch.reset_window = ResetWindow()  # watches the gradients arriving until this optimizer's next step
 
     @override
     def on_train_batch_end(
@@ -328,7 +228,7 @@ class GradientFlowCallback(SanityCallback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        numbers = _read_to_host(pending)
+        numbers = read_to_host(pending)
         self._judge_resets(trainer)
         if self._orphans:
             self._judge_orphans(trainer)
@@ -354,16 +254,16 @@ class GradientFlowCallback(SanityCallback):
         self._orphans = []
         self._remove_probes()
 
-    def _measure_gradients(self, index: int, step: int, optimizer: Optimizer) -> _PendingCheck:
-        infos: list[_ParamInfo] = []
+    def _measure_gradients(self, index: int, step: int, optimizer: Optimizer) -> PendingCheck:
+        infos: list[ParamInfo] = []
         params: list[Tensor] = []
         lrs: list[float] = []
-        without_grad: list[_ParamInfo] = []
+        without_grad: list[ParamInfo] = []
         for group in optimizer.param_groups:
             for param in group["params"]:
                 if not param.requires_grad or not param.numel():
                     continue
-                info = self._infos.get(id(param)) or _anonymous(param, len(self._infos))
+                info = self._infos.get(id(param)) or anonymous_info(param, len(self._infos))
                 self._infos[id(param)] = info
                 if param.grad is None:
                     without_grad.append(info)
@@ -379,8 +279,8 @@ class GradientFlowCallback(SanityCallback):
                 # One full pass over the gradients (their exact L2 norms: what is judged, and finiteness); the rest
                 # from a sample of each parameter, in fused calls (a model with hundreds of small parameters would
                 # otherwise pay a few Python-level tensor calls per parameter)
-                snapshot = _copy(_sample(param) for param in params)
-                grad_samples = [_sample(grad) for grad in grads]
+                snapshot = copied(sample_elements(param) for param in params)
+                grad_samples = [sample_elements(grad) for grad in grads]
                 norms = [
                     compat.foreach_norm(grads, 2, dtype=torch.float32),
                     compat.foreach_norm(grad_samples, 1, dtype=torch.float32),
@@ -388,16 +288,16 @@ class GradientFlowCallback(SanityCallback):
                     compat.foreach_norm(snapshot, 2, dtype=torch.float32),
                 ]
                 device = params[0].device
-                grad_stats = torch.stack([_float_vector(values, device) for values in norms])
+                grad_stats = torch.stack([float_vector(values, device) for values in norms])
         group_lrs = [float(group.get("lr", 0.0)) for group in optimizer.param_groups]
-        return _PendingCheck(
+        return PendingCheck(
             index,
             step,
             infos,
             params,
             lrs,
             group_lrs,
-            _group_peaks(optimizer),
+            group_peaks(optimizer),
             grad_stats,
             snapshot,
             [param.numel() / sample.numel() for param, sample in zip(params, snapshot, strict=True)],
@@ -437,7 +337,7 @@ class GradientFlowCallback(SanityCallback):
         self._probed = {}
 
     @staticmethod
-    def _close_reset_window(watch: _Watch) -> None:
+    def _close_reset_window(watch: Watch) -> None:
         window, watch.reset_window = watch.reset_window, None
         if window is None or (not window.saw_reset and not window.held_norms):
             return  # no gradient reached the probes between the two steps: no evidence either way
@@ -508,8 +408,8 @@ class GradientFlowCallback(SanityCallback):
                 severity,
                 f"{len(tensors)} tensor(s) {what}; they are also missing from state_dict (checkpoints), not moved by "
                 f".to()/the Trainer's device placement and not synchronised by DDP: "
-                + ", ".join(f"{p.name} ({p.module_type}, {list(p.shape)})" for p in tensors[:_NAMES_SHOWN])
-                + (f" and {len(tensors) - _NAMES_SHOWN} more" if len(tensors) > _NAMES_SHOWN else "")
+                + ", ".join(f"{p.name} ({p.module_type}, {list(p.shape)})" for p in tensors[:NAMES_SHOWN])
+                + (f" and {len(tensors) - NAMES_SHOWN} more" if len(tensors) > NAMES_SHOWN else "")
                 + (
                     f"; {len(elsewhere)} of them are not on the parameters' device {parameter_device}"
                     if elsewhere
@@ -532,7 +432,7 @@ class GradientFlowCallback(SanityCallback):
         """Trainable parameters in no optimizer: a bug when the loss gives them gradients, else unused on purpose."""
         orphans, self._orphans = self._orphans, []
         with_grad = [self._infos[id(p)] for p in orphans if p.grad is not None and id(p) in self._infos]
-        stuck = [info for info in with_grad if _in_training_mode(info)]
+        stuck = [info for info in with_grad if in_training_mode(info)]
         if not stuck:
             return
         modules = collapse_module_names({i.module for i in stuck}, {i.module for i in self._infos.values()})
@@ -541,14 +441,14 @@ class GradientFlowCallback(SanityCallback):
             "param.not_updated",
             Severity.ERROR,
             f"{len(stuck)} trainable parameter(s) receive gradients but are in no optimizer param group, so they "
-            f"never change: {_shorten(modules)}.",
+            f"never change: {shorten(modules)}.",
             "Add them to the optimizer in configure_optimizers (e.g. pass self.parameters()), or freeze them on "
             "purpose with requires_grad_(False).",
             subject="no_param_group",
             evidence={"modules": modules, "parameters": [i.name for i in stuck]},
         )
 
-    def _judge_check(self, trainer: pl.Trainer, check: _PendingCheck, stats: list[list[float]]) -> None:
+    def _judge_check(self, trainer: pl.Trainer, check: PendingCheck, stats: list[list[float]]) -> None:
         watch = self._watches[check.optimizer_index]
         for info in check.without_grad:
             watch.names_checked.setdefault(info.name, info)
@@ -573,7 +473,7 @@ class GradientFlowCallback(SanityCallback):
                     watch.stepped_with_grad[info.name] = watch.stepped_with_grad.get(info.name, 0) + 1
                     if moved > 0:
                         watch.moved.add(info.name)
-        layers = _per_layer(check.infos, stats, self._module_order())
+        layers = per_layer(check.infos, stats, self._module_order())
         if layers:
             self._judge_layers(trainer, check, watch, layers, grad_l2, weight_l2, update_l2)
         self._judge_lr_schedule(trainer, check, watch)
@@ -583,9 +483,9 @@ class GradientFlowCallback(SanityCallback):
     def _judge_layers(
         self,
         trainer: pl.Trainer,
-        check: _PendingCheck,
-        watch: _Watch,
-        layers: dict[str, _Layer],
+        check: PendingCheck,
+        watch: Watch,
+        layers: dict[str, Layer],
         grad_l2: Sequence[float],
         weight_l2: Sequence[float],
         update_l2: Sequence[float],
@@ -607,9 +507,9 @@ class GradientFlowCallback(SanityCallback):
 
     def _summarise(
         self,
-        check: _PendingCheck,
-        watch: _Watch,
-        layers: dict[str, _Layer],
+        check: PendingCheck,
+        watch: Watch,
+        layers: dict[str, Layer],
         grad_l2: Sequence[float],
         weight_l2: Sequence[float],
         update_l2: Sequence[float],
@@ -622,17 +522,17 @@ class GradientFlowCallback(SanityCallback):
             for name, layer in layers.items()
             if watch.initial_weight_norms[name] > 0
         ]
-        total_weight = _l2(weight_l2)
+        total_weight = l2(weight_l2)
         depth_layers = [name for name, layer in layers.items() if layer.is_layer]
         summary = CheckSummary(
             optimizer_index=check.optimizer_index,
             step=check.step,
-            total_grad_norm=_l2(grad_l2),
-            update_ratio=_l2(update_l2) / total_weight if total_weight > 0 else math.nan,
+            total_grad_norm=l2(grad_l2),
+            update_ratio=l2(update_l2) / total_weight if total_weight > 0 else math.nan,
             max_layer_update_ratio=max(ratios, default=math.nan),
             median_layer_step=statistics.median(steps) if steps else math.nan,
             depth_ratio=depth_ratio([layers[name].relative_grad for name in depth_layers]),
-            judgeable_lr=_lr_is_judgeable(watch, check.group_lrs, check.group_references),
+            judgeable_lr=lr_is_judgeable(watch, check.group_lrs, check.group_references),
             learning_rates=list(check.group_lrs),
         )
         if summary.depth_ratio is not None:
@@ -640,7 +540,7 @@ class GradientFlowCallback(SanityCallback):
             watch.depth_layers = depth_layers
         return summary
 
-    def _log(self, trainer: pl.Trainer, summary: CheckSummary, layers: dict[str, _Layer]) -> None:
+    def _log(self, trainer: pl.Trainer, summary: CheckSummary, layers: dict[str, Layer]) -> None:
         suffix = f"/opt{summary.optimizer_index}" if len(trainer.optimizers) > 1 else ""
         metrics = {
             scalar_key(self.name, "train", f"grad_norm_total{suffix}"): summary.total_grad_norm,
@@ -650,23 +550,23 @@ class GradientFlowCallback(SanityCallback):
             metrics[scalar_key(self.name, "train", f"grad_norm/{name}")] = layers[name].grad_norm
         log_scalars(trainer, {key: value for key, value in metrics.items() if math.isfinite(value)})
 
-    def _report_nonfinite(self, trainer: pl.Trainer, check: _PendingCheck, watch: _Watch, names: list[str]) -> None:
+    def _report_nonfinite(self, trainer: pl.Trainer, check: PendingCheck, watch: Watch, names: list[str]) -> None:
         watch.nonfinite_streak += 1
-        if _has_grad_scaler(trainer) and watch.nonfinite_streak < _SCALER_SKIPS:
+        if has_grad_scaler(trainer) and watch.nonfinite_streak < _SCALER_SKIPS:
             return  # the scaler skips this step and lowers its scale: overflow now and then is by design
         self.record(
             trainer,
             "grad.non_finite",
             Severity.ERROR,
             f"NaN/Inf gradients in {len(names)} of {len(check.infos)} parameters at optimizer step {check.step}, "
-            f"first: {_shorten(names)}.",
+            f"first: {shorten(names)}.",
             "Look for a division by zero, log/sqrt of non-positive values or an overflow in the loss; lower the "
             "learning rate, add gradient_clip_val, or run with detect_anomaly=True to find the operation.",
             subject=f"optimizer{check.optimizer_index}",
             evidence={"parameters": names[:20], "count": len(names), "checked": len(check.infos), "step": check.step},
         )
 
-    def _judge_exploding(self, trainer: pl.Trainer, watch: _Watch, summary: CheckSummary) -> None:
+    def _judge_exploding(self, trainer: pl.Trainer, watch: Watch, summary: CheckSummary) -> None:
         norm = summary.total_grad_norm
         if len(watch.baseline_norms) < _BASELINE_CHECKS:
             watch.baseline_norms.append(norm)
@@ -688,7 +588,7 @@ class GradientFlowCallback(SanityCallback):
         )
 
     def _judge_update_size(
-        self, trainer: pl.Trainer, watch: _Watch, summary: CheckSummary, layers: dict[str, _Layer]
+        self, trainer: pl.Trainer, watch: Watch, summary: CheckSummary, layers: dict[str, Layer]
     ) -> None:
         if not summary.judgeable_lr or not math.isfinite(summary.max_layer_update_ratio):
             return
@@ -707,7 +607,7 @@ class GradientFlowCallback(SanityCallback):
         }
         optimizer = f"optimizer {summary.optimizer_index}"
         if watch.small_updates >= _PERSISTENT_CHECKS and not watch.healthy_update_seen:
-            clipped_by = _clipping_factor(trainer, summary.total_grad_norm)
+            clipped_by = clipping_factor(trainer, summary.total_grad_norm)
             cause, hint = (
                 (
                     f"; gradient_clip_val={trainer.gradient_clip_val} scales the gradient (norm "
@@ -727,7 +627,7 @@ class GradientFlowCallback(SanityCallback):
                 Severity.WARNING,
                 f"Updates are meaningless: no layer's weights change by more than "
                 f"{summary.max_layer_update_ratio:.1e} of their norm per step over {watch.small_updates} checks "
-                f"({optimizer}, lr {_lrs(watch.last_lrs)}{cause}); healthy training is around 1e-3.",
+                f"({optimizer}, lr {format_lrs(watch.last_lrs)}{cause}); healthy training is around 1e-3.",
                 hint,
                 subject=f"optimizer{summary.optimizer_index}",
                 evidence={
@@ -747,8 +647,8 @@ class GradientFlowCallback(SanityCallback):
                 Severity.WARNING,
                 f"Updates are destructive: the median layer's weights move by {summary.median_layer_step:.2g}x "
                 f"their initial norm per step over {watch.large_updates} checks "
-                f"(worst: {worst}; {optimizer}, lr {_lrs(watch.last_lrs)}); healthy training is around 1e-3.",
-                _too_large_hint(trainer),
+                f"(worst: {worst}; {optimizer}, lr {format_lrs(watch.last_lrs)}); healthy training is around 1e-3.",
+                "Lower the learning rate by 10-100x (typically 1e-3 for Adam/AdamW), or add a warm-up schedule.",
                 subject=f"optimizer{summary.optimizer_index}",
                 evidence={
                     **evidence,
@@ -758,7 +658,7 @@ class GradientFlowCallback(SanityCallback):
                 },
             )
 
-    def _judge_lr_schedule(self, trainer: pl.Trainer, check: _PendingCheck, watch: _Watch) -> None:
+    def _judge_lr_schedule(self, trainer: pl.Trainer, check: PendingCheck, watch: Watch) -> None:
         """``update.lr_collapsed``: before half the planned optimizer steps, every learning rate of the optimizer fell
         below 1/1000 of the highest one it used (a per-epoch decay run per step, a step_size in the wrong unit)."""
         lrs = check.group_lrs
@@ -783,8 +683,9 @@ class GradientFlowCallback(SanityCallback):
             "update.lr_collapsed",
             Severity.WARNING,
             f"The learning rate of optimizer {check.optimizer_index} fell below 1/1000 of its peak by optimizer step "
-            f"{check.step} of {int(planned)} planned ({check.step / planned:.0%}): {_lrs(watch.used_peak_lrs)} -> "
-            f"{_lrs(lrs)}, schedule: {named}. The remaining steps barely change the weights.",
+            f"{check.step} of {int(planned)} planned ({check.step / planned:.0%}): "
+            f"{format_lrs(watch.used_peak_lrs)} -> {format_lrs(lrs)}, schedule: {named}. The remaining steps barely "
+            "change the weights.",
             "Check the scheduler's interval ('step' or 'epoch' in configure_optimizers' lr_scheduler dict) and that "
             "step_size / T_max / milestones / gamma are in units of that interval; call scheduler.step() once per "
             "interval.",
@@ -798,14 +699,14 @@ class GradientFlowCallback(SanityCallback):
             },
         )
 
-    def _judge_persistent(self, trainer: pl.Trainer, index: int, watch: _Watch) -> None:
+    def _judge_persistent(self, trainer: pl.Trainer, index: int, watch: Watch) -> None:
         """Symptoms that need several checks of evidence: judged once, at the end of the dense phase."""
         watch.judged = True
         all_modules = {info.module for info in self._infos.values()}
         missing = [
             info
             for name, info in watch.names_checked.items()
-            if name not in watch.had_grad and _in_training_mode(info)  # eval mode: frozen on purpose
+            if name not in watch.had_grad and in_training_mode(info)  # eval mode: frozen on purpose
         ]
         if missing and watch.cleared_before_step:
             modules = collapse_module_names({i.module for i in missing}, all_modules)
@@ -816,7 +717,7 @@ class GradientFlowCallback(SanityCallback):
                 f"Backward computed gradients for optimizer {index}'s parameters, but {len(missing)} trainable "
                 f"parameter(s) had no gradient when the optimizer stepped ({watch.cleared_before_step} checked "
                 f"steps): the gradients are cleared between backward and optimizer.step(), so nothing is learned. "
-                f"Affected: {_shorten(modules)}.",
+                f"Affected: {shorten(modules)}.",
                 "Call optimizer.zero_grad() before manual_backward() or after optimizer.step(), never between them; "
                 "check overridden optimizer_zero_grad / on_before_optimizer_step / optimizer_step hooks.",
                 subject=f"optimizer{index}",
@@ -835,7 +736,7 @@ class GradientFlowCallback(SanityCallback):
                 "grad.missing",
                 Severity.ERROR,
                 f"{len(missing)} trainable parameter(s) of optimizer {index} never received a gradient in "
-                f"{watch.checks} checked steps: {_shorten(modules)}.",
+                f"{watch.checks} checked steps: {shorten(modules)}.",
                 "Look for .detach(), .item(), .numpy() or torch.no_grad() on the path from these modules to the loss, "
                 "or a layer defined but not used in forward; freeze them with requires_grad_(False) if intended.",
                 subject=f"optimizer{index}",
@@ -849,7 +750,7 @@ class GradientFlowCallback(SanityCallback):
                 "grad.zero",
                 Severity.WARNING,
                 f"{len(zero)} parameter(s) of optimizer {index} had exactly zero gradients in all {watch.checks} "
-                f"checked steps (dead units): {_shorten([i.name for i in zero])}.",
+                f"checked steps (dead units): {shorten([i.name for i in zero])}.",
                 "Dead ReLUs: check for very negative bias initialisation, a ReLU applied to the output/logits, or a "
                 "too-high learning rate; LeakyReLU/GELU and default initialisation avoid them.",
                 subject=f"optimizer{index}",
@@ -864,7 +765,7 @@ class GradientFlowCallback(SanityCallback):
                 "param.not_updated",
                 Severity.ERROR,
                 f"{len(unchanged)} parameter(s) of optimizer {index} have non-zero gradients but did not change in "
-                f"any of {watch.checks} checked steps: {_shorten(unchanged)}.",
+                f"any of {watch.checks} checked steps: {shorten(unchanged)}.",
                 "Check an overridden optimizer_step that skips optimizer.step(), a learning rate or update smaller "
                 "than float precision, or code that restores these weights after each step.",
                 subject=f"optimizer{index}:unchanged",
@@ -872,7 +773,7 @@ class GradientFlowCallback(SanityCallback):
             )
         self._judge_vanishing(trainer, index, watch)
 
-    def _judge_vanishing(self, trainer: pl.Trainer, index: int, watch: _Watch) -> None:
+    def _judge_vanishing(self, trainer: pl.Trainer, index: int, watch: Watch) -> None:
         if len(watch.depth_ratios) < _MIN_CHECKS:
             return
         typical = statistics.median(watch.depth_ratios)
@@ -902,328 +803,3 @@ class GradientFlowCallback(SanityCallback):
         for info in self._infos.values():
             order.setdefault(info.module, len(order))
         return order
-
-
-@dataclass
-class _Layer:
-    grad_norm: float
-    mean_abs_grad: float
-    max_abs_grad: float
-    relative_grad: float
-    update_ratio: float | None
-    weight_norm: float
-    update_norm: float
-    is_layer: bool
-
-
-def is_check_step(step: int, dense_steps: int, every_n_steps: int) -> bool:
-    """Whether the ``step``-th (0-based) optimizer step is checked: all dense steps, then one in ``every_n_steps``."""
-    return step < dense_steps or (step - dense_steps) % every_n_steps == every_n_steps - 1
-
-
-def depth_ratio(relative_grads: Sequence[float]) -> float | None:
-    """Median relative gradient of the first quarter of the layers over that of the last quarter.
-
-    ``relative_grads`` are ``||grad|| / ||weight||`` per layer in depth order. ``None`` with fewer than
-    four layers, where "depth" says nothing.
-    """
-    values = [value for value in relative_grads if math.isfinite(value)]
-    if len(values) < 4:
-        return None
-    quarter = max(1, len(values) // 4)
-    late = statistics.median(values[-quarter:])
-    if late <= 0:
-        return None
-    return statistics.median(values[:quarter]) / late
-
-
-def exploding_growth(baseline: float, norm: float) -> float | None:
-    """How many times ``norm`` exceeds the early ``baseline`` norm; ``None`` when there is no usable baseline."""
-    if not (baseline > 0 and math.isfinite(baseline) and math.isfinite(norm)):
-        return None
-    return norm / baseline
-
-
-def collapse_module_names(names: Iterable[str], all_names: Iterable[str]) -> list[str]:
-    """The shortest module names covering ``names``: a parent replaces its children when all of them are in ``names``.
-
-    Example::
-
-        collapse_module_names({"backbone.0", "backbone.2"}, {"backbone.0", "backbone.2", "head"}) == ["backbone"]
-    """
-    chosen = set(names)
-    everything = set(all_names)
-    parents = sorted({".".join(n.split(".")[:depth]) for n in chosen for depth in range(1, n.count(".") + 1)}, key=len)
-    collapsed: set[str] = set()
-    for parent in parents:
-        if any(parent == c or parent.startswith(c + ".") for c in collapsed):
-            continue
-        below = {n for n in everything if n == parent or n.startswith(parent + ".")}
-        if below and below <= chosen:
-            collapsed.add(parent)
-    kept = {n for n in chosen if not any(n == c or n.startswith(c + ".") for c in collapsed)}
-    return sorted(collapsed | kept)
-
-
-def spread(names: Sequence[str], count: int) -> list[str]:
-    """At most ``count`` of ``names``, evenly spread and always including the first and the last."""
-    if count <= 0:
-        return []
-    if len(names) <= count:
-        return list(names)
-    if count == 1:
-        return [names[-1]]
-    step = (len(names) - 1) / (count - 1)
-    return [names[round(i * step)] for i in range(count)]
-
-
-def _per_layer(
-    infos: Sequence[_ParamInfo], columns: Sequence[Sequence[float]], order: dict[str, int]
-) -> dict[str, _Layer]:
-    """Aggregate per-parameter norms (gradient L2, L1, max-abs, weight L2, update L2) into their owning modules."""
-    sums: dict[str, list[float]] = {}
-    is_layer: dict[str, bool] = {}
-    for info, (g2, g1, gmax, w2, u2) in zip(infos, zip(*columns, strict=True), strict=True):
-        acc = sums.setdefault(info.module, [0.0] * 6)
-        acc[0] += g2 * g2
-        # L1 and max-abs come from a sample: kept within what the exact L2 norm allows (L2 <= L1 <= sqrt(n) L2,
-        # max >= L2 / sqrt(n)), so a gradient the sample missed is not drawn as zero
-        acc[1] += min(max(g1, g2), g2 * math.sqrt(info.numel))
-        acc[2] = max(acc[2], gmax, g2 / math.sqrt(info.numel))
-        acc[3] += w2 * w2
-        acc[4] += u2 * u2
-        acc[5] += info.numel
-        is_layer[info.module] = is_layer.get(info.module, False) or info.is_layer_weight
-    layers: dict[str, _Layer] = {}
-    for module in sorted(sums, key=lambda name: order.get(name, len(order))):
-        g2_sq, g1, gmax, w2_sq, u2_sq, numel = sums[module]
-        weight = math.sqrt(w2_sq)
-        layers[module] = _Layer(
-            grad_norm=math.sqrt(g2_sq),
-            mean_abs_grad=g1 / max(numel, 1.0),
-            max_abs_grad=gmax,
-            relative_grad=math.sqrt(g2_sq) / weight if weight > 0 else math.nan,
-            update_ratio=math.sqrt(u2_sq) / weight if weight > 0 else None,
-            weight_norm=weight,
-            update_norm=math.sqrt(u2_sq),
-            is_layer=is_layer[module],
-        )
-    return layers
-
-
-def _describe_parameters(pl_module: pl.LightningModule) -> dict[int, _ParamInfo]:
-    """Name every parameter after its owning module; a tied parameter belongs to its first owner."""
-    infos: dict[int, _ParamInfo] = {}
-    root = type(pl_module).__name__
-    for module_name, module in pl_module.named_modules():
-        for param_name, param in module.named_parameters(recurse=False):
-            if id(param) in infos:
-                continue
-            infos[id(param)] = _ParamInfo(
-                name=f"{module_name}.{param_name}" if module_name else param_name,
-                module=module_name or root,
-                module_ref=module,
-                numel=param.numel(),
-                is_layer_weight=param.ndim >= 2 and not isinstance(module, _EMBEDDINGS),
-            )
-    return infos
-
-
-def plain_tensor_attributes(root: nn.Module) -> list[PlainTensor]:
-    """Tensors held as plain attributes of ``root``'s modules (torchmetrics metric states and aliases of a parameter
-    or buffer excepted): ``nn.Module.__setattr__`` files parameters and buffers away, so what is left in a module's
-    ``__dict__`` is neither.
-
-    Example::
-
-        for tensor in plain_tensor_attributes(model):
-            print(tensor.name, tensor.kind)  # e.g. "act.alpha uniform"
-    """
-    registered = {
-        t.untyped_storage().data_ptr()
-        for t in (*root.parameters(), *root.buffers())
-        if t.numel() and t.layout == torch.strided and not t.is_meta
-    }
-    skipped: list[str] = []
-    found: list[PlainTensor] = []
-    for module_name, module in root.named_modules():
-        if any(module_name == s or module_name.startswith(f"{s}.") for s in skipped):
-            continue
-        if isinstance(module, Metric):
-            skipped.append(module_name)  # metric states are plain attributes by design (add_state)
-            continue
-        for attribute, value in vars(module).items():
-            if not isinstance(value, Tensor) or isinstance(value, nn.Parameter) or value.is_meta:
-                continue
-            if value.layout != torch.strided:
-                continue  # sparse/nested tensors: rare, and their storage cannot be compared
-            if attribute in _LIGHTNING_TENSOR_ATTRIBUTES or value.grad_fn is not None:
-                continue
-            if value.numel() and value.untyped_storage().data_ptr() in registered:
-                continue  # a view of a registered tensor (e.g. self.w = self.linear.weight.data)
-            found.append(
-                PlainTensor(
-                    name=f"{module_name}.{attribute}" if module_name else attribute,
-                    module_type=type(module).__name__,
-                    kind=_plain_tensor_kind(value),
-                    shape=tuple(value.shape),
-                    dtype=str(value.dtype).removeprefix("torch."),
-                    device=str(value.device),
-                    tensor=value,
-                )
-            )
-    return found
-
-
-def _plain_tensor_kind(tensor: Tensor) -> str:
-    if tensor.requires_grad:
-        return "requires_grad"
-    if tensor.is_floating_point() and tensor.ndim == 1 and tensor.numel() > 1:
-        with torch.no_grad():
-            if bool((tensor == tensor[0]).all()):  # once per fit, on a small vector
-                return "uniform"
-    return "constant"
-
-
-def _anonymous(param: Tensor, number: int) -> _ParamInfo:
-    """A parameter the optimizer holds but the LightningModule does not (e.g. a loss module kept outside)."""
-    return _ParamInfo(f"param{number}", "(outside the model)", None, param.numel(), False)
-
-
-def _sample(tensor: Tensor) -> Tensor:
-    """At most :data:`_SAMPLE` of ``tensor``'s elements, at fixed pseudo-random positions (all of a smaller tensor, as
-    a view). Random single elements, neither an even stride nor contiguous runs: a stride aliases with a layer's
-    structure (a stride of 8 over a digits classifier's first weight reads only the always-blank first pixel of each
-    image row, whose weights never move), and runs of neighbours are correlated (mean |grad| 15 % off there)."""
-    flat = tensor.detach().reshape(-1)
-    if flat.numel() <= _SAMPLE:
-        return flat
-    return flat.index_select(0, _sample_positions(flat.numel(), flat.device))
-
-
-@functools.lru_cache(maxsize=1024)
-def _sample_positions(numel: int, device: torch.device) -> Tensor:
-    """The same positions at every check, drawn from a generator of our own (the global RNG stays untouched)."""
-    generator = torch.Generator().manual_seed(numel)
-    return torch.randint(numel, (_SAMPLE,), generator=generator).sort().values.to(device)
-
-
-def _copy(tensors: Iterable[Tensor]) -> list[Tensor]:
-    """Copies of ``tensors``: views into one concatenated copy when they share a device and dtype (one call)."""
-    tensors = list(tensors)
-    if len({(t.device, t.dtype) for t in tensors}) > 1:
-        return [t.clone() for t in tensors]
-    return list(torch.cat(tensors).split([t.numel() for t in tensors]))
-
-
-def _float_vector(values: Sequence[Tensor], device: torch.device) -> Tensor:
-    """Per-tensor scalars as one float32 vector on ``device`` (with model parallelism they sit on several devices)."""
-    if any(value.device != device for value in values):
-        values = [value.to(device) for value in values]
-    return torch.stack(list(values)).float()
-
-
-def _read_to_host(pending: Sequence[_PendingCheck]) -> list[list[list[float]]]:
-    """Measure the updates of the pending checks and read all their numbers to the host in one transfer."""
-    rows: list[Tensor] = []
-    for check in pending:
-        if check.grad_stats is None:
-            continue
-        with torch.no_grad():
-            changes = compat.foreach_sub([_sample(param) for param in check.params], check.snapshot)
-            updates = compat.foreach_norm(changes, 2, dtype=torch.float32)
-            rows.append(torch.cat([check.grad_stats, _float_vector(updates, check.grad_stats.device)[None]]))
-        check.snapshot = []
-    if not rows:
-        return [[] for _ in pending]
-    device = rows[0].device
-    flat = torch.cat([row.to(device) for row in rows], dim=1).tolist()
-    numbers: list[list[list[float]]] = []
-    offset = 0
-    for check in pending:
-        width = len(check.params)
-        if width:
-            g2, g1, gmax, w2, u2 = (column[offset : offset + width] for column in flat)
-            # a sample's L1 norm scales with the elements it stands for, its L2 norms with their square root
-            roots = [math.sqrt(out_of) for out_of in check.sampled_out_of]
-            g1 = [value * out_of for value, out_of in zip(g1, check.sampled_out_of, strict=True)]
-            w2 = [value * root for value, root in zip(w2, roots, strict=True)]
-            u2 = [value * root for value, root in zip(u2, roots, strict=True)]
-            numbers.append([g2, g1, gmax, w2, u2])
-        else:
-            numbers.append([])
-        offset += width
-    return numbers
-
-
-def _clipping_factor(trainer: pl.Trainer, total_grad_norm: float) -> float | None:
-    """How many times the trainer's gradient clipping shrinks a gradient of this norm, when at least 10x (the
-    callbacks see gradients before Lightning clips them); ``None`` without such clipping."""
-    clip, algorithm = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
-    if not clip or getattr(algorithm, "value", algorithm or "norm") != "norm" or not math.isfinite(total_grad_norm):
-        return None  # "value" clipping shrinks elements, not the norm: its effect is not this ratio
-    factor = total_grad_norm / float(clip)
-    return factor if factor >= 10 else None
-
-
-def _optimizer_index(trainer: pl.Trainer, optimizer: Optimizer) -> int:
-    for index, candidate in enumerate(trainer.optimizers):
-        if candidate is optimizer or getattr(optimizer, "optimizer", None) is candidate:
-            return index
-    return len(trainer.optimizers)
-
-
-def _group_peaks(optimizer: Optimizer) -> list[float]:
-    """Each group's reference learning rate: the one set by the user, before an LR scheduler scaled it."""
-    return [float(group.get("initial_lr", group.get("lr", 0.0))) for group in optimizer.param_groups]
-
-
-def _lr_is_judgeable(watch: _Watch, lrs: Sequence[float], references: Sequence[float]) -> bool:
-    """False while a learning rate warms up (rises, or sits far below its reference) or was decayed on purpose."""
-    if len(watch.peak_lrs) != len(lrs):
-        watch.peak_lrs = [0.0] * len(lrs)
-        watch.last_lrs = []
-    rising = len(watch.last_lrs) == len(lrs) and any(
-        now > before for now, before in zip(lrs, watch.last_lrs, strict=True)
-    )
-    watch.peak_lrs = [max(peak, now, ref) for peak, now, ref in zip(watch.peak_lrs, lrs, references, strict=True)]
-    watch.last_lrs = list(lrs)
-    scaled_down = any(peak > 0 for peak in watch.peak_lrs) and all(
-        now < _DECAYED_LR * peak for now, peak in zip(lrs, watch.peak_lrs, strict=True) if peak > 0
-    )
-    return not rising and not scaled_down
-
-
-def _in_training_mode(info: _ParamInfo) -> bool:
-    return info.module_ref is None or info.module_ref.training
-
-
-def _has_grad_scaler(trainer: pl.Trainer) -> bool:
-    return getattr(trainer.precision_plugin, "scaler", None) is not None
-
-
-def _l2(values: Iterable[float]) -> float:
-    return math.sqrt(sum(value * value for value in values))
-
-
-def _shorten(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_NAMES_SHOWN])
-    return shown if len(names) <= _NAMES_SHOWN else f"{shown} and {len(names) - _NAMES_SHOWN} more"
-
-
-def _lrs(lrs: Sequence[float]) -> str:
-    return "/".join(f"{lr:.1e}" for lr in lrs) or "?"
-
-
-def _is_fraction(value: Any) -> bool:
-    return is_number(value) and 0 < value < 1
-
-def _too_large_hint(trainer: pl.Trainer) -> str:
-    """Lower the learning rate, unless ``target.unscaled`` stands: then the huge loss gradients come from targets far
-    from the outputs, and the fix is scaling them (a lower learning rate only slows the climb to their mean)."""
-    if any(finding.code == "target.unscaled" for finding in collect_findings(trainer)):
-        return (
-            "The targets are unscaled (target.unscaled): standardise them with training-split statistics "
-            "(y = (y - mean) / std, inverted on the predictions) before lowering the learning rate."
-        )
-    return "Lower the learning rate by 10-100x (typically 1e-3 for Adam/AdamW), or add a warm-up schedule."

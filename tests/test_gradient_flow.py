@@ -16,9 +16,9 @@ from support import codes, problems, sanity_warnings
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_sanity import GradientFlowCallback, SanityError, Severity, gradient_flow
+from lightning_sanity import GradientFlowCallback, SanityError, Severity, gradient_stats
 from lightning_sanity.demos import GAN, SmallCNN, wine_tensors
-from lightning_sanity.gradient_flow import collapse_module_names, depth_ratio, exploding_growth, is_check_step, spread
+from lightning_sanity.gradient_stats import collapse_module_names, depth_ratio, exploding_growth, is_check_step, spread
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
@@ -450,8 +450,8 @@ def test_sampled_statistics_agree_with_exact_ones_on_large_layers(
     """Weights, updates and the figure's L1/max-abs of the 262,144-weight layer come from a 4096-element sample; the
     same seeded run measured in full (a sample as large as the layer) gives the same numbers within 10 %."""
     runs = {}
-    for sample in (gradient_flow._SAMPLE, 1 << 20):
-        monkeypatch.setattr(gradient_flow, "_SAMPLE", sample)
+    for sample in (gradient_stats.SAMPLE, 1 << 20):
+        monkeypatch.setattr(gradient_stats, "SAMPLE", sample)
         callback = GradientFlowCallback()
         pl.seed_everything(0, verbose=False)
         model = Net(wide_mlp(), sgd(0.05, momentum=0.9))
@@ -487,12 +487,12 @@ def test_a_sampled_embedding_whose_rows_train_sparsely_is_seen_moving(make_train
 
 def test_a_sample_estimates_a_large_tensors_norm_and_is_the_whole_of_a_small_one() -> None:
     small = torch.randn(50, 60)
-    assert torch.equal(gradient_flow._sample(small), small.reshape(-1))
+    assert torch.equal(gradient_stats.sample_elements(small), small.reshape(-1))
     large = torch.randn(1000, 300)
     large[:, ::8] = 0.0  # structure a strided sample would alias with
-    sample = gradient_flow._sample(large)
-    assert sample.numel() == gradient_flow._SAMPLE
-    assert torch.equal(gradient_flow._sample(large), sample)  # the same positions at every check
+    sample = gradient_stats.sample_elements(large)
+    assert sample.numel() == gradient_stats.SAMPLE
+    assert torch.equal(gradient_stats.sample_elements(large), sample)  # the same positions at every check
     estimate = float(sample.norm()) * math.sqrt(large.numel() / sample.numel())
     assert estimate == pytest.approx(float(large.norm()), rel=0.03)
 
