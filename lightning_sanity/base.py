@@ -22,7 +22,14 @@ from torch.utils.data import Dataset
 from typing_extensions import Self, override
 
 from lightning_sanity import run as sanity_run
-from lightning_sanity.batch import BatchAdapter, BatchParts, UnsupportedBatch, split_batch
+from lightning_sanity.batch import (
+    BatchAdapter,
+    BatchParts,
+    UnsupportedBatch,
+    adapter_example,
+    describe_structure,
+    split_batch,
+)
 from lightning_sanity.catalogue import declared, validate_ignore, validate_severity
 from lightning_sanity.findings import Finding, SanityError, SanityWarning, Severity
 from lightning_sanity.loggers import (
@@ -183,6 +190,10 @@ class SanityCallback(Callback):
 
     name: ClassVar[str] = "sanity"
     """Short name used in scalar keys: ``sanity/<name>/<split>/<metric>``."""
+
+    batch_checks: ClassVar[str] = ""
+    """What this callback checks in the ``(inputs, targets)`` it reads with :meth:`split_batch`: named in the one
+    ``sanity.skipped`` INFO of a run whose batches are not understood."""
 
     duplicate_of: SanityCallback | None
     """In a run where an earlier callback of the Trainer has this one's class and options, that callback: this one
@@ -421,20 +432,46 @@ class SanityCallback(Callback):
         self.on_eval_batch_end(trainer, pl_module, outputs, batch, batch_idx, "predict", dataloader_idx)
 
     def split_batch(self, trainer: pl.Trainer, batch: Any) -> BatchParts | None:
-        """The batch's ``(inputs, targets)``, or ``None`` (with one ``sanity.skipped`` INFO) if not understood."""
+        """The batch's ``(inputs, targets)`` for the running split, or ``None`` if not understood (see
+        :meth:`skip_unread_batch`)."""
         try:
-            return split_batch(batch, self.batch_adapter)
+            return split_batch(batch, self.batch_adapter, stage_of(trainer))
         except UnsupportedBatch as reason:
-            self.record(
-                trainer,
-                "sanity.skipped",
-                Severity.INFO,
-                f"{type(self).__name__} skipped batches it could not read: {reason}.",
-                "Pass batch_adapter=lambda batch: (inputs, targets) to the callback to enable its checks.",
-                subject="batch",
-                evidence={"batch_type": type(batch).__name__},
-            )
+            self.skip_unread_batch(trainer, batch, reason)
             return None
+
+    def skip_unread_batch(self, trainer: pl.Trainer, batch: Any, reason: UnsupportedBatch) -> None:
+        """Say once per run, for every callback of the run that reads batches, which checks a batch that is not
+        understood turns off, and the ``batch_adapter`` that would read it (written for the structure seen)."""
+        run = sanity_run.current_run(trainer)
+        members = run.members if run is not None else [self]
+        others = (member for member in members if member is not self)
+        if any(finding.key == ("sanity.skipped", "batch") for member in others for finding in member.findings):
+            return
+        readers = [
+            member
+            for member in members
+            if isinstance(member, SanityCallback) and member.batch_checks and member.duplicate_of is None
+        ]
+        blind = [member for member in readers if member.batch_adapter is None] or [self]
+        skipped = "; ".join(f"{type(member).__name__}: {member.batch_checks}" for member in blind)
+        structure, example = describe_structure(batch), adapter_example(batch)
+        self.record(
+            trainer,
+            "sanity.skipped",
+            Severity.INFO,
+            f"The {stage_of(trainer)} batches are not understood ({reason}; the batch is {structure}), so the checks "
+            f"that read their inputs and targets are skipped for this run: {skipped}.",
+            f"Tell the pack where the model inputs and the targets are: default_callbacks(batch_adapter={example}) "
+            "(or batch_adapter= on each callback); the adapter returns (inputs, targets), either may be None.",
+            subject="batch",
+            evidence={
+                "batch_type": type(batch).__name__,
+                "structure": structure,
+                "skipped": [type(member).__name__ for member in blind],
+                "adapter_example": example,
+            },
+        )
 
     def figures_wanted(self, trainer: pl.Trainer) -> bool:
         """Whether this epoch's figures go anywhere: figures are on (``figure_every_n_epochs > 0``), this is rank

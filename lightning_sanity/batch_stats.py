@@ -184,6 +184,7 @@ class BatchStatsCallback(SanityCallback):
     """
 
     name: ClassVar[str] = "batch_stats"
+    batch_checks: ClassVar[str] = "input statistics, label balance, train/val shift (input.*, target.*)"
 
     def __init__(
         self,

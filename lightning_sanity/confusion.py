@@ -860,6 +860,7 @@ class ConfusionCallback(SanityCallback):
     """
 
     name: ClassVar[str] = "confusion"
+    batch_checks: ClassVar[str] = "accuracy, confusion and learnability verdicts (eval.*)"
 
     def __init__(
         self,

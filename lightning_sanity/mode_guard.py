@@ -1037,7 +1037,7 @@ class ModeGuardCallback(SanityCallback):
         if relative_difference(first, replay) > _SAME_OUTPUTS:
             log.debug("ModeGuardCallback: forward is not reproducible with the same RNG state (stateful?); skipped")
             return
-        samples = min((t.shape[0] for t in tensors_in((args, kwargs)) if t.ndim > 0), default=1)
+        samples = call.head_size(self.stochastic_samples)
         sources = [(_qualified(call.name, name), kind) for name, kind in recorder.random_sources()]
         culprit = (
             f"the randomness starts in {', '.join(f'`{n or type(pl_module).__name__}` ({t})' for n, t in sources[:3])}"

@@ -445,6 +445,7 @@ class ModelChecksCallback(SanityCallback):
     """
 
     name: ClassVar[str] = "model_checks"
+    batch_checks: ClassVar[str] = "the step-0 loss reading (loss.*, target.unscaled, data.target_in_input)"
 
     def __init__(
         self,
@@ -562,13 +563,14 @@ class ModelChecksCallback(SanityCallback):
             output = output_tensor(call.output)
             if output is None or not output.is_floating_point() or output.ndim == 0:
                 continue
+            output = parts.select(output)  # a graph's per-node outputs cut to the split's nodes, like the targets
             if parts.targets.ndim == 0 or output.shape[0] != parts.targets.shape[0]:
                 continue  # not one output per sample: a loss module's result, or a flattened (N*L, C) view
             reading = read_loss(output, parts.targets, loss, context, call.activation(output))
             if reading is not None:
                 culprit = call.name or type(pl_module).__name__
                 self._judge_reading(trainer, reading, loss, culprit)
-                inputs = named_tensors(call.args, call.kwargs)
+                inputs = [(name, parts.select(tensor)) for name, tensor in named_tensors(call.args, call.kwargs)]
                 for verdict in (
                     softmax_multilabel(reading, loss, culprit),
                     unscaled_targets(reading, output, parts.targets, loss, culprit),
@@ -682,6 +684,9 @@ class ModelChecksCallback(SanityCallback):
     # ---- dependence on the input -----------------------------------------------------------------------------
 
     def _check_dependence(self, trainer: pl.Trainer, pl_module: pl.LightningModule, call: ForwardCall) -> None:
+        if call.rows_indexed():  # a graph's nodes with its edge_index: not independent samples to cut and compare
+            log.debug("ModelChecksCallback: another argument of `%s` indexes its rows; no per-sample probe", call.name)
+            return
         modes = {module: module.training for module in pl_module.modules()}
         first: Probe | None = None
         mixing: Probe | None = None

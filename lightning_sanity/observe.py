@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -170,21 +171,59 @@ class ForwardCall:
         """The tensors among the arguments, positional first."""
         return tensors_in((self.args, self.kwargs))
 
+    def batch_size(self) -> int | None:
+        """Dim 0 of the first tensor argument with a dim: the batch size, if the call has one."""
+        return next((tensor.shape[0] for tensor in self.tensors() if tensor.ndim > 0), None)
+
+    def rows_indexed(self) -> bool:
+        """Whether an argument indexes into the batch's rows, which then are not independent samples: an integer
+        tensor that does not have one row per sample (dim 0 is not the batch size) and whose values point at rows
+        beyond the first, e.g. a graph's ``edge_index`` into its node features, or a gather index into a table.
+
+        Example::
+
+            >>> import torch
+            >>> nodes, edges = torch.randn(5, 3), torch.tensor([[0, 1, 4], [1, 4, 0]])
+            >>> ForwardCall(torch.nn.Identity(), "", (nodes, edges), {}).rows_indexed()
+            True
+            >>> ids, lengths = torch.randint(0, 100, (5, 7)), torch.tensor([7, 3, 5, 2, 6])
+            >>> ForwardCall(torch.nn.Identity(), "", (ids, lengths), {}).rows_indexed()
+            False
+        """
+        batch_size = self.batch_size()
+        if batch_size is None or batch_size < 2:
+            return False
+        for tensor in self.tensors():
+            integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+            if integer and tensor.ndim > 0 and tensor.shape[0] != batch_size and tensor.numel() > 0:
+                largest = int(tensor.max())
+                if 0 < largest < batch_size and int(tensor.min()) >= 0:
+                    return True
+        return False
+
     def head(self, samples: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The recorded arguments cut to their first ``samples`` samples, to replay the call cheaply.
 
         The batch size is dim 0 of the first tensor argument; only tensors whose dim 0 is that size are sliced (a
-        mask, a lookup table or a scalar is passed as it is).
+        mask, a lookup table or a scalar is passed as it is). When another argument indexes into those rows
+        (:meth:`rows_indexed`: a graph's nodes with its ``edge_index``), the rows are one sample together: nothing
+        is cut and the call is replayed whole.
         """
-        first = next((tensor for tensor in self.tensors() if tensor.ndim > 0), None)
-        if first is None:
+        batch_size = self.batch_size()
+        if batch_size is None or self.rows_indexed():
             return self.args, self.kwargs
-        batch_size = first.shape[0]
 
         def cut(tensor: Tensor) -> Tensor:
             return tensor[:samples] if tensor.ndim > 0 and tensor.shape[0] == batch_size else tensor
 
         return map_tensors(self.args, cut), map_tensors(self.kwargs, cut)
+
+    def head_size(self, samples: int) -> int:
+        """How many rows :meth:`head` replays: ``samples`` (at most the batch size), or every row when it cuts none."""
+        batch_size = self.batch_size()
+        if batch_size is None:
+            return 1
+        return batch_size if self.rows_indexed() else min(samples, batch_size)
 
     def run(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
         """Call the module again (as the pack's own pass) with these arguments, by default the recorded ones."""
