@@ -224,6 +224,8 @@ class ConfusionSummary:
     independent_accuracy: float = 0.0
     """Accuracy that predictions independent of the labels, with the same class shares, would get:
     ``sum_k predicted_share_k * true_share_k`` (a constant prediction gets its class's true share)."""
+    class_shares: tuple[float, ...] = ()
+    """True share of each class among the samples: the class prior."""
 
     @classmethod
     def from_counts(cls, true_positives: Tensor, predicted: Tensor, actual: Tensor) -> ConfusionSummary:
@@ -249,6 +251,7 @@ class ConfusionSummary:
             top_predicted_true_share=float(act[top]) / n,
             prior_entropy=float(-(shares[shares > 0] * shares[shares > 0].log()).sum()),
             independent_accuracy=float((pred / n * shares).sum()),
+            class_shares=tuple(shares.tolist()),
         )
 
 
@@ -313,23 +316,103 @@ def is_below_chance(summary: ConfusionSummary) -> bool:
     return below_chance_z(summary) >= BELOW_CHANCE_Z
 
 
-def training_evidence(epoch_losses: Sequence[float], prior_entropy: float, steps: int) -> str | None:
+def prior_loss_floor(summary: ConfusionSummary, loss_noise: float = 0.0) -> float:
+    """The lowest epoch-mean training loss, within noise, of a model that learned only the class frequencies.
+
+    Such a model's cross-entropy is at least the entropy of the training class prior, which the validation split
+    estimates: the plug-in entropies of two samples of one prior differ by the binomial sampling of their labels,
+    ``sqrt(Var[-ln p_y] / n)`` each (``n`` validation samples, at most as many as the training samples), and by up to
+    their bias ``(K - 1) / 2n`` (Miller-Madow); the epoch mean of the training loss varies by its standard error
+    ``loss_noise`` (from its step losses). The floor lies that bias and ``CHANCE_Z`` standard errors of the
+    difference below the validation prior's entropy.
+
+    Example::
+
+        >>> balanced = ConfusionSummary.from_counts(*[torch.tensor([0, 0])] * 2, torch.tensor([225, 224]))
+        >>> skewed = ConfusionSummary.from_counts(*[torch.tensor([0, 0])] * 2, torch.tensor([404, 45]))
+        >>> round(balanced.prior_entropy - prior_loss_floor(balanced), 4)
+        0.0013
+        >>> round(balanced.prior_entropy - prior_loss_floor(balanced, loss_noise=0.002), 4)
+        0.0051
+        >>> round(skewed.prior_entropy, 3), round(prior_loss_floor(skewed), 3)  # 449 labels: a 90/10 prior +-0.03
+        (0.326, 0.262)
+    """
+    n = max(summary.total, 1)
+    shares = torch.tensor([share for share in summary.class_shares if share > 0], dtype=torch.float64)
+    if len(shares) < 2:
+        return summary.prior_entropy
+    spread = float((shares * shares.log() ** 2).sum()) - summary.prior_entropy**2
+    noise = math.sqrt(max(spread, 0.0) / n + loss_noise**2)
+    return summary.prior_entropy - (len(shares) - 1) / (2.0 * n) - CHANCE_Z * noise
+
+
+def is_above_the_prior(epoch_losses: Sequence[float], floors: Sequence[float], remaining_epochs: float) -> bool:
+    """No epoch-mean training loss went below the prior's floor for that epoch (:func:`prior_loss_floor`), and at the
+    pace of its last epochs (the mean fall over up to three) it would not get there before training ends
+    (``remaining_epochs``): whatever it learned, it is no more than the class frequencies. A loss above the prior
+    entropy that creeps down towards it is a model unlearning its initial bias, not learning; a slow learner above
+    it falls fast enough to cross it within the planned epochs.
+
+    Example::
+
+        >>> floors = [0.689] * 3
+        >>> is_above_the_prior([0.717, 0.713, 0.710], floors, 0), is_above_the_prior([0.717, 0.713], floors[:2], 1)
+        (True, True)
+        >>> is_above_the_prior([0.641, 0.493], [0.27] * 2, 4)  # on imbalanced data, falling through the prior
+        False
+    """
+    if len(epoch_losses) < 2 or len(floors) != len(epoch_losses):
+        return False
+    if any(loss < floor for loss, floor in zip(epoch_losses, floors, strict=True)):
+        return False
+    recent = epoch_losses[-3:]
+    pace = (recent[0] - recent[-1]) / (len(recent) - 1)
+    return pace <= 0 or recent[-1] - pace * remaining_epochs >= floors[-1]
+
+
+def verdict_checks(summary: ConfusionSummary) -> dict[str, bool]:
+    """Which verdicts about learning one validation's confusion matrix supports, before any training evidence: at
+    most one of below chance, imbalance masked and chance level (in that order), and prediction collapse."""
+    below = is_below_chance(summary)
+    imbalance = is_imbalance_masked(summary) and not below
+    return {
+        "eval.below_chance": below,
+        "eval.prediction_collapse": is_prediction_collapse(summary),
+        "eval.imbalance_masked": imbalance,
+        "eval.chance_level": is_chance_level(summary) and not imbalance and not below,
+    }
+
+
+def training_evidence(
+    epoch_losses: Sequence[float],
+    prior_entropy: float,
+    steps: int,
+    floors: Sequence[float] = (),
+    remaining_epochs: float = math.inf,
+) -> str | None:
     """Whether training had its chance: ``"learned"`` if the epoch-mean training loss fell by a quarter from the
-    first epoch, ``"stuck"`` if after ``MIN_STEPS`` optimizer steps the last three epochs sit flat at the entropy of
-    the class prior (the loss of a model that learned only the class frequencies); ``None`` while training is still
-    on its way.
+    first epoch; after ``MIN_STEPS`` optimizer steps, ``"stuck"`` if the last three epochs sit flat at the entropy of
+    the class prior (the loss of a model that learned only the class frequencies), ``"never below the prior"`` if it
+    never went below that entropy's noise floor in any epoch (``floors``, one per epoch) and is not on pace to
+    (:func:`is_above_the_prior`); ``None`` while training is still on its way.
 
     Example::
 
         >>> training_evidence([0.69, 0.40, 0.21], 0.69, 30), training_evidence([0.70, 0.632, 0.643, 0.638], 0.6365, 150)
         ('learned', 'stuck')
+        >>> training_evidence([0.717, 0.713, 0.710], 0.6927, 129, floors=[0.689] * 3, remaining_epochs=0)
+        'never below the prior'
     """
     if len(epoch_losses) < 2:
         return None
     if min(epoch_losses) <= LEARNED_RATIO * epoch_losses[0]:
         return "learned"
-    if steps >= MIN_STEPS and is_plateau(epoch_losses, prior_entropy, STUCK_TOLERANCE, STUCK_SPREAD):
+    if steps < MIN_STEPS:
+        return None
+    if is_plateau(epoch_losses, prior_entropy, STUCK_TOLERANCE, STUCK_SPREAD):
         return "stuck"
+    if floors and is_above_the_prior(epoch_losses, floors, remaining_epochs):
+        return "never below the prior"
     return None
 
 
@@ -441,15 +524,24 @@ def has_learning_signal(history: Sequence[EpochEvidence]) -> bool:
 
 
 def learning_evidence(
-    epoch_losses: Sequence[float], history: Sequence[EpochEvidence], prior_entropy: float, steps: int
+    epoch_losses: Sequence[float],
+    history: Sequence[EpochEvidence],
+    prior_entropy: float,
+    steps: int,
+    remaining_epochs: float = math.inf,
+    loss_noise: Sequence[float] = (),
 ) -> str | None:
-    """Whether the run had its chance to learn, from what it measured: ``"learned"`` / ``"stuck"`` (see
-    :func:`training_evidence`), ``"one class throughout"`` (:func:`is_one_class_throughout`), ``"memorising"``
-    (:func:`is_memorising`), or ``None`` while the evidence is still out (early epochs, slow learners whose
-    validation loss still falls: :func:`is_still_improving`)."""
+    """Whether the run had its chance to learn, from what it measured: ``"learned"`` / ``"stuck"`` / ``"never below
+    the prior"`` (see :func:`training_evidence`; the prior's noise floor from the latest validation's class shares and
+    the standard error of each epoch's mean training loss, ``loss_noise``; ``remaining_epochs`` of training planned
+    after this one), ``"one class throughout"``
+    (:func:`is_one_class_throughout`), ``"memorising"`` (:func:`is_memorising`), or ``None`` while the evidence is
+    still out (early epochs, slow learners whose validation loss still falls: :func:`is_still_improving`)."""
     if has_learning_signal(history):
         return None
-    evidence = training_evidence(epoch_losses, prior_entropy, steps)
+    noise = [*loss_noise, *[0.0] * (len(epoch_losses) - len(loss_noise))][: len(epoch_losses)]
+    floors = [prior_loss_floor(history[-1].summary, n) for n in noise] if history else []
+    evidence = training_evidence(epoch_losses, prior_entropy, steps, floors, remaining_epochs)
     if evidence is not None:
         return evidence
     if is_one_class_throughout(history):
@@ -464,21 +556,30 @@ def is_learning_now(summary: ConfusionSummary) -> bool:
     return summary.present_classes >= 2 and not is_no_better_than_one_class(summary)
 
 
-def is_plateau(epoch_losses: Sequence[float], level: float, tolerance: float, spread: float, epochs: int = 3) -> bool:
-    """The last ``epochs`` losses are all within ``tolerance * level`` of ``level`` and flat (their range within
-    ``spread * level``): not a slow learner on its way down."""
+def is_plateau(
+    epoch_losses: Sequence[float], level: float, tolerance: float, spread: float, epochs: int = 3, above: bool = False
+) -> bool:
+    """The last ``epochs`` losses are all within ``tolerance * level`` of ``level`` (or anywhere above it, with
+    ``above``) and flat (their range within ``spread * level``): not a slow learner on its way down."""
     if level <= 0 or len(epoch_losses) < epochs:
         return False
     recent = epoch_losses[-epochs:]
-    near = all(abs(loss - level) <= tolerance * level for loss in recent)
+    near = all(loss - level >= -tolerance * level and (above or loss - level <= tolerance * level) for loss in recent)
     return near and max(recent) - min(recent) <= spread * level
 
 
 def is_loss_at_chance(epoch_losses: Sequence[float], num_classes: int, steps: int) -> bool:
-    """After ``MIN_STEPS`` optimizer steps the training loss sits flat at ``ln(C)`` for the last three epochs."""
+    """After ``MIN_STEPS`` optimizer steps the training loss sits flat at ``ln(C)`` or above it for the last three
+    epochs: a loss above that of a uniform guess is no better than one.
+
+    Example::
+
+        >>> is_loss_at_chance([0.724, 0.6932, 0.6931, 0.6931], 2, 150), is_loss_at_chance([0.73, 0.728, 0.726], 2, 150)
+        (True, True)
+    """
     if num_classes < 2 or steps < MIN_STEPS:
         return False
-    return is_plateau(epoch_losses, math.log(num_classes), LOSS_CHANCE_TOLERANCE, LOSS_CHANCE_SPREAD)
+    return is_plateau(epoch_losses, math.log(num_classes), LOSS_CHANCE_TOLERANCE, LOSS_CHANCE_SPREAD, above=True)
 
 
 def closest_reading(logged: float, readings: Mapping[str, float]) -> tuple[str, float, float]:
@@ -641,23 +742,30 @@ class TrainLoss(Metric):
 
     full_state_update = False
     total: Tensor
+    squares: Tensor
     steps: Tensor
     lowest: Tensor
 
     def __init__(self) -> None:
         super().__init__()
         self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("squares", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("steps", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("lowest", torch.full((), math.inf, dtype=torch.float64), dist_reduce_fx="min")
 
     def update(self, losses: Tensor) -> None:
         losses = losses.detach().double().reshape(-1)
         self.total += losses.sum()
+        self.squares += losses.square().sum()
         self.steps += losses.numel()
         self.lowest = torch.minimum(self.lowest, losses.min())
 
-    def compute(self) -> tuple[Tensor, Tensor]:
-        return self.total / self.steps.clamp(min=1), self.lowest
+    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The mean, the lowest step loss, and the standard error of the mean (from the spread of the step losses)."""
+        steps = self.steps.clamp(min=1)
+        mean = self.total / steps
+        variance = (self.squares / steps - mean.square()).clamp(min=0) * steps / (steps - 1).clamp(min=1)
+        return mean, self.lowest, (variance / steps).sqrt()
 
 
 class ProbabilityLoss(Metric):
@@ -926,6 +1034,8 @@ class ConfusionCallback(SanityCallback):
         """Training losses not yet handed to ``_train_loss`` (see :class:`TrainLoss`)."""
         self._loss_scale = 1
         self._epoch_losses: list[float] = []
+        self._epoch_noise: list[float] = []
+        """Standard error of each of ``_epoch_losses`` (:class:`TrainLoss`)."""
         self._lowest_loss = math.inf
         self._suspicious: dict[str, int] = {}
         self._activation: tuple[str, str, int] | None = None
@@ -1324,10 +1434,11 @@ class ConfusionCallback(SanityCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         train_loss = self._fold_train_losses()
         if train_loss is not None:
-            mean, lowest = (float(v) for v in train_loss.compute())
+            mean, lowest, noise = (float(v) for v in train_loss.compute())
             train_loss.reset()
             if math.isfinite(mean):
                 self._epoch_losses.append(mean)
+                self._epoch_noise.append(noise if math.isfinite(noise) else 0.0)
                 self._lowest_loss = min(self._lowest_loss, lowest)
         if self.on_train:
             self._finish_split(trainer, "train")
@@ -1339,13 +1450,19 @@ class ConfusionCallback(SanityCallback):
             return math.inf
         return float(train_loss.compute()[1])
 
-    def _losses_so_far(self) -> list[float]:
-        """Epoch-mean training losses, with the running epoch's mean so far (validation runs before epoch end)."""
+    def _losses_so_far(self) -> tuple[list[float], list[float]]:
+        """Epoch-mean training losses and their standard errors, with the running epoch's so far (validation runs
+        before the epoch ends)."""
+        losses, noise = list(self._epoch_losses), list(self._epoch_noise)
         train_loss = self._fold_train_losses()
         if train_loss is None or not train_loss.update_called:
-            return list(self._epoch_losses)
-        mean = float(train_loss.compute()[0])
-        return [*self._epoch_losses, mean] if math.isfinite(mean) else list(self._epoch_losses)
+            return losses, noise
+        mean, _, error = (float(v) for v in train_loss.compute())
+        return (
+            ([*losses, mean], [*noise, error if math.isfinite(error) else 0.0])
+            if math.isfinite(mean)
+            else (losses, noise)
+        )
 
     # ------------------------------------------------------------- epoch end
     @override
@@ -1426,26 +1543,25 @@ class ConfusionCallback(SanityCallback):
     def _judge_summary(
         self, trainer: pl.Trainer, split: str, label: str, summary: ConfusionSummary, eval_loss: float | None
     ) -> None:
-        losses = self._losses_so_far() if split == "val" else self._epoch_losses
+        losses, noise = self._losses_so_far() if split == "val" else (self._epoch_losses, self._epoch_noise)
         history = self._remember(trainer, split, label, summary, eval_loss, losses)
         learning = (
-            learning_evidence(losses, history, summary.prior_entropy, trainer.global_step)
+            learning_evidence(
+                losses, history, summary.prior_entropy, trainer.global_step, _remaining_epochs(trainer, split), noise
+            )
             if self._trained(trainer)
             else None
         )
-        below = is_below_chance(summary)
-        imbalance = is_imbalance_masked(summary) and not below
-        checks = {
-            "eval.below_chance": below,
-            "eval.prediction_collapse": is_prediction_collapse(summary),
-            "eval.imbalance_masked": imbalance,
-            "eval.chance_level": is_chance_level(summary) and not imbalance and not below,
-        }
+        checks = verdict_checks(summary)
         for code, holds in checks.items():
             key = f"{code}:{label}"
             count = self._suspicious.get(key, 0) + 1 if holds and learning is not None else 0
-            # one class at every validation is itself evidence over the whole history
-            self._suspicious[key] = max(count, len(history)) if holds and learning == "one class throughout" else count
+            if holds and learning == "one class throughout":
+                count = max(count, len(history))  # one class at every validation is evidence over the whole history
+            elif holds and learning in ("stuck", "never below the prior"):
+                # so is a training loss at the prior for epochs: the validations before MIN_STEPS count as well
+                count = max(count, _held_since(history, code))
+            self._suspicious[key] = count
         if split == "val" and (is_learning_now(summary) or beats_the_prior(history[-1])):
             for code in checks:
                 self._resolve(code, label, trainer.current_epoch)
@@ -1618,6 +1734,12 @@ class ConfusionCallback(SanityCallback):
             return (
                 f"the training loss sits at the class-prior entropy ({', '.join(f'{v:.3f}' for v in losses[-3:])}): "
                 "the model learned the class frequencies and nothing else"
+            )
+        if learning == "never below the prior" and history:
+            return (
+                f"the training loss never went below the class-prior entropy {history[-1].summary.prior_entropy:.3f} "
+                f"({', '.join(f'{v:.3f}' for v in losses[-4:])}): the model learned nothing beyond the class "
+                "frequencies"
             )
         return f"the training loss fell from {losses[0]:.3f} to {min(losses):.3f}, so the model did train"
 
@@ -1808,6 +1930,29 @@ class ConfusionCallback(SanityCallback):
             for label, matrix in self.confusion_matrices.items()
             if matrix.shape[0] <= self.report_classes
         ]
+
+
+def _remaining_epochs(trainer: pl.Trainer, split: str) -> float:
+    """Training epochs planned after the current one (by ``max_epochs`` and ``max_steps``; unbounded: inf), 0 once
+    training is over (a test or validate run)."""
+    if split != "val" or trainer.state.fn != TrainerFn.FITTING:
+        return 0.0
+    epochs = trainer.max_epochs
+    remaining = math.inf if epochs is None or epochs < 0 else float(epochs - trainer.current_epoch - 1)
+    if trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step > 0:
+        per_epoch = trainer.global_step / (trainer.current_epoch + 1)
+        remaining = min(remaining, (trainer.max_steps - trainer.global_step) / per_epoch)
+    return max(remaining, 0.0)
+
+
+def _held_since(history: Sequence[EpochEvidence], code: str) -> int:
+    """For how many of the latest validations in ``history`` the check ``code`` of :func:`verdict_checks` held."""
+    held = 0
+    for entry in reversed(history):
+        if not verdict_checks(entry.summary)[code]:
+            break
+        held += 1
+    return held
 
 
 def _class_names(trainer: pl.Trainer) -> list[str] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-torch.set_num_threads(1)
+# One thread by default; LS_TEST_THREADS=4 runs the suite as a multi-core machine would (another reduction order)
+torch.set_num_threads(int(os.environ.get("LS_TEST_THREADS", "1")))
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -606,9 +607,10 @@ def test_train_loss_takes_several_steps_at_once() -> None:
     metric.update(torch.tensor(losses[1:41]))
     assert float(metric.compute()[0]) == pytest.approx(sum(losses[:41]) / 41, rel=1e-6)
     metric.update(torch.tensor(losses[41:]).reshape(-1, 1))
-    mean, lowest = metric.compute()
+    mean, lowest, noise = metric.compute()
     assert float(mean) == pytest.approx(sum(losses) / len(losses), rel=1e-6)
     assert float(lowest) == pytest.approx(min(losses), rel=1e-6)
+    assert float(noise) == pytest.approx(statistics.stdev(losses) / math.sqrt(len(losses)), rel=1e-6)
 
 
 class LossRecorder(Classifier):

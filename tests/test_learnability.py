@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 from support import problems
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms as T
 
 import lightning_sanity
 from lightning_sanity import ConfusionCallback, Finding, ModeGuardCallback, SanityReport, Severity, collect_findings
 from lightning_sanity.confusion import EpochEvidence
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
-from lightning_sanity.triage import triage_rows
+from lightning_sanity.triage import SYMPTOMS, triage_rows
 
 NORMALIZED = T.Compose([T.ToTensor(), T.Normalize([0.3] * 3, [0.32] * 3)])
 
@@ -307,6 +307,89 @@ def test_a_deep_plain_network_on_the_plateau_then_learning_ends_resolved(make_tr
     markdown = next(tmp_path.glob("**/sanity_report_fit.md")).read_text()
     assert f"resolved at epoch {finding.resolved_epoch}" in markdown
     assert all(not f.standing for f in SanityReport.from_json(json.dumps(report)).findings)
+
+
+# ------------------------------------------------------- 5. a training loss that never gets below the class prior
+class Relabelled(Dataset):
+    """A dataset with its labels replaced (labels that no longer follow from the inputs)."""
+
+    def __init__(self, base: Dataset, labels: np.ndarray) -> None:
+        self.base, self.labels = base, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.base[index][0], int(self.labels[index])
+
+
+def coin_flip_images() -> tuple[DataLoader, DataLoader]:
+    """Digit images whose binary labels were drawn by coin flip, independently for each split."""
+    train, val = DigitImages(NORMALIZED, "train", size=16), DigitImages(NORMALIZED, "val", size=16)
+    flips = np.random.default_rng(5)
+    return (
+        DataLoader(Relabelled(train, flips.integers(0, 2, len(train))), batch_size=32, shuffle=True),
+        DataLoader(Relabelled(val, flips.integers(0, 2, len(val))), batch_size=128),
+    )
+
+
+@pytest.mark.parametrize("lr", [1e-2, 3e-3])
+def test_coin_flip_labels_whose_loss_never_gets_below_the_prior_are_reported(make_trainer: Any, lr: float) -> None:
+    # three epochs of Adam: the loss creeps from above ln 2 towards it and never below (too few epochs to memorise)
+    callbacks = lightning_sanity.default_callbacks(figure_every_n_epochs=0)
+    pl.seed_everything(0, verbose=False)
+    trainer = fit(make_trainer, Classifier(SmallCNN(2), lr=lr), *coin_flip_images(), 3, callbacks=callbacks)
+    verdicts = [f for f in standing(trainer) if f.code in SYMPTOMS and f.subject == "val"]
+    assert verdicts, [(f.code, f.message) for f in collect_findings(trainer)]
+    assert {f.evidence["training"] for f in verdicts} <= {"stuck", "never below the prior"}, [
+        f.message for f in verdicts
+    ]
+    assert all("class-prior entropy" in f.message for f in verdicts)
+    assert all(min(f.evidence["epoch_train_losses"]) > 0.98 * f.evidence["prior_entropy"] for f in verdicts)
+    assert lightning_sanity.last_report(trainer).triage  # type: ignore[union-attr]
+
+
+class Smoothed(Classifier):
+    """Cross-entropy with label smoothing: the training loss of a perfect model is no longer 0."""
+
+    def __init__(self, net: nn.Module, lr: float, smoothing: float, optimizer: str = "adam") -> None:
+        super().__init__(net, lr, optimizer)
+        self.smoothing = smoothing
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y, label_smoothing=self.smoothing)
+
+
+def one_against_rest(split: str) -> tuple[Tensor, Tensor]:
+    x, digits = digits_tensors(split)  # type: ignore[arg-type]
+    return x, (digits == 0).long()  # 10 % positives: a prior entropy of 0.33, half of ln 2
+
+
+HEALTHY_ABOVE_THE_PRIOR = {
+    # plain SGD on 10 %-positive data: from ln 2 down through the prior's 0.30, still above it after 129 steps
+    "slow learner, imbalanced": lambda: (PlainSGD(mlp(64, 2), lr=2e-3), one_against_rest, 32, 6),
+    # plain SGD, ten classes: above ln 10 for the first epoch, at the prior after 129 steps, then below it
+    "slow learner, ten classes": lambda: (PlainSGD(mlp(64, 10), lr=2e-3), digits_tensors, 32, 6),
+    # label smoothing raises the floor of the training loss, more so with two classes
+    "label smoothing": lambda: (Smoothed(mlp(64, 10), 1e-3, 0.3, "sgd"), digits_tensors, 32, 6),
+    "label smoothing, two classes": lambda: (Smoothed(mlp(64, 2), 1e-3, 0.3, "sgd"), binary_digits, 32, 6),
+    # a run that ends after two epochs (170 steps): the first at ln 10, the second below it
+    "two epochs": lambda: (PlainSGD(mlp(64, 10), lr=3e-3), digits_tensors, 16, 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEALTHY_ABOVE_THE_PRIOR))
+def test_healthy_runs_that_start_at_or_above_the_prior_are_quiet(make_trainer: Any, case: str) -> None:
+    pl.seed_everything(0, verbose=False)
+    model, data, batch_size, epochs = HEALTHY_ABOVE_THE_PRIOR[case]()
+    confusion = ConfusionCallback(figure_every_n_epochs=0)
+    train, val = loader(*data("train"), batch_size), loader(*data("val"), 128, False)  # type: ignore[operator]
+    trainer = fit(make_trainer, model, train, val, epochs, callbacks=[confusion, ModeGuardCallback()])
+    assert problems(trainer) == []
+    history = confusion.history["val"]
+    assert len(history) == epochs  # every validation was judged: the callback read the model's scores
+    assert confusion._epoch_losses[0] > 0.98 * history[0].summary.prior_entropy  # the first epoch at the prior or above
 
 
 # ------------------------------------------------------- the healthy side
