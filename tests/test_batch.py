@@ -208,7 +208,7 @@ def test_adapter_overrides() -> None:
 )
 def test_adapter_example_reads_the_structure_seen(batch: Any, example: str) -> None:
     assert adapter_example(batch) == example
-    adapter = eval(example) if "inputs" not in example else None  # noqa: S307 - the example must be valid Python
+    adapter = eval(example) if "inputs" not in example else None  # the example must be valid Python
     if adapter is not None:
         inputs, targets = adapter(batch)
         assert inputs is X and targets is Y
