@@ -384,3 +384,32 @@ def gcn_program() -> Program:
 def test_healthy_client_is_quiet(make_trainer: Callable[..., pl.Trainer], program: Callable[[], Program]) -> None:
     pl.seed_everything(0, verbose=False)
     fit_quietly(make_trainer, program())
+
+
+def nbeats_unscaled_targets() -> tuple[pl.LightningModule, Any, Any]:
+    """BUG: a series around -2700 with no target normaliser; N-BEATS reads the raw history as its encoder input."""
+    return forecasting_program(sine_waves(offset=-2700.0, scale=50.0), target_normalizer=None)
+
+
+def gcn_label_as_feature() -> tuple[pl.LightningModule, Any, Any]:
+    """BUG: node feature 3 is a copy of the label."""
+    return (NodeClassifier(16, 3), *graph_loaders(block_graph(features_leak_label=True)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "broken, code",
+    [(nbeats_unscaled_targets, "input.unscaled"), (gcn_label_as_feature, "data.target_in_input")],
+    ids=lambda value: getattr(value, "__name__", value),
+)
+def test_broken_client_is_caught(
+    make_trainer: Callable[..., pl.Trainer], broken: Callable[[], tuple[Any, Any, Any]], code: str
+) -> None:
+    """The library's own batches are read (no ``sanity.skipped [batch]``) and the twin's bug is found in one epoch."""
+    pl.seed_everything(0, verbose=False)
+    module, train, val = broken()
+    trainer = make_trainer(callbacks=ls.default_callbacks(), max_epochs=1)
+    trainer.fit(module, train, val)
+    findings = ls.collect_findings(trainer)
+    assert code in {f.code for f in findings if f.severity >= Severity.WARNING}, describe(findings)
+    assert not [f for f in findings if f.key == ("sanity.skipped", "batch") or f.code == "sanity.internal_error"]
