@@ -14,7 +14,12 @@ and training setups, and prints per run and per family the statistic behind each
 - ``lr_drop``: smallest learning rate, over the checks in the first half of the planned steps, as a fraction
   of the highest one used before it (``update.lr_collapsed`` fires below 1e-3).
 
-    python benchmarks/calibrate_gradient_flow.py
+``missing`` runs programs whose trainable parameters get no gradient, healthy (library models built larger than
+they are used: smp's encoder_depth, timm's forward_features, a torchvision ResNet run child by child, a Hugging Face
+pooler) and buggy (``.detach()``, ``torch.no_grad()``, a discarded branch, a forgotten layer), and prints how many of
+those parameters belong to modules forward called (``grad.missing``) or never called (``param.unused``).
+
+    python benchmarks/calibrate_gradient_flow.py [healthy|buggy|missing]
 """
 
 from __future__ import annotations
@@ -307,10 +312,162 @@ def buggy_runs() -> list[tuple[str, Callable[[], pl.LightningModule], tuple[str,
     ]
 
 
+def digit_masks() -> TensorDataset:
+    """Digits upsampled to 3x32x32 with the ink as class 1 of a per-pixel mask: a small real segmentation task."""
+    x = torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=32, mode="bilinear", align_corners=False)
+    return TensorDataset(((x - 0.3) / 0.4).repeat(1, 3, 1, 1), (x[:, 0] > 0.3).long())
+
+
+class Features(nn.Module):
+    """A classifier on a backbone's features, reached the way the program says (a library's partial forward)."""
+
+    def __init__(self, backbone: nn.Module, features: Callable[[nn.Module, Tensor], Tensor], width: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.features = features
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(self.backbone, x))
+
+
+def torchvision_children(net: nn.Module, x: Tensor) -> Tensor:
+    """A torchvision ResNet run child by child up to its pooling: its ``fc`` is never called."""
+    for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
+        x = getattr(net, name)(x)
+    return x.flatten(1)
+
+
+class Cut(nn.Module):
+    """An MLP on digits whose backbone is cut from the loss as ``mode`` says (the bugs of ``grad.missing``)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.backbone = nn.Sequential(nn.Linear(64, 64), nn.ReLU())
+        self.extra = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "no_grad":
+            with torch.no_grad():
+                x = self.backbone(x)
+        else:
+            x = self.backbone(x)
+        if self.mode == "detach":
+            x = x.detach()
+        if self.mode == "discarded":
+            self.extra(x)  # an auxiliary branch whose output never reaches the loss
+        if self.mode == "functional_detach":
+            x = F.linear(x, self.extra.weight.detach(), self.extra.bias.detach())
+        return self.head(x)  # "forgotten": self.extra is defined and never called
+
+
+class Segmentation(pl.LightningModule):
+    def __init__(self, net: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return self.loss(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class Pooled(Module):
+    """A Hugging Face BertModel on digit tokens, classified from the first token's hidden state (not the pooler)."""
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        ids, y = batch
+        return F.cross_entropy(self.net[1](self.net[0](input_ids=ids).last_hidden_state[:, 0]), y)
+
+
+def missing_programs() -> list[tuple[str, str, Callable[[], pl.LightningModule], Callable[[], TensorDataset]]]:
+    """(family, name, module, data) of the programs whose parameters get no gradient."""
+    import segmentation_models_pytorch as smp
+    import timm
+    import torchvision
+    import transformers
+
+    def unet(depth: int) -> pl.LightningModule:
+        decoder = (64, 32, 16, 16, 8)[5 - depth :]
+        net = smp.Unet("resnet18", encoder_weights=None, classes=2, encoder_depth=depth, decoder_channels=decoder)
+        return Segmentation(net, smp.losses.DiceLoss("multiclass"))
+
+    def timm_features() -> pl.LightningModule:
+        backbone = timm.create_model("resnet18", pretrained=False, num_classes=10)
+        return Module(
+            Features(backbone, lambda net, x: net.forward_head(net.forward_features(x), True), 512), adam(1e-3)
+        )
+
+    def torchvision_features() -> pl.LightningModule:
+        return Module(Features(torchvision.models.resnet18(num_classes=10), torchvision_children, 512), adam(1e-3))
+
+    def bert() -> pl.LightningModule:
+        config = transformers.BertConfig(
+            vocab_size=64 * 4 + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64,
+        )  # fmt: skip
+        return Pooled(nn.ModuleList([transformers.BertModel(config), nn.Linear(32, 10)]), adam(1e-3))
+
+    def cut(mode: str) -> Callable[[], pl.LightningModule]:
+        return lambda: Module(Cut(mode), adam(1e-3))
+
+    def flat() -> TensorDataset:
+        return digits("flat")
+
+    def image() -> TensorDataset:
+        return digits("image")
+
+    def tokens() -> TensorDataset:
+        return digits("tokens")
+
+    return [
+        ("healthy", "smp Unet resnet18 encoder_depth=3", lambda: unet(3), digit_masks),
+        ("healthy", "smp Unet resnet18 encoder_depth=4", lambda: unet(4), digit_masks),
+        ("healthy", "timm resnet18 forward_features + own head", timm_features, image),
+        ("healthy", "torchvision resnet18 run child by child", torchvision_features, image),
+        ("healthy", "HF BertModel, first token instead of pooler", bert, tokens),
+        ("buggy", "backbone .detach()", cut("detach"), flat),
+        ("buggy", "backbone under torch.no_grad() in train mode", cut("no_grad"), flat),
+        ("buggy", "auxiliary branch output discarded", cut("discarded"), flat),
+        ("buggy", "layer defined, forgotten in forward", cut("forgotten"), flat),
+        ("buggy", "layer used as F.linear(x, w.detach())", cut("functional_detach"), flat),
+    ]
+
+
+def missing_table() -> None:
+    """Per program: trainable parameters without a gradient in the dense checks, split by whether forward ever
+    called the module that holds them, and the findings that come out (before: every one was grad.missing ERROR)."""
+    print(f"{'family':8s} {'program':46s} {'no grad':>8s} {'called':>7s} {'never':>6s}  findings")
+    for family, name, build, data in missing_programs():
+        pl.seed_everything(0, verbose=False)
+        callback = GradientFlowCallback()
+        trainer = pl.Trainer(
+            accelerator="cpu", max_steps=25, max_epochs=-1, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, callbacks=[callback],
+        )  # fmt: skip
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            trainer.fit(build(), DataLoader(data(), batch_size=32, shuffle=True))
+        found = {f.code: f for f in callback.findings if f.code in ("grad.missing", "param.unused")}
+        called = len(found["grad.missing"].evidence["parameters"]) if "grad.missing" in found else 0
+        never = len(found["param.unused"].evidence["parameters"]) if "param.unused" in found else 0
+        codes = ", ".join(f"{f.code} ({f.severity})" for f in callback.findings) or "-"
+        print(f"{family:8s} {name:46s} {called + never:8d} {called:7d} {never:6d}  {codes}")
+
+
 def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning_sanity").setLevel(logging.ERROR)
     only = sys.argv[1] if len(sys.argv) > 1 else ""
+    if only == "missing":
+        missing_table()
+        return
     columns = ("depth", "growth", "max_upd", "med_upd", "lr_drop")
     for family, runs in (("healthy", healthy_runs()), ("buggy", buggy_runs())):
         if only and only != family:

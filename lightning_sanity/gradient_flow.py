@@ -30,12 +30,14 @@ from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import gradient_flow_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.gradient_stats import (
-    NAMES_SHOWN,
+    PLAIN_TENSOR_HINT,
     CheckSummary,
     Layer,
+    ModuleCalls,
     ParamInfo,
     PendingCheck,
     PlainTensor,
+    ResetProbes,
     ResetWindow,
     Watch,
     anonymous_info,
@@ -57,10 +59,12 @@ from lightning_sanity.gradient_stats import (
     lr_is_judgeable,
     per_layer,
     plain_tensor_attributes,
+    plain_tensor_verdicts,
     read_to_host,
     sample_elements,
     shorten,
     spread,
+    unused_finding,
 )
 from lightning_sanity.loggers import log_scalars, scalar_key
 
@@ -181,9 +185,9 @@ class GradientFlowCallback(SanityCallback):
         self._watches: dict[int, Watch] = {}
         self._pending: list[PendingCheck] = []
         self._orphans: list[Tensor] = []
-        self._probe_handles: list[Any] = []
-        self._probed: dict[int, list[Tensor]] = {}
+        self._probes: ResetProbes | None = None
         self._plain_tensors: list[PlainTensor] = []
+        self._calls: ModuleCalls | None = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -199,7 +203,18 @@ class GradientFlowCallback(SanityCallback):
             id(p) for optimizer in trainer.optimizers for group in optimizer.param_groups for p in group["params"]
         }
         self._orphans = [p for p in pl_module.parameters() if p.requires_grad and id(p) not in optimized]
-        self._watch_gradient_resets(trainer)
+        self._remove_probes()
+        self._probes = ResetProbes(trainer.optimizers, self._watches, _RESET_PROBES)
+        self._stop_recording_calls()
+        if not compat.is_compiled(pl_module):  # a hook on a compiled model's modules costs it a recompilation
+            self._calls = ModuleCalls(pl_module)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._calls is not None:
+            self._calls.recording = True
 
     @override
     def on_before_optimizer_step(
@@ -210,19 +225,22 @@ class GradientFlowCallback(SanityCallback):
         if watch is None:  # not setdefault: a Watch is a dozen containers, and most steps are not checked
             watch = self._watches[index] = Watch()
         step, watch.steps = watch.steps, watch.steps + 1
-        self._close_reset_window(watch)
+        ResetProbes.close_window(watch)
         arrived, watch.gradient_arrived = watch.gradient_arrived, set()
         if is_check_step(step, self.dense_steps, self.every_n_steps):
-            if any(id(param) in arrived and param.grad is None for param in self._probed.get(index, ())):
+            probed = self._probes.probed.get(index, ()) if self._probes else ()
+            if any(id(param) in arrived and param.grad is None for param in probed):
                 watch.cleared_before_step += 1  # e.g. zero_grad() between backward and step
             self._pending.append(self._measure_gradients(index, step, optimizer))
-            if self._probe_handles and not watch.reset_judged:
+            if self._probes and not watch.reset_judged:
                 watch.reset_window = ResetWindow()  # watches the gradients arriving until this optimizer's next step
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._calls is not None:
+            self._calls.recording = False
         if self._plain_tensors:
             self._judge_plain_tensors(trainer, pl_module)
         if not self._pending:
@@ -234,6 +252,9 @@ class GradientFlowCallback(SanityCallback):
             self._judge_orphans(trainer)
         for check, stats in zip(pending, numbers, strict=True):
             self._judge_check(trainer, check, stats)
+        watches = self._watches.values()
+        if len(watches) >= len(trainer.optimizers) and all(watch.judged for watch in watches):
+            self._stop_recording_calls()  # only the dense phase's verdicts read them: no hook for the rest of training
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -247,12 +268,24 @@ class GradientFlowCallback(SanityCallback):
         for index, watch in self._watches.items():
             if not watch.judged and watch.checks >= _MIN_CHECKS:
                 self._judge_persistent(trainer, index, watch)
+        self._stop_recording_calls()
 
     @override
     def release(self) -> None:
         self._pending = []
         self._orphans = []
         self._remove_probes()
+        self._stop_recording_calls()
+
+    def _remove_probes(self) -> None:
+        if self._probes is not None:
+            self._probes.remove()
+            self._probes = None
+
+    def _stop_recording_calls(self) -> None:
+        if self._calls is not None:
+            self._calls.close()
+            self._calls = None
 
     def _measure_gradients(self, index: int, step: int, optimizer: Optimizer) -> PendingCheck:
         infos: list[ParamInfo] = []
@@ -304,45 +337,6 @@ class GradientFlowCallback(SanityCallback):
             without_grad,
         )
 
-    def _watch_gradient_resets(self, trainer: pl.Trainer) -> None:
-        """Hook each optimizer's largest parameters: a hook on a leaf runs before the new gradient is added to
-        ``.grad``, so it sees whether the gradient of the last step was reset (``None`` or zeroed) or is kept."""
-        self._remove_probes()
-        for index, optimizer in enumerate(trainer.optimizers):
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-            self._probed[index] = sorted(params, key=lambda p: -p.numel())[:_RESET_PROBES]
-            for param in self._probed[index]:
-                self._probe_handles.append(param.register_hook(self._reset_probe(index, param)))
-
-    def _reset_probe(self, index: int, param: Tensor) -> Any:
-        def note_held_gradient(grad: Tensor) -> None:
-            watch = self._watches.get(index)
-            if watch is not None:
-                watch.gradient_arrived.add(id(param))
-            window = watch.reset_window if watch is not None else None
-            if window is None or window.saw_reset:
-                return
-            held = param.grad
-            if held is None:
-                window.saw_reset = True
-            else:
-                window.held_norms.append(torch.linalg.vector_norm(held.detach(), dtype=torch.float32))
-
-        return note_held_gradient
-
-    def _remove_probes(self) -> None:
-        for handle in self._probe_handles:
-            handle.remove()
-        self._probe_handles = []
-        self._probed = {}
-
-    @staticmethod
-    def _close_reset_window(watch: Watch) -> None:
-        window, watch.reset_window = watch.reset_window, None
-        if window is None or (not window.saw_reset and not window.held_norms):
-            return  # no gradient reached the probes between the two steps: no evidence either way
-        watch.kept_gradient.append(None if window.saw_reset else torch.stack(window.held_norms).min())
-
     def _judge_resets(self, trainer: pl.Trainer) -> None:
         """``grad.not_reset``: at every watched step, the gradient of the previous step was still in ``.grad``."""
         for index, watch in self._watches.items():
@@ -383,49 +377,9 @@ class GradientFlowCallback(SanityCallback):
         held = {p.name: p.tensor for p in plain_tensor_attributes(pl_module)}
         kept = [p for p in found if held.get(p.name) is p.tensor]
         parameter_device = next((str(p.device) for p in pl_module.parameters()), None)
-        grading = {
-            "requires_grad": (
-                Severity.ERROR,
-                "require gradients but are plain attributes, not nn.Parameter: no optimizer sees them, so they never "
-                "train",
-            ),
-            "uniform": (
-                Severity.WARNING,
-                "are 1-D float vectors filled with one value (how learnable scales and offsets are initialised) held "
-                "as plain attributes: if meant to be learned they never train",
-            ),
-            "constant": (Severity.INFO, "are plain tensor attributes, neither parameters nor buffers"),
-        }
-        for kind, (severity, what) in grading.items():
-            tensors = [p for p in kept if p.kind == kind]
-            if not tensors:
-                continue
-            names = [p.name for p in tensors]
-            elsewhere = [p.name for p in tensors if parameter_device is not None and p.device != parameter_device]
+        for kind, severity, message, evidence in plain_tensor_verdicts(kept, parameter_device):
             self.record(
-                trainer,
-                "param.plain_tensor",
-                severity,
-                f"{len(tensors)} tensor(s) {what}; they are also missing from state_dict (checkpoints), not moved by "
-                f".to()/the Trainer's device placement and not synchronised by DDP: "
-                + ", ".join(f"{p.name} ({p.module_type}, {list(p.shape)})" for p in tensors[:NAMES_SHOWN])
-                + (f" and {len(tensors) - NAMES_SHOWN} more" if len(tensors) > NAMES_SHOWN else "")
-                + (
-                    f"; {len(elsewhere)} of them are not on the parameters' device {parameter_device}"
-                    if elsewhere
-                    else ""
-                )
-                + ".",
-                "Wrap values to learn in nn.Parameter(...) (e.g. self.alpha = nn.Parameter(torch.zeros(n))); register "
-                "constants with self.register_buffer(name, tensor) (persistent=False to keep them out of checkpoints).",
-                subject=kind,
-                evidence={
-                    "tensors": names,
-                    "shapes": [list(p.shape) for p in tensors],
-                    "dtypes": [p.dtype for p in tensors],
-                    "devices": [p.device for p in tensors],
-                    "parameter_device": parameter_device,
-                },
+                trainer, "param.plain_tensor", severity, message, PLAIN_TENSOR_HINT, subject=kind, evidence=evidence
             )
 
     def _judge_orphans(self, trainer: pl.Trainer) -> None:
@@ -730,18 +684,7 @@ class GradientFlowCallback(SanityCallback):
                 },
             )
         elif missing:
-            modules = collapse_module_names({i.module for i in missing}, all_modules)
-            self.record(
-                trainer,
-                "grad.missing",
-                Severity.ERROR,
-                f"{len(missing)} trainable parameter(s) of optimizer {index} never received a gradient in "
-                f"{watch.checks} checked steps: {shorten(modules)}.",
-                "Look for .detach(), .item(), .numpy() or torch.no_grad() on the path from these modules to the loss, "
-                "or a layer defined but not used in forward; freeze them with requires_grad_(False) if intended.",
-                subject=f"optimizer{index}",
-                evidence={"modules": modules, "parameters": [i.name for i in missing], "checks": watch.checks},
-            )
+            self._report_missing(trainer, index, watch, missing, all_modules)
         zero = [info for name, info in watch.names_checked.items() if name in watch.had_grad - watch.nonzero_grad]
         if zero:
             modules = collapse_module_names({i.module for i in zero}, all_modules)
@@ -772,6 +715,47 @@ class GradientFlowCallback(SanityCallback):
                 evidence={"parameters": unchanged, "checks": watch.checks},
             )
         self._judge_vanishing(trainer, index, watch)
+
+    def _report_missing(
+        self, trainer: pl.Trainer, index: int, watch: Watch, missing: list[ParamInfo], all_modules: set[str]
+    ) -> None:
+        """``grad.missing`` for the parameters of modules that run in forward and get no gradient (a cut graph, an
+        output the loss never uses); ``param.unused`` for those of modules forward never called."""
+        calls = self._calls
+        unused = [info for info in missing if calls is not None and calls.never_called(info.module_ref)]
+        unused_names = {info.name for info in unused}
+        cut = [info for info in missing if info.name not in unused_names]
+        if cut:
+            modules = collapse_module_names({i.module for i in cut}, all_modules)
+            ran = "; these modules run in forward, but nothing they compute reaches the loss" if calls else ""
+            self.record(
+                trainer,
+                "grad.missing",
+                Severity.ERROR,
+                f"{len(cut)} trainable parameter(s) of optimizer {index} never received a gradient in "
+                f"{watch.checks} checked steps: {shorten(modules)}{ran}.",
+                "Look for .detach(), .item(), .numpy() or torch.no_grad() on the path from these modules to the loss, "
+                "or an output of theirs the loss never uses; freeze them with requires_grad_(False) if intended.",
+                subject=f"optimizer{index}",
+                evidence={
+                    "modules": modules,
+                    "parameters": [i.name for i in cut],
+                    "checks": watch.checks,
+                    "called_in_forward": True if calls else None,
+                },
+            )
+        if unused:
+            self._report_unused(trainer, index, watch, unused, all_modules)
+
+    def _report_unused(
+        self, trainer: pl.Trainer, index: int, watch: Watch, unused: list[ParamInfo], all_modules: set[str]
+    ) -> None:
+        """``param.unused`` (INFO): a module never called is the same fact whether it was built on purpose (a library
+        encoder deeper than used, a head for another phase) or forgotten, and the rest of the model trains as usual."""
+        message, hint, evidence = unused_finding(unused, all_modules, trainer.lightning_module, index, watch.checks)
+        self.record(
+            trainer, "param.unused", Severity.INFO, message, hint, subject=f"optimizer{index}", evidence=evidence
+        )
 
     def _judge_vanishing(self, trainer: pl.Trainer, index: int, watch: Watch) -> None:
         if len(watch.depth_ratios) < _MIN_CHECKS:

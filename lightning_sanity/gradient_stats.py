@@ -12,18 +12,21 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim import Optimizer
 from torchmetrics import Metric
 
 from lightning_sanity import compat
 from lightning_sanity.base import is_number
+from lightning_sanity.findings import Severity
+from lightning_sanity.observe import is_own_forward
 
 _DECAYED_LR = 0.5
 """Below this fraction of its peak a learning rate has been decayed on purpose: too-small updates are expected."""
@@ -169,6 +172,105 @@ class Layer:
     is_layer: bool
 
 
+class ResetProbes:
+    """Gradient hooks on each optimizer's ``per_optimizer`` largest parameters, reporting into ``watches`` (by optimizer
+    index): a hook on a leaf runs before the new gradient is added to ``.grad``, so it sees whether the gradient of the
+    last step was reset (``None`` or zeroed) or is kept (``grad.not_reset``), and that backward computed one.
+
+    Example::
+
+        probes = ResetProbes(trainer.optimizers, watches, 2)  # a Watch's reset_window armed at a check step
+        ...
+        ResetProbes.close_window(watch)  # at that optimizer's next step
+        probes.remove()
+    """
+
+    def __init__(self, optimizers: Sequence[Optimizer], watches: Mapping[int, Watch], per_optimizer: int) -> None:
+        self.probed: dict[int, list[Tensor]] = {}
+        self._watches = watches
+        self._handles: list[Any] = []
+        for index, optimizer in enumerate(optimizers):
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+            self.probed[index] = sorted(params, key=lambda p: -p.numel())[:per_optimizer]
+            for param in self.probed[index]:
+                self._handles.append(param.register_hook(self._probe(index, param)))
+
+    def __bool__(self) -> bool:
+        """Hooked (not yet removed)."""
+        return bool(self._handles)
+
+    def remove(self) -> None:
+        """Remove every hook. Idempotent."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.probed = {}
+
+    @staticmethod
+    def close_window(watch: Watch) -> None:
+        """At an optimizer step: keep what the window since the last check step saw, if a gradient arrived in it."""
+        window, watch.reset_window = watch.reset_window, None
+        if window is None or (not window.saw_reset and not window.held_norms):
+            return  # no gradient reached the probes between the two steps: no evidence either way
+        watch.kept_gradient.append(None if window.saw_reset else torch.stack(window.held_norms).min())
+
+    def _probe(self, index: int, param: Tensor) -> Any:
+        def note_held_gradient(grad: Tensor) -> None:
+            watch = self._watches.get(index)
+            if watch is not None:
+                watch.gradient_arrived.add(id(param))
+            window = watch.reset_window if watch is not None else None
+            if window is None or window.saw_reset:
+                return
+            held = param.grad
+            if held is None:
+                window.saw_reset = True
+            else:
+                window.held_norms.append(torch.linalg.vector_norm(held.detach(), dtype=torch.float32))
+
+        return note_held_gradient
+
+
+class ModuleCalls:
+    """Which modules of ``root`` the user's forward calls while :attr:`recording` is on (the training batches of the
+    dense phase): tells a module that runs but gets no gradient (a cut graph) from one that never runs (unused).
+
+    One global forward pre-hook while open, so nothing is stored on the user's modules (a ``deepcopy`` of the model,
+    e.g. an EMA teacher, takes no hook with it) and nothing runs once :meth:`close` removed it. The pack's own forward
+    passes are not counted. Modules added to ``root`` later, and ``root`` itself (whose steps read its own
+    parameters directly), count as called: only evidence of never running makes a module unused.
+
+    Example::
+
+        calls = ModuleCalls(model)
+        calls.recording = True  # around the user's training steps
+        model(x)
+        calls.close()
+        calls.never_called(model.unused_head)  # True
+    """
+
+    def __init__(self, root: nn.Module) -> None:
+        self.recording = False
+        self._root = id(root)
+        self._watched = {id(module) for module in root.modules()}
+        self._called: set[int] = set()
+        self._handle = register_module_forward_pre_hook(self._note)
+
+    def never_called(self, module: nn.Module | None) -> bool:
+        """``module`` is one of ``root``'s (not ``root``) and was never called while recording."""
+        key = id(module)
+        return module is not None and key != self._root and key in self._watched and key not in self._called
+
+    def close(self) -> None:
+        """Remove the hook; what was recorded stays readable. Idempotent."""
+        self._handle.remove()
+        self.recording = False
+
+    def _note(self, module: nn.Module, args: Any) -> None:
+        if self.recording and not is_own_forward():
+            self._called.add(id(module))
+
+
 def is_check_step(step: int, dense_steps: int, every_n_steps: int) -> bool:
     """Whether the ``step``-th (0-based) optimizer step is checked: all dense steps, then one in ``every_n_steps``."""
     return step < dense_steps or (step - dense_steps) % every_n_steps == every_n_steps - 1
@@ -216,6 +318,39 @@ def collapse_module_names(names: Iterable[str], all_names: Iterable[str]) -> lis
             collapsed.add(parent)
     kept = {n for n in chosen if not any(n == c or n.startswith(c + ".") for c in collapsed)}
     return sorted(collapsed | kept)
+
+
+def unused_finding(
+    unused: Sequence[ParamInfo], all_modules: Iterable[str], root: nn.Module, index: int, checks: int
+) -> tuple[str, str, dict[str, Any]]:
+    """Message, hint and evidence of ``param.unused`` for these parameters of modules forward never called.
+
+    Each module is named with the class that holds it (whose ``forward`` skips it): a library's class says "built
+    larger than used", the user's own class "defined and forgotten", and only the user knows which was meant.
+    """
+    modules = collapse_module_names({info.module for info in unused}, all_modules)
+    holders = {name: type(root.get_submodule(name.rpartition(".")[0])) for name in modules}
+    values = sum(info.numel for info in unused)
+    message = (
+        f"{len(unused)} trainable parameter(s) ({values:,} values) of optimizer {index} are in modules forward never "
+        f"called in {checks} checked steps: {shorten(modules)} (held by "
+        f"{shorten(sorted({holder.__qualname__ for holder in holders.values()}))}). They never train and only hold "
+        "memory."
+    )
+    hint = (
+        "Nothing is wrong if they are unused on purpose (a library model built larger than it is used, e.g. an "
+        "encoder deeper than its encoder_depth, or a head for another phase); otherwise call them in forward (a "
+        "layer defined and forgotten) or delete them. requires_grad_(False) on them silences this; under DDP, "
+        "trainable parameters without a gradient need strategy='ddp_find_unused_parameters_true'."
+    )
+    evidence = {
+        "modules": modules,
+        "parameters": [info.name for info in unused],
+        "values": values,
+        "held_by": {name: f"{holder.__module__}.{holder.__qualname__}" for name, holder in holders.items()},
+        "checks": checks,
+    }
+    return message, hint, evidence
 
 
 def spread(names: Sequence[str], count: int) -> list[str]:
@@ -326,6 +461,55 @@ def plain_tensor_attributes(root: nn.Module) -> list[PlainTensor]:
                 )
             )
     return found
+
+
+_PLAIN_TENSOR_GRADES = {
+    "requires_grad": (
+        Severity.ERROR,
+        "require gradients but are plain attributes, not nn.Parameter: no optimizer sees them, so they never train",
+    ),
+    "uniform": (
+        Severity.WARNING,
+        "are 1-D float vectors filled with one value (how learnable scales and offsets are initialised) held as plain "
+        "attributes: if meant to be learned they never train",
+    ),
+    "constant": (Severity.INFO, "are plain tensor attributes, neither parameters nor buffers"),
+}
+"""``param.plain_tensor``'s severity and wording by :attr:`PlainTensor.kind`."""
+PLAIN_TENSOR_HINT = (
+    "Wrap values to learn in nn.Parameter(...) (e.g. self.alpha = nn.Parameter(torch.zeros(n))); register constants "
+    "with self.register_buffer(name, tensor) (persistent=False to keep them out of checkpoints)."
+)
+
+
+def plain_tensor_verdicts(
+    kept: Sequence[PlainTensor], parameter_device: str | None
+) -> list[tuple[str, Severity, str, dict[str, Any]]]:
+    """``param.plain_tensor``'s findings on the plain tensors a module still holds after a step: one ``(kind, severity,
+    message, evidence)`` per kind present, graded by what the tensors evidently are."""
+    verdicts: list[tuple[str, Severity, str, dict[str, Any]]] = []
+    for kind, (severity, what) in _PLAIN_TENSOR_GRADES.items():
+        tensors = [p for p in kept if p.kind == kind]
+        if not tensors:
+            continue
+        elsewhere = [p.name for p in tensors if parameter_device is not None and p.device != parameter_device]
+        message = (
+            f"{len(tensors)} tensor(s) {what}; they are also missing from state_dict (checkpoints), not moved by "
+            f".to()/the Trainer's device placement and not synchronised by DDP: "
+            + ", ".join(f"{p.name} ({p.module_type}, {list(p.shape)})" for p in tensors[:NAMES_SHOWN])
+            + (f" and {len(tensors) - NAMES_SHOWN} more" if len(tensors) > NAMES_SHOWN else "")
+            + (f"; {len(elsewhere)} of them are not on the parameters' device {parameter_device}" if elsewhere else "")
+            + "."
+        )
+        evidence = {
+            "tensors": [p.name for p in tensors],
+            "shapes": [list(p.shape) for p in tensors],
+            "dtypes": [p.dtype for p in tensors],
+            "devices": [p.device for p in tensors],
+            "parameter_device": parameter_device,
+        }
+        verdicts.append((kind, severity, message, evidence))
+    return verdicts
 
 
 def _plain_tensor_kind(tensor: Tensor) -> str:

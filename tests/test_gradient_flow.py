@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sanity import GradientFlowCallback, SanityError, Severity, gradient_stats
+from lightning_sanity import collect_findings as ls_findings
 from lightning_sanity.demos import GAN, SmallCNN, wine_tensors
 from lightning_sanity.gradient_stats import collapse_module_names, depth_ratio, exploding_growth, is_check_step, spread
 
@@ -109,8 +110,8 @@ class BackboneHead(Net):
             self.backbone.eval()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.mode == "no_grad_eval":
-            with torch.no_grad():  # the transfer-learning recipe: a frozen feature extractor in eval mode
+        if self.mode in ("no_grad_eval", "no_grad"):
+            with torch.no_grad():  # no_grad_eval: the transfer-learning recipe, a frozen feature extractor in eval mode
                 features = self.backbone(x)
             return self.head(features)
         features = self.backbone(x)
@@ -139,15 +140,130 @@ def test_detached_backbone_reports_grad_missing_naming_the_module(make_trainer: 
     assert codes(trainer, Severity.WARNING) == {"grad.missing"}
     missing = finding(trainer, "grad.missing")
     assert missing.severity is Severity.ERROR
-    assert missing.evidence["modules"] == ["backbone"]
-    assert "backbone" in missing.message
+    assert missing.evidence["modules"] == ["backbone"] and missing.evidence["called_in_forward"] is True
+    assert "backbone" in missing.message and "param.unused" not in codes(trainer)
     assert any("grad.missing" in text for text in texts)
 
 
-def test_layer_defined_and_never_used_reports_grad_missing(make_trainer: Any) -> None:
-    trainer = fit(make_trainer, BackboneHead("unused"), wine())
-    assert finding(trainer, "grad.missing").evidence["modules"] == ["unused"]
-    assert "grad.cleared_before_step" not in codes(trainer)  # never computed is not computed-then-dropped
+class DiscardedBranch(Net):
+    """An auxiliary head computed in forward whose output the loss never uses."""
+
+    def __init__(self) -> None:
+        super().__init__(wine_mlp())
+        self.aux = nn.Linear(13, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.aux(x)  # the bug: the auxiliary logits were meant to enter the loss
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    ("model", "cut"),
+    [(lambda: BackboneHead("no_grad"), "backbone"), (DiscardedBranch, "aux")],
+    ids=["no_grad-in-train-mode", "output-discarded"],
+)
+def test_modules_that_run_without_reaching_the_loss_report_grad_missing(
+    make_trainer: Any, model: Callable[[], pl.LightningModule], cut: str
+) -> None:
+    """``torch.no_grad()`` around part of a training forward, a branch whose output the loss never uses: the modules
+    run, so their missing gradient is a cut graph, not an unused layer."""
+    trainer = fit(make_trainer, model(), wine())
+    assert codes(trainer, Severity.WARNING) == {"grad.missing"}
+    missing = finding(trainer, "grad.missing")
+    assert missing.severity is Severity.ERROR
+    assert missing.evidence["modules"] == [cut] and missing.evidence["called_in_forward"] is True
+    assert "param.unused" not in codes(trainer)
+
+
+class DeepEncoder(Net):
+    """A backbone built four stages deep and run ``depth`` stages deep, as segmentation libraries build encoders."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(nn.Identity())
+        self.depth = depth
+        self.stages = nn.ModuleList([nn.Sequential(nn.Linear(13 if i == 0 else 32, 32), nn.ReLU()) for i in range(4)])
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for stage in self.stages[: self.depth]:
+            x = stage(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize(
+    ("model", "unused"),
+    [(lambda: BackboneHead("unused"), ["unused"]), (lambda: DeepEncoder(2), ["stages.2", "stages.3"])],
+    ids=["layer-never-called", "encoder-deeper-than-used"],
+)
+def test_layers_forward_never_calls_are_param_unused_info_not_grad_missing(
+    make_trainer: Any, model: Callable[[], pl.LightningModule], unused: list[str]
+) -> None:
+    trainer = fit(make_trainer, model(), wine())
+    assert problems(trainer) == []
+    found = finding(trainer, "param.unused")
+    assert found.severity is Severity.INFO
+    assert found.evidence["modules"] == unused
+    assert found.evidence["checks"] == 20
+    assert "grad.missing" not in codes(trainer)
+
+
+def test_a_layer_used_through_its_weight_alone_is_neither_unused_nor_missing(make_trainer: Any) -> None:
+    class Functional(BackboneHead):
+        def forward(self, x: Tensor) -> Tensor:
+            return F.linear(self.backbone(x), self.head.weight, self.head.bias)  # head never called, weight used
+
+    trainer = fit(make_trainer, Functional(), wine())
+    assert codes(trainer) == set()
+
+
+def test_calls_are_recorded_only_during_the_dense_phase_and_no_hook_is_left(make_trainer: Any) -> None:
+    """One global forward pre-hook while the dense checks run; none on the user's modules, none afterwards."""
+    hooks = torch.nn.modules.module._global_forward_pre_hooks
+    before = dict(hooks)
+    per_step: list[int] = []
+
+    class Count(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            per_step.append(len(hooks) - len(before))
+
+    model = BackboneHead("unused")
+    callback = GradientFlowCallback(dense_steps=5)
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(callbacks=[callback, Count()], max_steps=10, max_epochs=-1)
+    trainer.fit(model, wine())
+    assert per_step == [1] * 5 + [0] * 5
+    assert dict(hooks) == before
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+    assert finding(trainer, "param.unused").evidence["checks"] == 5
+
+
+def test_recording_calls_leaves_the_weights_bit_identical(make_trainer: Any) -> None:
+    weights = []
+    for callbacks in ([], [GradientFlowCallback()]):
+        pl.seed_everything(0, verbose=False)
+        model = BackboneHead("unused")
+        make_trainer(callbacks=callbacks, max_steps=25, max_epochs=-1).fit(model, wine())
+        weights.append(model.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+@pytest.mark.slow
+def test_smp_unet_with_a_shallow_encoder_gets_param_unused_info_only(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """smp builds the whole ResNet encoder and never calls ``layer3``/``layer4`` with ``encoder_depth=3``: a healthy
+    program that got ``grad.missing`` ERROR (``/tmp/clients_pending.py``)."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from test_clients import Program, Segmenter, fit_quietly, shapes, tensor_loaders
+
+    pl.seed_everything(0, verbose=False)
+    net = smp.Unet("resnet18", encoder_weights=None, classes=3, encoder_depth=3, decoder_channels=(32, 16, 8))
+    train, val = tensor_loaders(shapes(256, seed=1), shapes(64, seed=2), batch_size=32)
+    program = Program(Segmenter(net, smp.losses.DiceLoss("multiclass")), train, val, 3, "val_loss", 0.4)
+    trainers: list[pl.Trainer] = []
+    fit_quietly(lambda **kwargs: trainers.append(make_trainer(**kwargs)) or trainers[-1], program)
+    unused = next(f for f in ls_findings(trainers[0]) if f.code == "param.unused")
+    assert unused.evidence["modules"] == ["net.encoder.layer3", "net.encoder.layer4"]
+    assert set(unused.evidence["held_by"].values()) == {"segmentation_models_pytorch.encoders.resnet.ResNetEncoder"}
 
 
 @pytest.mark.parametrize("mode", ["healthy", "frozen", "no_grad_eval"])

@@ -41,7 +41,7 @@ def report_files(directory: Path) -> list[str]:
 
 
 class UnusedHead(Classifier):
-    """A classifier with a layer that never gets a gradient (``grad.missing``) and softmax outputs
+    """A classifier with a layer forward never calls (``param.unused``) and softmax outputs
     (``output.activated``): both kinds of callback have something to find."""
 
     def __init__(self) -> None:
@@ -71,7 +71,7 @@ def test_second_instances_with_other_options_fit_checkpoint_and_resume(make_trai
     assert set(keys) <= set(saved)
     for callback in first:  # the second instances found what the first ones did
         if isinstance(callback, (ls.ConfusionCallback, ls.GradientFlowCallback)):
-            expected = "output.activated" if isinstance(callback, ls.ConfusionCallback) else "grad.missing"
+            expected = "output.activated" if isinstance(callback, ls.ConfusionCallback) else "param.unused"
             assert expected in {f.code for f in callback.findings}, callback.state_key
     checkpointed = {key: {(f["code"], f["subject"]): f["count"] for f in saved[key]["findings"]} for key in keys}
     assert checkpointed["ConfusionCallback"] and checkpointed["ConfusionCallback{'num_classes': 3}"]
@@ -116,7 +116,7 @@ def test_a_duplicate_of_every_default_callback_fits_checkpoints_resumes_and_read
     assert confusion.confusion_matrix is not None and confusion.confusion_matrix is first[3].confusion_matrix
     report = SanityReport.from_json(Path(logger.log_dir, "sanity_report_fit.json").read_text())
     checks = [(f.callback, f.code, f.subject) for f in report.findings if f.code != "sanity.duplicate"]
-    assert {"grad.missing", "output.activated"} <= {code for _, code, _ in checks}
+    assert {"param.unused", "output.activated"} <= {code for _, code, _ in checks}
     assert len(checks) == len(set(checks))  # every finding once: the duplicates checked nothing
     assert len(report.sections) == 1  # one confusion matrix
     path = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]
