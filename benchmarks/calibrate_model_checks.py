@@ -46,6 +46,7 @@ from lightning_sanity.demos import DigitImages, SmallCNN, digits_tensors, wine_t
 from lightning_sanity.losses import MATCH_TOLERANCE, LossContext, class_candidates, elementwise_candidates, read_loss
 from lightning_sanity.model_checks import INIT_LOSS_RATIO, LAYOUT_RATIO, LAYOUT_SAMPLES, layout_ratio, probe_call
 from lightning_sanity.observe import ForwardCall, graph_activation
+from lightning_sanity.outputs import class_scores
 
 torch.set_num_threads(1)
 SEEDS = range(5)
@@ -398,8 +399,6 @@ def _other_verdict_gap(
     """Distance from the loss to the nearest candidate that would give a different verdict than the true one."""
     candidates = list(elementwise_candidates(output, y.float() if y.is_floating_point() else y))
     if not y.is_floating_point():
-        from lightning_sanity.confusion import class_scores
-
         pair = class_scores(output, y)
         if pair is not None and pair[0].shape[1] >= 2:
             candidates += class_candidates(pair[0], pair[1], context)

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_sanity import compat
-from lightning_sanity.confusion import NotClassification, activation_kind, class_scores
 from lightning_sanity.isolation import private_state
 from lightning_sanity.observe import graph_activation, own_forward
+from lightning_sanity.outputs import NotClassification, activation_kind, class_scores
 from lightning_sanity.rng import forked_rng
 
 log = logging.getLogger("lightning_sanity")
@@ -445,7 +445,7 @@ def read_loss(
 
 
 def _activation(scores: Tensor, graph: str | None, tolerance: float) -> str | None:
-    """:func:`~lightning_sanity.confusion.activation_kind` at step 0, where no training loss can confirm a value range:
+    """:func:`~lightning_sanity.outputs.activation_kind` at step 0, where no training loss can confirm a value range:
     without a graph only softmax rows count."""
     kind = activation_kind(scores, graph, tolerance)
     return kind if graph is not None or kind == "softmax" else None

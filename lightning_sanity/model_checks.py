@@ -39,11 +39,11 @@ from typing_extensions import override
 
 from lightning_sanity import compat
 from lightning_sanity.base import SanityCallback, is_int, require
-from lightning_sanity.confusion import output_tensor, probability_loss_floor
 from lightning_sanity.findings import Severity
 from lightning_sanity.isolation import private_state
 from lightning_sanity.losses import LossContext, LossReading, read_loss
 from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, map_tensors
+from lightning_sanity.outputs import output_tensor, probability_loss_floor
 from lightning_sanity.rng import forked_rng
 from lightning_sanity.targets import named_tensors, softmax_multilabel, target_in_input, unscaled_targets
 

@@ -23,19 +23,16 @@ from lightning_sanity.confusion import (
     ConfusionSummary,
     EvalCounts,
     TrainLoss,
-    activation_kind,
-    class_predictions,
-    class_scores,
     closest_reading,
     format_matrix,
     is_chance_level,
     is_imbalance_masked,
     is_loss_at_chance,
     is_prediction_collapse,
-    probability_loss_floor,
     training_evidence,
 )
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
+from lightning_sanity.outputs import activation_kind, class_predictions, class_scores, probability_loss_floor
 
 
 def loader(x: Tensor, y: Tensor, batch_size: int = 32, shuffle: bool = False) -> DataLoader:

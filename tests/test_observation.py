@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sanity as ls
 from lightning_sanity import ConfusionCallback, ModeGuardCallback, Severity
-from lightning_sanity.confusion import reconstructs_input
 from lightning_sanity.demos import digits_tensors, mlp, wine_tensors
 from lightning_sanity.observe import ForwardCall, StepObserver
+from lightning_sanity.outputs import reconstructs_input
 
 
 def digit_images(split: str, batch_size: int = 32) -> DataLoader:
