@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms as T
 
 from lightning_sanity import ConfusionCallback, ModeGuardCallback, Severity, collect_findings
-from lightning_sanity.confusion import (
+from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
+from lightning_sanity.learnability import (
     CHANCE_Z,
     ONE_CLASS_SHARE,
     EpochEvidence,
@@ -46,7 +47,6 @@ from lightning_sanity.confusion import (
     binomial_noise,
     has_learning_signal,
 )
-from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 
 # The programs the tests assert on are the ones calibrated here: one definition, in tests/test_learnability.py.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

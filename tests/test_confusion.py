@@ -19,19 +19,16 @@ from torchmetrics.classification import Accuracy, MulticlassAccuracy
 from torchvision import transforms as T
 
 from lightning_sanity import ConfusionCallback, Severity
-from lightning_sanity.confusion import (
+from lightning_sanity.confusion import EvalCounts, TrainLoss, closest_reading, format_matrix
+from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
+from lightning_sanity.learnability import (
     ConfusionSummary,
-    EvalCounts,
-    TrainLoss,
-    closest_reading,
-    format_matrix,
     is_chance_level,
     is_imbalance_masked,
     is_loss_at_chance,
     is_prediction_collapse,
     training_evidence,
 )
-from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 from lightning_sanity.outputs import activation_kind, class_predictions, class_scores, probability_loss_floor
 
 

@@ -23,8 +23,8 @@ from torchvision import transforms as T
 
 import lightning_sanity
 from lightning_sanity import ConfusionCallback, Finding, ModeGuardCallback, SanityReport, Severity, collect_findings
-from lightning_sanity.confusion import EpochEvidence
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
+from lightning_sanity.learnability import EpochEvidence
 from lightning_sanity.triage import SYMPTOMS, triage_rows
 
 NORMALIZED = T.Compose([T.ToTensor(), T.Normalize([0.3] * 3, [0.32] * 3)])
