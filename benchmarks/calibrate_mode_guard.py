@@ -7,14 +7,14 @@
   at a hidden or at the input layer, on 1 or 4 samples, plus VAE-style sampling in ``forward``.
 - parameter/statistics checksums (``Checksums``, per-tensor sum and L2 norm): relative change of either between two
   reads with nothing changed (eval forwards, a state_dict round trip) and after the smallest real changes (one Adam
-  step at lr 1e-6, one train-mode BatchNorm forward), against ``_CHECKSUM_TOLERANCE``; and its cost on ResNet-50.
+  step at lr 1e-6, one train-mode BatchNorm forward), against ``CHECKSUM_TOLERANCE``; and its cost on ResNet-50.
 - re-masking replay (``mode.params_changed_in_eval``): a masked-conv net trained a few Adam steps, then an evaluation
-  run of 3 batches; the changed weights are replayed (``_OutermostCalls`` of the first batch, on the weights from
+  run of 3 batches; the changed weights are replayed (``OutermostCalls`` of the first batch, on the weights from
   before, ``private_state``) for every re-parametrisation form (a child's ``.data *=``, ``masked_fill_`` in a helper,
   a forward pre-hook, the root's forward, clamping, per-channel normalisation, prune, parametrize) and for leaks next
   to the masking (``add_`` in the step, ``mul_(0.5)`` in a hook, an Adam step at lr 1e-6, a drifting forward): the
   largest per-element relative difference between the replayed and the final weights against
-  ``_CHECKSUM_TOLERANCE``, the verdict of ``ModeGuardCallback._rewritten_by_forward``, and the cost on ResNet-50.
+  ``CHECKSUM_TOLERANCE``, the verdict of ``ModeGuardCallback._rewritten_by_forward``, and the cost on ResNet-50.
 
     python benchmarks/calibrate_mode_guard.py
 """
@@ -34,19 +34,15 @@ from torchvision import models
 
 from lightning_sanity import ModeGuardCallback
 from lightning_sanity.demos import SmallCNN, mlp
+from lightning_sanity.eval_replay import OutermostCalls, host_copies, output_tensors, relative_difference
 from lightning_sanity.isolation import private_state
-from lightning_sanity.mode_guard import (
-    _CHECKSUM_TOLERANCE,
-    _DIFFERENT_OUTPUTS,
-    _SAME_OUTPUTS,
+from lightning_sanity.mode_guard import _DIFFERENT_OUTPUTS, _SAME_OUTPUTS
+from lightning_sanity.modes import (
+    CHECKSUM_TOLERANCE,
     Checksums,
-    _host_copies,
-    _OutermostCalls,
     mode_dependent_modules,
     named_parameters_to_watch,
     named_running_stats,
-    output_tensors,
-    relative_difference,
 )
 
 torch.set_num_threads(1)
@@ -222,7 +218,7 @@ def checksum_change(before: Checksums, after: Checksums) -> list[float]:
 
 
 def checksums(seeds: Sequence[int]) -> list[Row]:
-    tolerance = f"> {_CHECKSUM_TOLERANCE:g}"
+    tolerance = f"> {CHECKSUM_TOLERANCE:g}"
     rows: list[Row] = []
 
     def row(name: str, kind: str, before: Checksums, after: Checksums, statistic: str) -> None:
@@ -401,7 +397,7 @@ LEAKS = {
 
 def replay_difference(model: nn.Module, calls: list, before: dict[str, Tensor]) -> float:
     """Largest ``|replayed - final| / |final|`` per element over the parameters (what ``_rewritten_by_forward``
-    compares against ``_CHECKSUM_TOLERANCE``), after the replay and after a second one."""
+    compares against ``CHECKSUM_TOLERANCE``), after the replay and after a second one."""
     live = {name: p.detach().clone() for name, p in named_parameters_to_watch(model)}
     worst = 0.0
     with torch.no_grad(), private_state(model, before):
@@ -426,8 +422,8 @@ def evaluation_run(how: str, leak: str, seed: int) -> tuple[int, int, float]:
         optimizer.step()  # moves the masked entries
     model.eval()
     watched = named_parameters_to_watch(model)
-    start, before = Checksums.of(watched), _host_copies(watched)
-    recorder = _OutermostCalls(model, samples=4)
+    start, before = Checksums.of(watched), host_copies(watched)
+    recorder = OutermostCalls(model, samples=4)
     for batch in range(3):
         x, y = torch.rand(32, 3, 16, 16), torch.randint(0, 10, (32,))
         with torch.no_grad():
@@ -448,13 +444,13 @@ def evaluation_run(how: str, leak: str, seed: int) -> tuple[int, int, float]:
     changed = start.changed(Checksums.of(watched))
     if not changed:
         return 0, 0, 0.0
-    difference = replay_difference(model, recorder.calls, _host_copies(list(before.items())))
+    difference = replay_difference(model, recorder.calls, host_copies(list(before.items())))
     verdict = ModeGuardCallback()._rewritten_by_forward(model, recorder.calls, before, changed)
     return len(changed), len(verdict.unexplained), difference
 
 
 def re_masking(seeds: Sequence[int]) -> list[Row]:
-    tolerance = f"<= {_CHECKSUM_TOLERANCE:g}"
+    tolerance = f"<= {CHECKSUM_TOLERANCE:g}"
     rows: list[Row] = []
     cases = [(how, "none", "healthy", FORMS[how]) for how in FORMS]
     cases += [("data", leak, "broken", f"{FORMS['data']} + {LEAKS[leak]}") for leak in LEAKS]
@@ -489,10 +485,10 @@ def replay_cost() -> str:
         model(inputs)
         plain = time.perf_counter() - start
         start = time.perf_counter()
-        before = _host_copies(watched)
+        before = host_copies(watched)
         copy = time.perf_counter() - start
         start = time.perf_counter()
-        recorder = _OutermostCalls(model, samples=4)
+        recorder = OutermostCalls(model, samples=4)
         model(inputs)
         recorder.close()
         recorded = time.perf_counter() - start
@@ -541,8 +537,8 @@ def main() -> None:
     print_table("parameter/statistics checksums: relative change of per-tensor sums and L2 norms", rows)
     unchanged = max(r[3] for r in rows if r[2] == "healthy")
     smallest = min(r[3] for r in rows if r[2] == "broken")
-    print(f"\nunchanged max {unchanged:.3g} <= {_CHECKSUM_TOLERANCE:g} < smallest real change {smallest:.3g}")
-    assert unchanged <= _CHECKSUM_TOLERANCE < smallest
+    print(f"\nunchanged max {unchanged:.3g} <= {CHECKSUM_TOLERANCE:g} < smallest real change {smallest:.3g}")
+    assert unchanged <= CHECKSUM_TOLERANCE < smallest
     print(checksum_cost())
 
     rows = re_masking(seeds + [seeds[-1] + 1])
@@ -551,8 +547,8 @@ def main() -> None:
     smallest = min(r[3] for r in rows if r[2] == "broken")
     quiet = all(r[5].startswith("fired 0/") for r in rows if r[2] == "healthy")
     caught = all(r[5] == f"fired {len(seeds) + 1}/{len(seeds) + 1}" for r in rows if r[2] == "broken")
-    print(f"\nre-parametrisation max {healthy:.3g} <= {_CHECKSUM_TOLERANCE:g} < smallest leak {smallest:.3g}")
-    assert healthy <= _CHECKSUM_TOLERANCE < smallest and quiet and caught
+    print(f"\nre-parametrisation max {healthy:.3g} <= {CHECKSUM_TOLERANCE:g} < smallest leak {smallest:.3g}")
+    assert healthy <= CHECKSUM_TOLERANCE < smallest and quiet and caught
     print(replay_cost())
     print(f"\nrun time {time.perf_counter() - start:.0f} s")
 

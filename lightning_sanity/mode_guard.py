@@ -7,64 +7,74 @@ never calls ``train()`` at the start of fitting: the model trains in the mode it
 everything this callback reports was done by the user's code, never by Lightning.
 
 What is watched is a list of *mode-dependent* modules computed once per loop run
-(:func:`mode_dependent_modules`): dropout, BatchNorm/InstanceNorm with running statistics,
+(:func:`~lightning_sanity.modes.mode_dependent_modules`): dropout, BatchNorm/InstanceNorm with running statistics,
 dropout-carrying RNNs and attention, stochastic-depth layers, and user-defined modules whose
 ``forward`` reads ``self.training``. Per batch only their ``training`` flags are read (no
 device work). Parameters and BatchNorm statistics are compared as per-tensor sums and norms taken at the
 first evaluation batch and compared after the last one (after the first when the loop's length is unknown), so
 weight swaps done in ``on_validation_(epoch_)start``/``end`` hooks (EMA,
 :class:`~lightning.pytorch.callbacks.WeightAveraging`) are outside the window. Weights that changed are replayed:
-the module calls of the run's first step (:class:`_OutermostCalls`), run again on private copies of the weights
-from before it, tell a forward that re-parametrises its own weights (re-masking, wherever it is done) from a change
-made by the step or a hook; only the first batch pays for recording them. The stochastic-output check replays
-the forward call the user's step made on its first evaluation batch (:class:`~lightning_sanity.observe.StepObserver`:
-the LightningModule, or the direct child such as ``self.model`` it called) on a few samples, two times per run (if
-they differ, both again from the first pass's RNG state, recording every module's activations, to rule out a
-stateful forward and find where the randomness starts).
+the module calls of the run's first step (:class:`~lightning_sanity.eval_replay.OutermostCalls`), run again on
+private copies of the weights from before it, tell a forward that re-parametrises its own weights (re-masking,
+wherever it is done) from a change made by the step or a hook; only the first batch pays for recording them. The
+stochastic-output check replays the forward call the user's step made on its first evaluation batch
+(:class:`~lightning_sanity.observe.StepObserver`: the LightningModule, or the direct child such as ``self.model`` it
+called) on a few samples, two times per run (if they differ, both again from the first pass's RNG state, recording
+every module's activations, to rule out a stateful forward and find where the randomness starts).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
-from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_sanity import compat
 from lightning_sanity.base import EvalSplit, SanityCallback, require, stage_of
 from lightning_sanity.batch import BatchAdapter
+from lightning_sanity.eval_replay import (
+    ActivationRecorder,
+    OutermostCalls,
+    Replay,
+    RngState,
+    host_copies,
+    other_values,
+    output_tensors,
+    relative_difference,
+)
 from lightning_sanity.findings import Severity
 from lightning_sanity.isolation import private_state
-from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, is_own_forward, map_tensors, tensors_in
+from lightning_sanity.modes import (
+    NORMALIZATION,
+    RANDOM_KINDS,
+    Checksums,
+    EvalFrozen,
+    ModeDependent,
+    describe_modules,
+    eval_frozen_subtrees,
+    mode_dependent_modules,
+    named_parameters_to_watch,
+    named_running_stats,
+    owners,
+)
+from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, tensors_in
 from lightning_sanity.rng import forked_rng
 
 log = logging.getLogger("lightning_sanity")
-
-DROPOUT, NORMALIZATION, STOCHASTIC, CUSTOM = "dropout", "normalization", "stochastic", "custom"
-_RANDOM_KINDS = frozenset({DROPOUT, STOCHASTIC})
-"""Kinds that ``allow_stochastic_eval=True`` may leave in training mode during evaluation (MC dropout)."""
-_STOCHASTIC_CLASS_NAMES = frozenset({"droppath", "stochasticdepth", "dropblock", "dropblock2d", "droppath2d"})
 
 _DIFFERENT_OUTPUTS = 1e-3
 """Relative max difference between two eval passes above which outputs differ (GPU kernel noise is ~1e-6)."""
 _SAME_OUTPUTS = 1e-5
 """Relative max difference below which a replay with the same RNG state reproduced the first pass."""
-_ATTRIBUTION_TOLERANCE = 1e-4
-"""Relative tolerance when comparing per-module activation fingerprints to find where randomness starts."""
-_CHECKSUM_TOLERANCE = 1e-6
-"""Relative change of a parameter/buffer sum or norm that counts as changed (unchanged tensors give bit-equal ones)."""
 _NAMES_SHOWN = 8
 _FEW_VALUES = 2
 """Values per channel in a training batch at or below which BatchNorm's batch statistics are noise (two values
@@ -72,302 +82,6 @@ normalise to +-1); a single sample per batch is also too few however many values
 that sample only (calibration: docs/findings.md, ModeGuardCallback)."""
 _BN_CALLS_WATCHED = 8
 """Training forward calls per BatchNorm layer whose batch size is recorded; the median ignores a small last batch."""
-_NORMALIZATION_TYPES = (*compat.NORM_WITH_RUNNING_STATS, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-
-
-def mode_kind(module: nn.Module) -> str | None:
-    """Why ``module`` behaves differently in training and eval mode, or ``None`` if it does not.
-
-    Known types are matched exactly; for user-defined classes the source of ``forward`` is searched
-    for ``self.training`` once per class, which is what makes a layer mode-dependent.
-    """
-    if isinstance(module, compat.DROPOUT):
-        return DROPOUT
-    if isinstance(module, compat.NORM_WITH_RUNNING_STATS):
-        return NORMALIZATION if module.running_mean is not None else None
-    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention)):
-        return DROPOUT if module.dropout > 0 else None
-    if type(module).__name__.lower() in _STOCHASTIC_CLASS_NAMES:
-        return STOCHASTIC
-    if _forward_reads_training_flag(type(module)):
-        return CUSTOM
-    return None
-
-
-_READS_TRAINING_FLAG: dict[type, bool] = {}
-
-
-def _forward_reads_training_flag(cls: type) -> bool:
-    """Cached per class: reading source is slow and classes do not change."""
-    if cls not in _READS_TRAINING_FLAG:
-        _READS_TRAINING_FLAG[cls] = _source_reads_training_flag(cls)
-    return _READS_TRAINING_FLAG[cls]
-
-
-def _source_reads_training_flag(cls: type) -> bool:
-    if cls.__module__.startswith(("torch.", "lightning.", "pytorch_lightning.", "torchmetrics.")):
-        return False
-    try:
-        source = inspect.getsource(cls.forward)  # type: ignore[attr-defined]
-    except (OSError, TypeError, AttributeError):
-        return False
-    return "self.training" in source
-
-
-@dataclass(frozen=True)
-class ModeDependent:
-    name: str
-    module: nn.Module
-    kind: str
-
-
-def mode_dependent_modules(root: nn.Module) -> list[ModeDependent]:
-    """Every submodule of ``root`` (including itself) whose behaviour depends on its ``training`` flag."""
-    found = []
-    for name, module in root.named_modules():
-        kind = mode_kind(module)
-        if kind is not None:
-            found.append(ModeDependent(name, module, kind))
-    return found
-
-
-def describe_modules(names: Sequence[str]) -> str:
-    """``"`net.1`, `net.5`"`` for a few modules, ``"12 modules under `backbone`"`` for many."""
-    shown = [f"`{name or '<root>'}`" for name in names]
-    if len(names) <= 3:
-        return ", ".join(shown)
-    parts = [name.split(".") for name in names]
-    common: list[str] = []
-    for level in zip(*parts, strict=False):
-        if len(set(level)) > 1:
-            break
-        common.append(level[0])
-    prefix = ".".join(common)
-    return f"{len(names)} modules under `{prefix}`" if prefix else f"{len(names)} modules across the model"
-
-
-def output_tensors(output: Any) -> list[Tensor]:
-    """The tensors in a forward output: a tensor, or nested mappings, sequences and dataclasses of them."""
-    if isinstance(output, Tensor):
-        return [output]
-    if isinstance(output, Mapping):
-        return [t for value in output.values() for t in output_tensors(value)]
-    if isinstance(output, (list, tuple)):
-        return [t for value in output for t in output_tensors(value)]
-    if hasattr(output, "__dataclass_fields__") and not isinstance(output, type):
-        return [t for name in output.__dataclass_fields__ for t in output_tensors(getattr(output, name))]
-    return []
-
-
-def relative_difference(first: Sequence[Tensor], second: Sequence[Tensor]) -> float:
-    """Largest ``max|a - b| / max|a|`` over matching output tensors; ``inf`` if the structures differ."""
-    if len(first) != len(second) or any(a.shape != b.shape for a, b in zip(first, second, strict=True)):
-        return math.inf
-    worst = 0.0
-    for a, b in zip(first, second, strict=True):
-        if a.numel() == 0:
-            continue
-        a64 = torch.nan_to_num(a.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
-        b64 = torch.nan_to_num(b.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
-        scale = max(a64.abs().max().item(), b64.abs().max().item(), 1e-12)
-        worst = max(worst, (a64 - b64).abs().max().item() / scale)
-    return worst
-
-
-def activation_fingerprint(values: Any) -> Tensor:
-    """``[sum, sum|x|, sum x^2]`` over the floating tensors in ``values``: changed by any dropout mask."""
-    tensors = [t.detach().double() for t in output_tensors(values) if t.is_floating_point() and t.numel()]
-    if not tensors:
-        return torch.zeros(3, dtype=torch.float64)
-    flat = torch.cat([torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0).flatten().cpu() for t in tensors])
-    return torch.stack([flat.sum(), flat.abs().sum(), flat.square().sum()])
-
-
-def fingerprints_match(first: Tensor, second: Tensor, tolerance: float) -> Tensor:
-    """Row-wise: do two ``[n, 3]`` activation fingerprints agree within ``tolerance``?"""
-    sum_close = (first[:, 0] - second[:, 0]).abs() <= tolerance * torch.maximum(first[:, 1], second[:, 1]) + 1e-12
-    square_close = (first[:, 2] - second[:, 2]).abs() <= tolerance * torch.maximum(first[:, 2], second[:, 2]) + 1e-12
-    return sum_close & square_close
-
-
-def innermost_sources(names: Sequence[str]) -> list[str]:
-    """The names in ``names`` with no descendant (``name.child``) also in ``names``, order kept."""
-    return [
-        n for n in names if not any(other != n and other.startswith(f"{n}.") or (n == "" and other) for other in names)
-    ]
-
-
-@dataclass
-class Checksums:
-    """Per-tensor ``[sum, L2 norm]`` of named tensors, still on their devices (no host sync to take).
-
-    The signed sum moves with any single changed element (a sign flip too, which leaves both norms equal) and,
-    unlike an L1 norm, is one cheap vectorised reduction on CPU; the L2 norm catches changes that cancel in the sum.
-    """
-
-    names: list[str]
-    groups: list[tuple[list[int], Tensor]]
-
-    @classmethod
-    def of(cls, named: Sequence[tuple[str, Tensor]]) -> Checksums:
-        by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for index, (_, tensor) in enumerate(named):
-            by_kind.setdefault((tensor.device, tensor.dtype), []).append(index)
-        groups = []
-        for (_, dtype), indices in by_kind.items():
-            tensors = [named[i][1].detach() for i in indices]
-            if dtype.is_floating_point:
-                accumulate = torch.promote_types(dtype, torch.float32)
-                sums = torch.stack([t.sum(dtype=accumulate) for t in tensors])
-                norms = torch.stack([sums, torch.stack(compat.foreach_norm(tensors, 2, dtype=accumulate))], 1)
-            else:
-                norms = torch.stack([t.double().sum() for t in tensors]).unsqueeze(1).expand(-1, 2)
-            groups.append((indices, norms.double()))
-        return cls([name for name, _ in named], groups)
-
-    def changed(self, later: Checksums) -> list[str]:
-        """Names whose norms differ in ``later`` (reads the comparison to the host once per group)."""
-        changed: list[int] = []
-        for (indices, before), (_, after) in zip(self.groups, later.groups, strict=True):
-            same = torch.isclose(before, after, rtol=_CHECKSUM_TOLERANCE, atol=0.0, equal_nan=True).all(1)
-            changed.extend(indices[i] for i in (~same).nonzero().flatten().tolist())
-        return [self.names[i] for i in sorted(changed)]
-
-
-def named_parameters_to_watch(module: nn.Module) -> list[tuple[str, Tensor]]:
-    return [(name, p) for name, p in module.named_parameters() if p.is_floating_point() and not p.is_meta]
-
-
-def named_running_stats(modules: Sequence[ModeDependent]) -> list[tuple[str, Tensor]]:
-    stats = []
-    for entry in modules:
-        if entry.kind != NORMALIZATION:
-            continue
-        for buffer_name in ("running_mean", "running_var", "num_batches_tracked"):
-            buffer = getattr(entry.module, buffer_name, None)
-            if isinstance(buffer, Tensor) and not isinstance(buffer, nn.parameter.UninitializedBuffer):
-                stats.append((f"{entry.name}.{buffer_name}" if entry.name else buffer_name, buffer))
-    return stats
-
-
-def owners(tensor_names: Sequence[str]) -> list[str]:
-    """The modules owning the named tensors, in order, without repeats."""
-    return list(dict.fromkeys(name.rpartition(".")[0] for name in tensor_names))
-
-
-class _OutermostCalls:
-    """Record the outermost module calls of one evaluation step, whichever modules of ``root`` they are.
-
-    The LightningModule for ``self(x)``, a child for ``self.model(x)``, and for a step that calls ``self.forward(x)``
-    (no hook of the LightningModule runs) each module that ``forward`` calls, grandchildren in a ``ModuleList``
-    included. Each call keeps private copies of its arguments cut to their first ``samples`` samples
-    (:meth:`~lightning_sanity.observe.ForwardCall.head`), so the step's forward can be replayed cheaply. Metrics are
-    not watched (calling one updates its state); hooks live until :meth:`close`.
-
-    Example::
-
-        recorder = _OutermostCalls(pl_module, samples=4)  # at the start of the first evaluation batch
-        ...  # the user's validation_step runs
-        recorder.close()
-        for call in recorder.calls:
-            call.run()  # the pack's own pass: nothing records it
-    """
-
-    _KEPT = 32
-    """A step calls a few modules; a cell called once per time step needs only its first calls replayed."""
-
-    def __init__(self, root: nn.Module, samples: int) -> None:
-        self.samples = samples
-        self.calls: list[ForwardCall] = []
-        self._depth = 0
-        self._handles: list[RemovableHandle] = []
-        unhooked = (Metric, torch.jit.ScriptModule)  # a metric's call updates its state; scripted modules take no hooks
-        skipped = {id(sub) for module in root.modules() if isinstance(module, unhooked) for sub in module.modules()}
-        for name, module in root.named_modules():
-            if id(module) not in skipped:
-                self._handles.append(module.register_forward_pre_hook(self._before(name), with_kwargs=True))
-                self._handles.append(module.register_forward_hook(self._after, with_kwargs=True, always_call=True))
-
-    def close(self) -> None:
-        """Remove every hook; safe to call more than once."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _before(self, name: str) -> Callable[..., None]:
-        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if is_own_forward():
-                return
-            self._depth += 1
-            if self._depth == 1 and len(self.calls) < self._KEPT:
-                head_args, head_kwargs = ForwardCall(module, name, args, kwargs).head(self.samples)
-                self.calls.append(ForwardCall(module, name, _copied(head_args), _copied(head_kwargs)))
-
-        return record
-
-    def _after(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        if not is_own_forward() and self._depth > 0:
-            self._depth -= 1
-
-
-def _copied(value: Any) -> Any:
-    """Private copies of the tensors in ``value``: the step may edit its inputs in place after the call."""
-    return map_tensors(value, lambda tensor: tensor.detach().clone())
-
-
-def _host_copies(named: Sequence[tuple[str, Tensor]]) -> dict[str, Tensor]:
-    """Copies of the named tensors in host memory: the device keeps all its memory for the user's evaluation."""
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in named}
-
-
-def _other_values(root: nn.Module, live: Mapping[str, Tensor]) -> list[str]:
-    """The names of ``live`` whose parameter in ``root`` holds other values (relative tolerance
-    ``_CHECKSUM_TOLERANCE`` per element, for reductions that are not bit-reproducible on some devices)."""
-    now = dict(named_parameters_to_watch(root))
-    return [
-        name
-        for name, value in live.items()
-        if name not in now
-        or now[name].shape != value.shape
-        or not (
-            torch.equal(now[name], value)  # the usual case, in one cheap pass
-            or bool(torch.isclose(now[name], value, rtol=_CHECKSUM_TOLERANCE, atol=0.0, equal_nan=True).all())
-        )
-    ]
-
-
-@dataclass(frozen=True)
-class _Replay:
-    """What replaying the first step's forward calls on the weights from before evaluation showed."""
-
-    unexplained: list[str]
-    """The changed parameters that the replay does not bring to their values at the end (all when it failed)."""
-
-    def __bool__(self) -> bool:
-        """Is the whole change the forward's own re-parametrisation?"""
-        return not self.unexplained
-
-
-@dataclass
-class _RngState:
-    """Every random stream a forward pass may draw from on ``device``, to replay a pass exactly."""
-
-    device: torch.device
-    cpu: Tensor = field(default_factory=torch.get_rng_state)
-    python: Any = field(default_factory=random.getstate)
-    numpy: Any = field(default_factory=np.random.get_state)
-    cuda: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.device.type == "cuda":
-            self.cuda = torch.cuda.get_rng_state(self.device)
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        random.setstate(self.python)
-        np.random.set_state(self.numpy)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
 
 
 @dataclass
@@ -382,7 +96,7 @@ class _EvalRun:
     hooks: list[RemovableHandle] = field(default_factory=list)
     before: dict[str, Tensor] = field(default_factory=dict)
     """The parameters' values at the start of the first batch (host copies, freed once the weights are compared)..."""
-    recorder: _OutermostCalls | None = None
+    recorder: OutermostCalls | None = None
     """...and, while the first batch runs, the recorder of its step's module calls..."""
     first_calls: list[ForwardCall] = field(default_factory=list)
     """...which a change of the weights is replayed with (:meth:`ModeGuardCallback._rewritten_by_forward`)."""
@@ -390,62 +104,6 @@ class _EvalRun:
     """Watches the step of a batch whose forward call a check replays (the first batch, the stochastic check's)."""
     stochastic_pending: bool = False
     """The stochastic check replays the forward call of the running batch at its end."""
-
-
-@dataclass
-class _EvalFrozen:
-    """A subtree in eval mode during training whose non-normalization layers have trainable, optimized weights."""
-
-    name: str
-    module_type: str
-    params: list[tuple[str, Tensor]]
-    before: Checksums
-    mode_dependent: list[str]
-    dedicated_groups: bool
-    """Its weights sit in optimizer param groups holding nothing else: the optimizer was built around it."""
-
-
-def eval_frozen_subtrees(root: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> list[_EvalFrozen]:
-    """Topmost modules in eval mode (under a root in training mode) holding trainable, optimized weights of layers
-    that are not normalization layers. A BatchNorm put in eval mode alone (frozen statistics while fine-tuning)
-    is not one: only a ``.eval()`` on a whole block puts its convolutions and linear layers in eval mode."""
-    if not root.training:
-        return []  # the whole model in eval mode: mode.eval_in_train's business
-    groups = [[id(p) for p in group["params"]] for optimizer in optimizers for group in optimizer.param_groups]
-    optimized = {pid for group in groups for pid in group}
-    found: list[_EvalFrozen] = []
-    for name, module in root.named_modules():
-        if module.training or any(name.startswith(f"{f.name}.") for f in found):
-            continue
-        trainable = [
-            (f"{name}.{param_name}", param)
-            for owner_name, owner in module.named_modules()
-            if not isinstance(owner, _NORMALIZATION_TYPES)
-            for param_name, param in (
-                (f"{owner_name}.{n}" if owner_name else n, p) for n, p in owner.named_parameters(recurse=False)
-            )
-            # a gradient at the first step: the optimizer trains it (an EMA copy in eval mode gets none)
-            if param.requires_grad and id(param) in optimized and param.grad is not None
-        ]
-        if not trainable:
-            continue
-        mine = {id(p) for p in module.parameters()}
-        touching = [set(group) for group in groups if mine & set(group)]
-        found.append(
-            _EvalFrozen(
-                name=name,
-                module_type=type(module).__name__,
-                params=trainable,
-                before=Checksums.of(trainable),
-                mode_dependent=[
-                    f"{name}.{m.name}" if m.name else name
-                    for m in mode_dependent_modules(module)
-                    if not m.module.training
-                ],
-                dedicated_groups=all(group <= mine for group in touching),
-            )
-        )
-    return found
 
 
 def _l2_norm(checksums: Checksums) -> float:
@@ -531,7 +189,7 @@ class ModeGuardCallback(SanityCallback):
         self._batch_sizes: dict[str, list[tuple[int, int]]] = {}
         self._bn_hooks: list[RemovableHandle] = []
         self._frozen_checked = False
-        self._frozen: list[_EvalFrozen] = []
+        self._frozen: list[EvalFrozen] = []
 
     # ---- training side: mode.eval_in_train -------------------------------------------------
 
@@ -683,7 +341,7 @@ class ModeGuardCallback(SanityCallback):
             },
         )
 
-    def _judge_eval_frozen(self, trainer: pl.Trainer, subtree: _EvalFrozen) -> None:
+    def _judge_eval_frozen(self, trainer: pl.Trainer, subtree: EvalFrozen) -> None:
         """Did the weights of a subtree in eval mode move over the first epoch?"""
         now = Checksums.of(subtree.params)
         moved = subtree.before.changed(now)
@@ -829,8 +487,8 @@ class ModeGuardCallback(SanityCallback):
             return
         if first:
             # what a change of the weights seen at the end is replayed with: the weights before, the step's calls
-            run.before = _host_copies(watched)
-            run.recorder = _OutermostCalls(pl_module, self.stochastic_samples)
+            run.before = host_copies(watched)
+            run.recorder = OutermostCalls(pl_module, self.stochastic_samples)
         if stochastic:
             if run.observer is not None:
                 run.observer.close()
@@ -877,7 +535,7 @@ class ModeGuardCallback(SanityCallback):
     def _check_train_in_eval(self, trainer: pl.Trainer, run: _EvalRun, batch_idx: int, when: str) -> bool:
         """Report mode-dependent modules in training mode; return whether any module is in training mode."""
         training = [m for m in run.modules if m.module.training]
-        reported = [m for m in training if not (self.allow_stochastic_eval and m.kind in _RANDOM_KINDS)]
+        reported = [m for m in training if not (self.allow_stochastic_eval and m.kind in RANDOM_KINDS)]
         if reported:
             stage = stage_of(trainer)
             where = describe_modules([m.name for m in reported])
@@ -959,34 +617,34 @@ class ModeGuardCallback(SanityCallback):
         calls: Sequence[ForwardCall],
         before: dict[str, Tensor],
         changed: list[str],
-    ) -> _Replay:
+    ) -> Replay:
         """Is the whole change of the ``changed`` weights what the model's forward does to them (re-masking)?
 
-        The module calls of the run's first step (:class:`_OutermostCalls`, a few samples each) are replayed on
-        private copies of every tensor of the model, the parameters set to their values before the first batch
-        (``before``, consumed), RNG forked, modes untouched. The change is the forward's own re-parametrisation when
-        the replay turns those weights into exactly the weights the run ended with, and a second replay leaves them
-        there (a projection: masking, clamping, normalising; a forward that moves the weights on every call moves
-        them again). A change made by the step or a hook (an optimizer step, a weight write in
-        ``on_validation_batch_end``), wherever the masking happens, is not reproduced and stays unexplained. The
-        user's tensors are never written (:func:`~lightning_sanity.isolation.private_state`); a replay that raises
-        explains nothing.
+        The module calls of the run's first step (:class:`~lightning_sanity.eval_replay.OutermostCalls`, a few
+        samples each) are replayed on private copies of every tensor of the model, the parameters set to their values
+        before the first batch (``before``, consumed), RNG forked, modes untouched. The change is the forward's own
+        re-parametrisation when the replay turns those weights into exactly the weights the run ended with, and a
+        second replay leaves them there (a projection: masking, clamping, normalising; a forward that moves the
+        weights on every call moves them again). A change made by the step or a hook (an optimizer step, a weight
+        write in ``on_validation_batch_end``), wherever the masking happens, is not reproduced and stays
+        unexplained. The user's tensors are never written (:func:`~lightning_sanity.isolation.private_state`); a
+        replay that raises explains nothing.
         """
         live = {name: p.detach() for name, p in named_parameters_to_watch(pl_module)}
         if live.keys() != before.keys():
-            return _Replay(changed)  # parameters were added or removed: not a re-parametrisation
+            return Replay(changed)  # parameters were added or removed: not a re-parametrisation
         try:
             with forked_rng(), torch.no_grad(), private_state(pl_module, before):
                 for call in calls:
                     call.run()
-                unexplained = set(_other_values(pl_module, live))
+                unexplained = set(other_values(pl_module, live))
                 for call in calls:
                     call.run()
-                unexplained.update(_other_values(pl_module, live))
+                unexplained.update(other_values(pl_module, live))
         except Exception:
             log.debug("ModeGuardCallback: replaying the step's forward calls failed", exc_info=True)
-            return _Replay(changed)
-        return _Replay([name for name in changed if name in unexplained])
+            return Replay(changed)
+        return Replay([name for name in changed if name in unexplained])
 
     # ---- mode.grad_in_eval -----------------------------------------------------------------
 
@@ -1021,14 +679,14 @@ class ModeGuardCallback(SanityCallback):
             return
         try:
             with forked_rng(), torch.no_grad(), private_state(pl_module):
-                start = _RngState(device)
+                start = RngState(device)
                 first = output_tensors(call.run(args, kwargs))
                 second = output_tensors(call.run(args, kwargs))
                 difference = relative_difference(first, second)
                 if difference <= _DIFFERENT_OUTPUTS:
                     return
                 start.restore()
-                with _ActivationRecorder(call.module) as recorder:
+                with ActivationRecorder(call.module) as recorder:
                     replay = output_tensors(call.run(args, kwargs))
                     call.run(args, kwargs)
         except Exception as error:  # the sliced replay may not fit the module: say so
@@ -1078,64 +736,6 @@ class ModeGuardCallback(SanityCallback):
 def _qualified(prefix: str, name: str) -> str:
     """``name`` relative to the LightningModule, for a module named relative to its child ``prefix``."""
     return f"{prefix}.{name}" if prefix and name else prefix or name
-
-
-class _ActivationRecorder:
-    """Fingerprints every module call's inputs and outputs over consecutive forward passes (uncompiled models)."""
-
-    def __init__(self, root: nn.Module) -> None:
-        self.root = root
-        self.calls: list[tuple[str, str, Tensor, Tensor]] = []
-        self.handles: list[RemovableHandle] = []
-
-    def __enter__(self) -> _ActivationRecorder:
-        for name, module in self.root.named_modules():
-            self.handles.append(module.register_forward_hook(self._recorder(name), with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def _recorder(self, name: str) -> Callable[..., None]:
-        def record(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            inputs = activation_fingerprint([args, kwargs])
-            self.calls.append((name, type(module).__name__, inputs, activation_fingerprint(output)))
-
-        return record
-
-    def random_sources(self) -> list[tuple[str, str]]:
-        """Innermost modules whose inputs were equal in the first two passes but whose outputs were not."""
-        if not self.calls or len(self.calls) < 2:
-            return []
-        per_pass = _split_passes(self.calls, self.root)
-        if len(per_pass) < 2 or len(per_pass[0]) != len(per_pass[1]):
-            return []
-        first, second = per_pass[0], per_pass[1]
-        if any(a[0] != b[0] for a, b in zip(first, second, strict=True)):
-            return []
-        inputs_equal = fingerprints_match(
-            torch.stack([c[2] for c in first]), torch.stack([c[2] for c in second]), _ATTRIBUTION_TOLERANCE
-        )
-        outputs_equal = fingerprints_match(
-            torch.stack([c[3] for c in first]), torch.stack([c[3] for c in second]), _ATTRIBUTION_TOLERANCE
-        )
-        suspects = [i for i in range(len(first)) if bool(inputs_equal[i]) and not bool(outputs_equal[i])]
-        names = innermost_sources(list(dict.fromkeys(first[i][0] for i in suspects)))
-        types = {first[i][0]: first[i][1] for i in suspects}
-        return [(name, types[name]) for name in names]
-
-
-def _split_passes(
-    calls: list[tuple[str, str, Tensor, Tensor]], root: nn.Module
-) -> list[list[tuple[str, str, Tensor, Tensor]]]:
-    """Cut the call log after each call of the root module (forward hooks fire children first, root last)."""
-    passes: list[list[tuple[str, str, Tensor, Tensor]]] = [[]]
-    for call in calls:
-        passes[-1].append(call)
-        if call[0] == "":
-            passes.append([])
-    return [p for p in passes if p]
 
 
 def _last_batch(trainer: pl.Trainer) -> tuple[int, int] | None:

@@ -17,18 +17,9 @@ from torchvision import transforms as T
 
 from lightning_sanity import ModeGuardCallback, SanityError, Severity, default_callbacks
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, wine_tensors
+from lightning_sanity.eval_replay import innermost_sources, relative_difference
 from lightning_sanity.isolation import private_state
-from lightning_sanity.mode_guard import (
-    CUSTOM,
-    DROPOUT,
-    NORMALIZATION,
-    STOCHASTIC,
-    Checksums,
-    describe_modules,
-    innermost_sources,
-    mode_kind,
-    relative_difference,
-)
+from lightning_sanity.modes import CUSTOM, DROPOUT, NORMALIZATION, STOCHASTIC, Checksums, describe_modules, mode_kind
 
 ERRORS = ("mode.train_in_eval", "mode.bn_updated_in_eval", "mode.params_changed_in_eval", "mode.stochastic_eval")
 
