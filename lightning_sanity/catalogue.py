@@ -62,6 +62,7 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("target.single_class_batches", WARNING, "BatchStatsCallback", "Most early training batches hold a single class (unshuffled, class-sorted data).", "DataLoader(..., shuffle=True) or a RandomSampler/DistributedSampler(shuffle=True)."),
     FindingCode("target.shape", WARNING, "BatchStatsCallback", "Class-index targets are shaped (N, 1) instead of (N,).", "Return a plain int label, or target.view(-1) before the loss and metrics."),
     FindingCode("target.imbalance", INFO, "BatchStatsCallback", "The most frequent class is at least 10x as frequent as the rarest.", "Report balanced accuracy; consider class weights or a WeightedRandomSampler."),
+    FindingCode("target.mask_interpolated", WARNING, "BatchStatsCallback", "Segmentation masks went through bilinear/bicubic interpolation: ids blended at region borders (or fractional float ids).", "Resample masks with InterpolationMode.NEAREST; with transforms.v2 wrap them in tv_tensors.Mask."),
     # GradientFlowCallback
     FindingCode("grad.missing", ERROR, "GradientFlowCallback", "Trainable parameters had no gradient in every checked step.", "Remove the cut in the graph or the unused layer, or freeze it with requires_grad_(False)."),
     FindingCode("grad.cleared_before_step", ERROR, "GradientFlowCallback", "Backward computed gradients, but .grad was empty when the optimizer stepped.", "Call zero_grad() before backward or after step, never between them."),
