@@ -19,8 +19,9 @@ from torchmetrics.classification import Accuracy, MulticlassAccuracy
 from torchvision import transforms as T
 
 from lightning_sanity import ConfusionCallback, Severity
-from lightning_sanity.confusion import EvalCounts, TrainLoss, closest_reading, format_matrix
+from lightning_sanity.confusion import closest_reading, format_matrix
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
+from lightning_sanity.eval_metrics import EvalCounts, TrainLoss
 from lightning_sanity.learnability import (
     ConfusionSummary,
     is_chance_level,
