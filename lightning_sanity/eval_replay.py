@@ -37,7 +37,7 @@ from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
 
 from lightning_sanity.modes import CHECKSUM_TOLERANCE, named_parameters_to_watch
-from lightning_sanity.observe import ForwardCall, is_own_forward, map_tensors
+from lightning_sanity.observe import ForwardCall, is_own_forward, private_copy
 
 _ATTRIBUTION_TOLERANCE = 1e-4
 """Relative tolerance when comparing per-module activation fingerprints to find where randomness starts."""
@@ -140,18 +140,13 @@ class OutermostCalls:
             self._depth += 1
             if self._depth == 1 and len(self.calls) < self._KEPT:
                 head_args, head_kwargs = ForwardCall(module, name, args, kwargs).head(self.samples)
-                self.calls.append(ForwardCall(module, name, _copied(head_args), _copied(head_kwargs)))
+                self.calls.append(ForwardCall(module, name, private_copy(head_args), private_copy(head_kwargs)))
 
         return record
 
     def _after(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         if not is_own_forward() and self._depth > 0:
             self._depth -= 1
-
-
-def _copied(value: Any) -> Any:
-    """Private copies of the tensors in ``value``: the step may edit its inputs in place after the call."""
-    return map_tensors(value, lambda tensor: tensor.detach().clone())
 
 
 def host_copies(named: Sequence[tuple[str, Tensor]]) -> dict[str, Tensor]:
@@ -235,7 +230,7 @@ class ActivationRecorder:
 
     def random_sources(self) -> list[tuple[str, str]]:
         """Innermost modules whose inputs were equal in the first two passes but whose outputs were not."""
-        if not self.calls or len(self.calls) < 2:
+        if len(self.calls) < 2:
             return []
         per_pass = _split_passes(self.calls, self.root)
         if len(per_pass) < 2 or len(per_pass[0]) != len(per_pass[1]):

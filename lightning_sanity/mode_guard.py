@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -104,11 +105,6 @@ class _EvalRun:
     """Watches the step of a batch whose forward call a check replays (the first batch, the stochastic check's)."""
     stochastic_pending: bool = False
     """The stochastic check replays the forward call of the running batch at its end."""
-
-
-def _l2_norm(checksums: Checksums) -> float:
-    """The L2 norm of all the tensors summarised by ``checksums`` (one host read)."""
-    return math.sqrt(sum(float(norms[:, 1].square().sum()) for _, norms in checksums.groups))
 
 
 class ModeGuardCallback(SanityCallback):
@@ -314,8 +310,10 @@ class ModeGuardCallback(SanityCallback):
 
     def _judge_batch_sizes(self, trainer: pl.Trainer) -> None:
         self._remove_bn_hooks()
-        samples = {name: _median([n for n, _ in calls]) for name, calls in self._batch_sizes.items() if calls}
-        values = {name: _median([v for _, v in calls]) for name, calls in self._batch_sizes.items() if calls}
+        # the median (the upper one of an even count) of the first calls: one small last batch does not move it
+        seen = {name: calls for name, calls in self._batch_sizes.items() if calls}
+        samples = {name: statistics.median_high(n for n, _ in calls) for name, calls in seen.items()}
+        values = {name: statistics.median_high(v for _, v in calls) for name, calls in seen.items()}
         tiny = [name for name in samples if samples[name] <= 1 or values[name] <= _FEW_VALUES]
         if not tiny:
             return
@@ -347,7 +345,7 @@ class ModeGuardCallback(SanityCallback):
         moved = subtree.before.changed(now)
         if not moved:
             return
-        before, after = _l2_norm(subtree.before), _l2_norm(now)
+        before, after = subtree.before.l2_norm(), now.l2_norm()
         change = abs(after - before) / before if before > 0 else math.inf
         where = f"`{subtree.name}`"
         frozen_what = (
@@ -754,11 +752,6 @@ def _last_batch(trainer: pl.Trainer) -> tuple[int, int] | None:
         return None
     last_loader, batches = with_batches[-1]
     return last_loader, int(batches) - 1
-
-
-def _median(values: Sequence[int]) -> int:
-    """The median of a few counts (the upper one of an even number): one small last batch does not move it."""
-    return sorted(values)[len(values) // 2]
 
 
 def _kinds(modules: Sequence[ModeDependent]) -> str:

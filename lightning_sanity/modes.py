@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -143,6 +144,10 @@ class Checksums:
             same = torch.isclose(before, after, rtol=CHECKSUM_TOLERANCE, atol=0.0, equal_nan=True).all(1)
             changed.extend(indices[i] for i in (~same).nonzero().flatten().tolist())
         return [self.names[i] for i in sorted(changed)]
+
+    def l2_norm(self) -> float:
+        """The L2 norm of all the summarised tensors together (one host read per group)."""
+        return math.sqrt(sum(float(norms[:, 1].square().sum()) for _, norms in self.groups))
 
 
 def named_parameters_to_watch(module: nn.Module) -> list[tuple[str, Tensor]]:

@@ -253,7 +253,7 @@ class StepObserver:
         copy_args: bool = True,
     ) -> None:
         self.max_calls = max_calls
-        self._copy = _private_copy if copy_args else _detached
+        self._copy = private_copy if copy_args else _detached
         self.calls: list[ForwardCall] = []
         self.child_outputs: list[Any] = []
         """With ``keep_child_outputs``: outputs of direct children called inside a top-level call, in call order."""
@@ -336,6 +336,6 @@ def _detached(value: Any) -> Any:
     return map_tensors(value, Tensor.detach)
 
 
-def _private_copy(value: Any) -> Any:
+def private_copy(value: Any) -> Any:
     """Detached clones, so in-place edits by the user's forward do not change what we replay."""
     return map_tensors(value, lambda tensor: tensor.detach().clone())
