@@ -24,11 +24,12 @@ from lightning_sanity.channel_stats import (
     checked_moments,
     to_host,
 )
+from lightning_sanity.dense_targets import MaskEvidence, dense_class_targets, interpolating_steps
 from lightning_sanity.figures import input_histogram_figure, sample_grid_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.loggers import log_scalars, scalar_key
 from lightning_sanity.observe import dataloader_label
-from lightning_sanity.pipelines import find_normalize
+from lightning_sanity.pipelines import find_normalize, iter_loaders
 
 IMAGE_MAX = 50.0
 """A non-negative image batch whose max exceeds this and whose mean exceeds :data:`IMAGE_MEAN` looks like 0-255."""
@@ -247,6 +248,8 @@ class BatchStatsCallback(SanityCallback):
         self._window_classes: Counter[int] = Counter()
         self._single_class_pending = False
         self._imbalance_checked = False
+        self._masks: dict[str, MaskEvidence] = {}
+        """Per split label, the evidence of the first batches' dense class targets, until it is judged."""
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -297,6 +300,7 @@ class BatchStatsCallback(SanityCallback):
             self._check_identical_samples(trainer, parts.inputs, parts.targets)
         if parts.targets is not None:
             self._check_first_targets(trainer, parts.targets, labels, split, label)
+            self._watch_masks(trainer, parts.inputs, parts.targets, label)
         if view is not None:
             self._check_first_inputs(trainer, view, split, label)
 
@@ -330,6 +334,48 @@ class BatchStatsCallback(SanityCallback):
             )
         if split == "train":
             self._watch_single_class(trainer, labels, classes)
+
+    # Interpolated masks ---------------------------------------------------------------------------------------
+
+    def _watch_masks(self, trainer: pl.Trainer, inputs: Tensor | None, targets: Tensor, label: str) -> None:
+        masks = dense_class_targets(inputs, targets)
+        if masks is None:
+            return
+        self._masks.setdefault(label, MaskEvidence()).update(masks)
+        if self._checked[label] >= self.check_batches:
+            self._judge_masks(trainer, label)
+
+    def _judge_masks(self, trainer: pl.Trainer, label: str) -> None:
+        """Judge (once) the masks of ``label``'s first batches: at its last checked batch, or at the end of an epoch
+        that had fewer batches."""
+        evidence = self._masks.pop(label, None)
+        verdict = evidence.verdict() if evidence is not None else None
+        if verdict is None:
+            return
+        split = label.split("/")[0]
+        loaders = trainer.train_dataloader if split == "train" else getattr(trainer, f"{split}_dataloaders", None)
+        steps = [step for name, loader in iter_loaders(loaders, split) if name == label
+                 for step in interpolating_steps(loader)]  # fmt: skip
+        where = f" The {label} dataloader's masks go through {', '.join(steps)}." if steps else ""
+        self.record(
+            trainer,
+            "target.mask_interpolated",
+            Severity.WARNING,
+            f"The {label} segmentation masks went through interpolation: {verdict.describe()}.{where} The model is "
+            "trained (or scored) on class ids that blend their neighbours at every border.",
+            "Resample masks with nearest-neighbour: Resize(size, interpolation=InterpolationMode.NEAREST) on the mask "
+            "(a PIL mask in mode 'P' is resized that way by PIL), F.interpolate(mask, mode='nearest'); with "
+            "transforms.v2, wrap the mask in tv_tensors.Mask and transform it together with the image.",
+            subject=label,
+            evidence={
+                "blended_ids": verdict.evidence(),
+                "fractional_share": round(verdict.fractional_share, 4),
+                "fractional_on_bands": round(verdict.band_share, 3),
+                "reason": verdict.reason,
+                "masks": verdict.images,
+                "transforms": steps,
+            },
+        )
 
     # Identical samples -----------------------------------------------------------------------------------------
 
@@ -449,6 +495,7 @@ class BatchStatsCallback(SanityCallback):
         if summary is not None:
             self._train_reference = summary
         self._finish_targets(trainer)
+        self._judge_masks(trainer, "train")
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -483,6 +530,8 @@ class BatchStatsCallback(SanityCallback):
         self._finish_eval(trainer, "test")
 
     def _finish_eval(self, trainer: pl.Trainer, split: str) -> None:
+        for label in sorted(_labels_of(self._masks, split)):
+            self._judge_masks(trainer, label)
         train = self._stats.get("train")
         reference = train.summary() if train is not None and train.update_called else self._train_reference
         for label in sorted(_labels_of(self._stats, split)):
