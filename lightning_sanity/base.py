@@ -99,18 +99,39 @@ def _guarded(hook: Callable[..., Any]) -> Callable[..., Any]:
         self._in_lifecycle_hook = True
         try:
             if hook.__name__ == "setup":
-                self._join_run(trainer)
+                _keep_books("joining the run", lambda: self._join_run(trainer))
             result = None if self.duplicate_of is not None else _run_isolated(self, hook, trainer, args, kwargs)
         finally:
             self._in_lifecycle_hook = False
             if hook.__name__ == "on_exception":  # release hooks and write the report even if the hook raised
-                self._end_run(trainer, kwargs.get("exception", args[-1] if args else RuntimeError("unknown")))
+                exception = kwargs.get("exception", args[-1] if args else RuntimeError("unknown"))
+                _keep_books("ending the run", lambda: self._end_run(trainer, exception))
         if hook.__name__ == "teardown":  # not when teardown raised: Lightning then calls on_exception
-            sanity_run.leave(trainer, self)
+            _keep_books("ending the run", lambda: sanity_run.leave(trainer, self))
         return result
 
     run_guarded.__wrapped_hook__ = True  # type: ignore[attr-defined]
     return run_guarded
+
+
+def _keep_books(what: str, step: Callable[[], None]) -> None:
+    """Run the run's own bookkeeping (joining, ending, the report). A bug there is ours: it must neither fail the
+    user's run nor, on the exception path, replace the user's exception with ours. It is said as a visible
+    warning (no finding can be recorded once the run is over)."""
+    try:
+        step()
+    except (SanityError, Warning):
+        raise  # deliberate: strict mode, or the user's warnings filter set to "error"
+    except Exception as error:
+        log.debug("lightning-sanity failed while %s", what, exc_info=True)
+        warnings.warn(
+            SanityWarning(
+                f"lightning-sanity: internal error while {what} ({type(error).__name__}: {error}); the run is not "
+                "affected, but its sanity report may be incomplete. Please report this at the lightning-sanity issue "
+                "tracker with the traceback (logger 'lightning_sanity' at DEBUG level)."
+            ),
+            stacklevel=_user_stacklevel(),
+        )
 
 
 def _run_isolated(

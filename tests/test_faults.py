@@ -304,3 +304,22 @@ def test_keyboard_interrupt_is_lightnings_graceful_shutdown(tmp_path: Path, sigi
     )
     assert trainer.interrupted and isinstance(model.raised, KeyboardInterrupt)
     assert_second_fit_works(trainer, model)
+
+
+@pytest.mark.parametrize("bookkeeping", ["join", "leave", "abort"])
+def test_a_bug_in_the_runs_own_bookkeeping_neither_fails_the_run_nor_replaces_the_users_exception(
+    bookkeeping: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Joining and ending the run (and publishing its report) run outside every check's isolation, on the exception
+    path too: a bug of ours there is one visible warning, never the run's outcome."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"our bug in run.{bookkeeping}")
+
+    monkeypatch.setattr(ls.run, bookkeeping, broken)
+    model = failing("training_step", MID_EPOCH) if bookkeeping == "abort" else Net()
+    trainer = trainer_for(tmp_path, callbacks=ls.default_callbacks(figure_every_n_epochs=0))
+    with sanity_warnings() as texts:
+        raised = fit(trainer, model, None)
+    assert raised is model.raised  # None for a healthy fit; the user's very exception for the failing one
+    assert any(f"our bug in run.{bookkeeping}" in text and "internal error" in text for text in texts), texts
