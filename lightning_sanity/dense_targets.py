@@ -66,9 +66,9 @@ def dense_class_targets(inputs: Tensor | None, targets: Tensor | None) -> Tensor
     The targets must be ``[N, H, W]`` or ``[N, 1, H, W]`` integers or floats with the inputs' batch size and spatial
     size: what a segmentation batch holds (a regression target, a label per sample, a token sequence never match).
     """
-    if inputs is None or targets is None or inputs.ndim != 4 or targets.dtype in (torch.bool, torch.complex64):
+    if inputs is None or targets is None or inputs.ndim != 4:
         return None
-    if targets.is_complex() or not (targets.is_floating_point() or _is_integer(targets)):
+    if not (targets.is_floating_point() or _is_integer(targets)):
         return None
     if targets.ndim == 4 and targets.shape[1] == 1:
         targets = targets[:, 0]
