@@ -7,7 +7,6 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -18,8 +17,9 @@ from typing_extensions import override
 
 from lightning_sanity import compat
 from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, jsonable, require
-from lightning_sanity.batch import batch_tensors, tensor_at
+from lightning_sanity.batch import tensor_at
 from lightning_sanity.eval_metrics import EvalCounts, EvalLoss, ProbabilityLoss, TrainLoss
+from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
 from lightning_sanity.folding import FOLD_BATCHES
@@ -28,54 +28,39 @@ from lightning_sanity.learnability import (
     ConfusionSummary,
     EpochEvidence,
     beats_the_prior,
-    below_chance_z,
-    binomial_noise,
     has_learning_signal,
     held_since,
     is_learning_now,
     is_loss_at_chance,
-    is_one_class,
     learning_evidence,
     verdict_checks,
 )
+from lightning_sanity.logged_accuracy import logged_accuracies, metric_mismatch
 from lightning_sanity.loggers import log_scalars, scalar_key
-from lightning_sanity.losses import LossContext, reproduces_loss
-from lightning_sanity.observe import StepObserver, dataloader_label, own_forward
+from lightning_sanity.losses import LossContext
+from lightning_sanity.observe import StepObserver, dataloader_label
 from lightning_sanity.outputs import (
     NotClassification,
     activation_kind,
     class_predictions,
-    class_scores,
     is_logit_loss_on_probabilities,
     model_graph,
-    output_tensor,
     probability_loss_floor,
-    reconstructs_input,
     scored_outputs,
 )
-from lightning_sanity.rng import forked_rng
+from lightning_sanity.task import PAIRING_STEPS, ScorePairing, find_pairing, pairing_targets
 from lightning_sanity.triage import input_cause
+from lightning_sanity.verdicts import (
+    activated_text,
+    evidence_numbers,
+    learning_story,
+    loss_at_chance_text,
+    verdict_text,
+    wrong_mapping,
+)
 
-_NOT_ACCURACY_TOKENS = ("best", "max", "min", "top", "ema", "std", "var", "diff", "gap", "delta", "loss", "train")
-_EVAL_HOOKS = {"val": ("validation_step", "on_validation"), "test": ("test_step", "on_test")}
 
 # Thresholds; the calibration behind each number is in docs/findings.md (ConfusionCallback section).
-MISMATCH_TOLERANCE = 0.05
-"""Absolute accuracy difference tolerated between a logged accuracy and the closest correct reading."""
-PAIRING_STEPS = 3
-"""Training steps whose returned loss is recomputed from the captured outputs and batch tensors to find which pair
-the user's loss reads (a custom loss matches none: accuracy verdicts are then left out)."""
-
-
-def closest_reading(logged: float, readings: Mapping[str, float]) -> tuple[str, float, float]:
-    """The correct accuracy reading closest to ``logged`` (also tried as a percentage): name, value, distance."""
-    candidates = [logged] + ([logged / 100.0] if 1.0 < logged <= 100.0 else [])
-    return min(
-        ((name, value, abs(candidate - value)) for name, value in readings.items() for candidate in candidates),
-        key=lambda item: item[2],
-    )
-
-
 def format_matrix(matrix: Tensor, names: Sequence[str] | None = None) -> str:
     """A confusion matrix as aligned text: rows are true classes, columns predicted classes.
 
@@ -97,43 +82,6 @@ def format_matrix(matrix: Tensor, names: Sequence[str] | None = None) -> str:
         for label, row in zip(labels, counts, strict=True)
     ]
     return "\n".join([head, *rows])
-
-
-@dataclass(frozen=True)
-class ScorePairing:
-    """Which output and which batch tensor the user's training loss was computed from
-    (:func:`~lightning_sanity.losses.reproduces_loss`).
-
-    Attributes:
-        source: ``"call:<name>"`` for a top-level forward call (``""`` is the LightningModule itself), ``"child:<k>"``
-            for the k-th last output of a direct child called inside it.
-        target: Position or key of the target tensor in the batch; ``None`` for the one ``split_batch`` finds.
-        loss: The standard loss that reproduced the user's (e.g. ``cross_entropy``, ``bce_with_logits``).
-    """
-
-    source: str
-    target: int | str | None
-    loss: str
-
-
-def _with_ignored_targets(context: LossContext, scores: Tensor, target: Tensor) -> LossContext:
-    """``context`` with the target values that cannot be a class of ``scores`` (e.g. 255 borders passed as
-    ``ignore_index`` to ``F.cross_entropy``, which no module shows) also tried as ignore indices."""
-    if target.is_floating_point() or target.dtype == torch.bool or scores.ndim < 2:
-        return context
-    outside = target[(target < 0) | (target >= min(scores.shape[1], scores.shape[-1]))].unique()
-    extra = tuple(int(v) for v in outside[:2].tolist() if int(v) not in context.ignore_indices)
-    return dataclasses.replace(context, ignore_indices=context.ignore_indices + extra) if extra else context
-
-
-@dataclass
-class _SplitState:
-    """What the callback knows about one split (val, test, train)."""
-
-    classification: bool | None = None
-    batches_checked: int = 0
-    recompute_announced: bool = False
-    recompute_failed: bool = False
 
 
 class ConfusionCallback(SanityCallback):
@@ -239,7 +187,7 @@ class ConfusionCallback(SanityCallback):
         verdict is judged on."""
         self._counts: dict[tuple[str, int], EvalCounts] = {}
         self._eval_losses: dict[tuple[str, int], EvalLoss] = {}
-        self._splits: dict[str, _SplitState] = {}
+        self._splits: dict[str, SplitReader] = {}
         self._observer: StepObserver | None = None
         self._train_loss: TrainLoss | None = None
         self._step_losses: list[Tensor] = []
@@ -348,27 +296,10 @@ class ConfusionCallback(SanityCallback):
         if not math.isfinite(value):
             return
         self._losses_tried += 1
-        targets: list[tuple[int | str | None, Tensor]] = [(None, parts.targets)] if parts.targets is not None else []
-        targets += [
-            (where, tensor)
-            for where, tensor in batch_tensors(batch)
-            if tensor is not parts.targets and tensor is not parts.inputs
-        ]
-        # the step may give the loss a column of targets (y.unsqueeze(1)), e.g. an MSE broadcasting it against [N, C]
-        targets += [(where, target.unsqueeze(-1)) for where, target in targets if target.ndim == 1]
-        context = LossContext.of(pl_module)
-        candidates = scored_outputs(None, observer)[1:]  # the module calls: the step's own output is the loss
-        for source, output, _ in candidates:
-            scores = output_tensor(output)
-            if scores is None or not scores.is_floating_point() or scores.ndim == 0:
-                continue
-            for where, target in targets:
-                if target.ndim == 0 or target.shape[0] != scores.shape[0]:
-                    continue
-                matched = reproduces_loss(scores, target, value, _with_ignored_targets(context, scores, target))
-                if matched is not None:
-                    self.pairing = ScorePairing(source, where, matched.name)
-                    return
+        targets = pairing_targets(batch, parts)
+        self.pairing = find_pairing(observer, targets, value, LossContext.of(pl_module))
+        if self.pairing is not None:
+            return
         if self._pairing_unknown():
             self.record(
                 trainer,
@@ -383,7 +314,7 @@ class ConfusionCallback(SanityCallback):
                 subject="pairing",
                 evidence={
                     "steps": self._losses_tried,
-                    "outputs": [source for source, _, _ in candidates],
+                    "outputs": [source for source, _, _ in scored_outputs(None, observer)[1:]],
                     "batch_tensors": [str(where) for where, _ in targets],
                 },
             )
@@ -398,7 +329,7 @@ class ConfusionCallback(SanityCallback):
         loader: int,
         observer: StepObserver | None,
     ) -> None:
-        state = self._splits.setdefault(split, _SplitState())
+        state = self._splits.setdefault(split, SplitReader(split, self.record, self.ignore_index))
         if state.classification is False or self._pairing_unknown():
             return
         parts = self.split_batch(trainer, batch)
@@ -409,17 +340,18 @@ class ConfusionCallback(SanityCallback):
         targets = parts.targets if targets is None else targets
         if targets is None:
             return
-        aligned = self._aligned_scores(trainer, pl_module, split, state, outputs, observer, parts.inputs, targets)
+        source = pairing.source if pairing is not None else None
+        aligned = state.aligned_scores(trainer, pl_module, outputs, observer, parts.inputs, targets, source)
         if aligned is None:
             return
         scores, targets = aligned
         checking = state.batches_checked < 3
-        if checking and not self._is_classification(trainer, split, state, scores, targets):
+        if checking and not state.is_classification(trainer, scores, targets):
             return
         try:
             predictions = class_predictions(scores, targets, self.num_classes, self.ignore_index)
         except NotClassification as reason:
-            self._not_classification(trainer, split, state, str(reason))
+            state.not_classification(trainer, str(reason))
             return
         if checking:
             state.batches_checked += 1
@@ -440,156 +372,6 @@ class ConfusionCallback(SanityCallback):
             eval_loss = self._eval_losses.get((split, loader))
             if eval_loss is not None and scores.is_floating_point():
                 eval_loss.update(scores, predictions)
-
-    def _aligned_scores(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        split: str,
-        state: _SplitState,
-        outputs: Any,
-        observer: StepObserver | None,
-        inputs: Tensor,
-        targets: Tensor,
-    ) -> tuple[Tensor, Tensor] | None:
-        """Scores aligned with targets from the step output, the observed forward calls, or (last resort) a recompute.
-
-        Candidates (:func:`~lightning_sanity.outputs.scored_outputs`): the output the training loss was found to read
-        first, then the step's output, the LightningModule's own calls, the direct children called by the step, the
-        children ``forward`` called.
-        """
-        calls = [call for call in observer.calls if call.returned] if observer is not None else []
-        candidates = scored_outputs(outputs, observer)
-        if self.pairing is not None:
-            source = self.pairing.source
-            candidates.sort(key=lambda candidate: candidate[0] != source)
-        shapes: list[tuple[int, ...]] = []
-        """Shapes of the observed model outputs that did not line up with the targets."""
-        for _, candidate, call in candidates:
-            tensor = output_tensor(candidate)
-            if tensor is None:
-                continue
-            try:
-                aligned = class_scores(tensor.detach(), targets)
-            except NotClassification as reason:
-                self._not_classification(trainer, split, state, str(reason))
-                return None
-            checking = aligned is not None and state.batches_checked < 3
-            if checking and call is not None and reconstructs_input(tensor, call, targets):
-                name = call.name or type(pl_module).__name__
-                shaped = f"`{name}` returns a tensor shaped like its input {list(tensor.shape)} (a reconstruction)"
-                self._not_classification(trainer, split, state, shaped)
-                return None
-            if aligned is not None:
-                return aligned
-            if call is not None:
-                shapes.append(tuple(tensor.shape))
-        if split == "train" or pl_module.training:
-            return None
-        if any(call.name == "" for call in calls) or (calls and type(pl_module).forward is pl.LightningModule.forward):
-            # the model's own call was seen: replaying what the step passed to it gives the same unaligned output
-            if shapes:
-                self._not_classification(
-                    trainer,
-                    split,
-                    state,
-                    f"the model's outputs (shape {list(shapes[0])}) do not line up with the targets (shape "
-                    f"{list(targets.shape)})",
-                )
-            return None
-        return self._recompute(trainer, pl_module, split, state, inputs, targets)
-
-    def _recompute(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        split: str,
-        state: _SplitState,
-        inputs: Tensor,
-        targets: Tensor,
-    ) -> tuple[Tensor, Tensor] | None:
-        """Run ``forward`` on the batch's inputs: only when the step called no module whose call could be replayed."""
-        # a module in train mode here would update BatchNorm statistics: never recompute then
-        if state.recompute_failed or any(m.training for m in pl_module.modules()):
-            return None
-        if type(pl_module).forward is pl.LightningModule.forward:
-            self._cannot_recompute(trainer, split, state, "the LightningModule has no forward")
-            return None
-        try:
-            with forked_rng(), torch.no_grad(), own_forward():
-                tensor = output_tensor(pl_module(inputs))
-        except Exception as error:  # the step may feed forward something else than the batch's inputs
-            self._cannot_recompute(trainer, split, state, f"forward(inputs) raised {error!r}")
-            return None
-        if tensor is None:
-            return None
-        try:
-            aligned = class_scores(tensor, targets)
-        except NotClassification as reason:
-            self._not_classification(trainer, split, state, str(reason))
-            return None
-        if aligned is not None and not state.recompute_announced:
-            state.recompute_announced = True
-            self.record(
-                trainer,
-                "sanity.recomputed",
-                Severity.INFO,
-                f"ConfusionCallback could not find the {split} predictions in the step's output or forward call and "
-                "runs an extra forward pass per batch to get them.",
-                "Return the logits from the step (e.g. `return {'logits': logits}`) or call `self(x)` in it.",
-                subject=split,
-            )
-        return aligned
-
-    def _cannot_recompute(self, trainer: pl.Trainer, split: str, state: _SplitState, reason: str) -> None:
-        state.recompute_failed = True
-        self.record(
-            trainer,
-            "sanity.skipped",
-            Severity.INFO,
-            f"ConfusionCallback found no {split} predictions in the step's output or in a forward call of the module "
-            f"or its direct children, and cannot recompute them from the batch: {reason}.",
-            "Return the logits from the step (e.g. `return {'logits': logits}`), call `self(x)` or a direct child "
-            "module in it, or pass batch_adapter so the batch's inputs are what forward takes.",
-            subject=f"{split}:predictions",
-            evidence={"reason": reason},
-        )
-
-    def _is_classification(
-        self, trainer: pl.Trainer, split: str, state: _SplitState, scores: Tensor, targets: Tensor
-    ) -> bool:
-        """Decide on the first batches whether the targets are class indices (a host read, on check steps only)."""
-        if targets.numel() == 0:
-            return False
-        if targets.is_floating_point():
-            integral = bool(torch.equal(targets, targets.round()))
-            if not integral:
-                self._not_classification(trainer, split, state, f"targets are real numbers (dtype {targets.dtype})")
-                return False
-        elif targets.dtype.is_complex:
-            self._not_classification(trainer, split, state, f"targets have dtype {targets.dtype}")
-            return False
-        if scores.shape[1] == 1 and scores.is_floating_point():
-            high = int(targets.max())
-            ignored = {self.ignore_index} if self.ignore_index is not None else set()
-            if high > 1 and high not in ignored and high not in (255,):
-                self._not_classification(trainer, split, state, f"a single output but targets up to {high}")
-                return False
-        state.classification = True
-        return True
-
-    def _not_classification(self, trainer: pl.Trainer, split: str, state: _SplitState, reason: str) -> None:
-        state.classification = False
-        self.record(
-            trainer,
-            "eval.not_classification",
-            Severity.INFO,
-            f"ConfusionCallback left the {split} split alone: {reason}.",
-            "Nothing to fix if this is regression or multi-label; for classification return [N, C] logits and "
-            "integer class targets (or pass batch_adapter / num_classes).",
-            subject=split,
-            evidence={"reason": reason},
-        )
 
     def _counts_for(self, split: str, loader: int, num_classes: int, device: torch.device) -> EvalCounts | None:
         counts = self._counts.get((split, loader))
@@ -687,7 +469,7 @@ class ConfusionCallback(SanityCallback):
     def _finish_split(self, trainer: pl.Trainer, split: str) -> None:
         self._class_names = self._class_names or _class_names(trainer)
         loaders = sorted(loader for s, loader in self._counts if s == split)
-        logged = self._logged_accuracies(trainer, split) if split != "train" else {}
+        logged = logged_accuracies(trainer, split, self.compare_keys) if split != "train" else {}
         for loader in loaders:
             counts = self._counts[(split, loader)]
             with warnings.catch_warnings():
@@ -717,7 +499,17 @@ class ConfusionCallback(SanityCallback):
                 if k.startswith("batch_")
             }
             for key, value in logged.get(loader, {}).items():
-                self._judge_mismatch(trainer, split, label, key, value, summary, correct, per_batch)
+                mismatch = metric_mismatch(trainer.world_size, label, key, value, summary, correct, per_batch)
+                if mismatch is not None:
+                    self.record(
+                        trainer,
+                        "eval.metric_mismatch",
+                        Severity.ERROR,
+                        mismatch.message,
+                        mismatch.hint,
+                        subject=f"{label}:{key}",
+                        evidence=mismatch.evidence,
+                    )
             if split != "train":
                 self._judge_summary(trainer, split, label, summary, eval_loss)
 
@@ -780,67 +572,29 @@ class ConfusionCallback(SanityCallback):
         persisted = {code for code in checks if self._suspicious[f"{code}:{label}"] >= needed}
         if not persisted:
             return
-        evidence = self._learning_evidence_numbers(label, summary, learning, losses, history)
-        story = self._learning_story(learning, losses, history, input_cause(collect_findings(trainer)))
-        if "eval.below_chance" in persisted:
-            mapping = self._wrong_mapping(label)
-            self._record_verdict(
-                trainer,
-                "eval.below_chance",
-                Severity.ERROR,
-                f"{label} accuracy {summary.accuracy:.1%} is far below the {summary.independent_accuracy:.1%} that "
-                f"predictions ignoring the labels would get ({evidence['below_chance_z']:.1f} standard errors, "
-                f"{summary.total} samples): the predictions are systematically wrong, not random"
-                + (f"; {mapping}" if mapping else "")
-                + f"; {story}.",
-                "The model tells the classes apart but names them differently on this split: make the train and "
-                "eval datasets share one label encoding (one `classes` list / `class_to_idx`, one LabelEncoder "
-                "fitted once), and check that the eval targets are not shifted or reordered against the inputs.",
-                subject=label,
-                evidence=evidence,
+        matrix = self.confusion_matrices.get(label)
+        evidence = evidence_numbers(
+            label, summary, learning, losses, history, self._class_name, matrix, self.report_classes
+        )
+        story = learning_story(learning, losses, history, input_cause(collect_findings(trainer)))
+        for code in checks:
+            if code not in persisted:
+                continue
+            mapping = (
+                wrong_mapping(matrix, self._class_name, self.report_classes) if code == "eval.below_chance" else ""
             )
-        if "eval.prediction_collapse" in persisted:
-            self._record_verdict(
-                trainer,
-                "eval.prediction_collapse",
-                Severity.ERROR,
-                f"{summary.top_predicted_share:.1%} of the {label} predictions are class "
-                f"{self._class_name(summary.top_predicted_class)!r}, whose true share is only "
-                f"{summary.top_predicted_true_share:.1%} (accuracy {summary.accuracy:.1%}, balanced "
-                f"{summary.balanced_accuracy:.1%}); {story}.",
-                "The model ignores its input: check that labels are aligned with the features, that training batches "
-                "are shuffled, that the train and val inputs are preprocessed alike, that nothing (ReLU/softmax, a "
-                "frozen or zero-initialised head, a far too high or low learning rate) stops the logits from learning.",
-                subject=label,
-                evidence=evidence,
+            text = verdict_text(
+                code,
+                label,
+                summary,
+                evidence,
+                story,
+                self._class_name,
+                mapping=mapping,
+                epochs=trainer.current_epoch + 1,
             )
-        if "eval.imbalance_masked" in persisted:
             self._record_verdict(
-                trainer,
-                "eval.imbalance_masked",
-                Severity.WARNING,
-                f"{label} accuracy {summary.accuracy:.1%} only reflects class imbalance: the majority class is "
-                f"{summary.majority_share:.1%} of the samples and balanced accuracy is {summary.balanced_accuracy:.1%} "
-                f"(1/{summary.present_classes} = {1 / summary.present_classes:.1%} is chance); {story}.",
-                "Report balanced accuracy / per-class recall (torchmetrics MulticlassAccuracy(average='macro')) and "
-                "counter the imbalance: class weights in the loss, a WeightedRandomSampler, or more minority data. If "
-                "every prediction is the majority class, check that the model uses its input at all.",
-                subject=label,
-                evidence=evidence,
-            )
-        if "eval.chance_level" in persisted:
-            self._record_verdict(
-                trainer,
-                "eval.chance_level",
-                Severity.WARNING,
-                f"{label} accuracy {summary.accuracy:.1%} stays at chance (majority-class rate "
-                f"{summary.majority_share:.1%}, balanced accuracy {summary.balanced_accuracy:.1%}, chance "
-                f"{1 / max(summary.present_classes, 1):.1%} ± {evidence['chance_noise']:.1%}) after "
-                f"{trainer.current_epoch + 1} epochs; {story}.",
-                "The model has learned nothing that transfers to this split: check label alignment (labels shuffled "
-                "or joined separately from inputs), the train/val preprocessing, and the learning rate.",
-                subject=label,
-                evidence=evidence,
+                trainer, code, text.severity, text.message, text.hint, subject=label, evidence=evidence
             )
 
     def _remember(
@@ -861,96 +615,6 @@ class ConfusionCallback(SanityCallback):
         history = self.history.setdefault(label, [])
         history.append(entry)
         return history
-
-    def _learning_evidence_numbers(
-        self,
-        label: str,
-        summary: ConfusionSummary,
-        learning: str,
-        losses: Sequence[float],
-        history: Sequence[EpochEvidence],
-    ) -> dict[str, Any]:
-        chance = 1.0 / max(summary.present_classes, 1)
-        evidence: dict[str, Any] = {
-            "split": label,
-            "samples": summary.total,
-            "accuracy": round(summary.accuracy, 4),
-            "balanced_accuracy": round(summary.balanced_accuracy, 4),
-            "chance": round(chance, 4),
-            "chance_noise": round(binomial_noise(chance, summary.total // max(summary.present_classes, 1)), 4),
-            "majority_share": round(summary.majority_share, 4),
-            "top_predicted_class": self._class_name(summary.top_predicted_class),
-            "top_predicted_share": round(summary.top_predicted_share, 4),
-            "top_predicted_true_share": round(summary.top_predicted_true_share, 4),
-            "training": learning,
-            "epoch_train_losses": [round(loss, 4) for loss in losses[-4:]],
-            "eval_losses": [None if e.eval_loss is None else round(e.eval_loss, 4) for e in history[-4:]],
-            "balanced_accuracies": [round(e.summary.balanced_accuracy, 4) for e in history[-4:]],
-            "ln_classes": round(math.log(max(summary.present_classes, 2)), 4),
-            "prior_entropy": round(summary.prior_entropy, 4),
-            "independent_accuracy": round(summary.independent_accuracy, 4),
-            "below_chance_z": round(below_chance_z(summary), 2),
-        }
-        matrix = self.confusion_matrices.get(label)
-        if matrix is not None and matrix.shape[0] <= self.report_classes:
-            evidence["confusion_matrix"] = matrix.tolist()
-        return evidence
-
-    def _wrong_mapping(self, label: str) -> str:
-        """Where the true classes go in the last confusion matrix of ``label`` when most of a class lands on one
-        other class: ``"true -> predicted: 'a' -> 'b' (14/15), ..."``; empty without a matrix or such a class."""
-        matrix = self.confusion_matrices.get(label)
-        if matrix is None:
-            return ""
-        moved = []
-        for true, row in enumerate(matrix.tolist()):
-            total, top = sum(row), max(range(len(row)), key=row.__getitem__)
-            if total > 0 and top != true and row[top] > total / 2:
-                moved.append(f"{self._class_name(true)!r} -> {self._class_name(top)!r} ({int(row[top])}/{int(total)})")
-        shown = moved[: self.report_classes or 5]
-        return "true -> predicted: " + ", ".join(shown) + (", ..." if len(moved) > len(shown) else "") if moved else ""
-
-    def _learning_story(
-        self,
-        learning: str,
-        losses: Sequence[float],
-        history: Sequence[EpochEvidence],
-        input_code: str | None = None,
-    ) -> str:
-        """One clause saying what the training side measured, with its numbers; ``input_code`` is a finding that
-        the evaluation inputs differ from the training inputs, which explains why nothing learned transfers."""
-        eval_losses = [e.eval_loss for e in history if e.eval_loss is not None]
-        if learning == "memorising" and len(eval_losses) >= 2:
-            cause = (
-                f"the validation inputs differ from the training inputs ({input_code})"
-                if input_code
-                else "training labels without signal, or validation inputs unlike the training inputs"
-            )
-            return (
-                f"the training loss fell from {losses[0]:.3f} to {losses[-1]:.3f} while the validation loss went from "
-                f"{eval_losses[0]:.3f} to {eval_losses[-1]:.3f}: the model memorises its training data and nothing "
-                f"of it transfers: {cause}"
-            )
-        if learning == "one class throughout":
-            latest = next((i for i, e in enumerate(reversed(history)) if not is_one_class(e.summary)), len(history))
-            if latest == len(history):
-                return f"at all {latest} validations of the run nearly every prediction was one class"
-            return (
-                f"at the last {latest} of the run's {len(history)} validations nearly every prediction was one class "
-                "and the validation loss stopped falling"
-            )
-        if learning == "stuck":
-            return (
-                f"the training loss sits at the class-prior entropy ({', '.join(f'{v:.3f}' for v in losses[-3:])}): "
-                "the model learned the class frequencies and nothing else"
-            )
-        if learning == "never below the prior" and history:
-            return (
-                f"the training loss never went below the class-prior entropy {history[-1].summary.prior_entropy:.3f} "
-                f"({', '.join(f'{v:.3f}' for v in losses[-4:])}): the model learned nothing beyond the class "
-                "frequencies"
-            )
-        return f"the training loss fell from {losses[0]:.3f} to {min(losses):.3f}, so the model did train"
 
     def _record_verdict(
         self,
@@ -994,18 +658,10 @@ class ConfusionCallback(SanityCallback):
                 self._resolve("eval.loss_at_chance", "train", trainer.current_epoch)
             return
         epochs = 3
+        text = loss_at_chance_text(self._epoch_losses[-epochs:], classes)
+        evidence = {"epoch_losses": self._epoch_losses[-epochs:], "ln_classes": chance, "num_classes": classes}
         self._record_verdict(
-            trainer,
-            "eval.loss_at_chance",
-            Severity.WARNING,
-            f"The training loss has stayed at ln({classes}) = {chance:.3f} for {epochs} epochs "
-            f"({', '.join(f'{loss:.3f}' for loss in self._epoch_losses[-epochs:])}): the model predicts a uniform "
-            "distribution and learns nothing.",
-            "Check that labels match the inputs, that the logits are not squashed (ReLU/softmax before the loss), "
-            "that gradients reach the head, and the learning rate. A deep network without normalisation layers on "
-            "plain SGD can sit here for a few epochs before it learns: this finding is marked resolved if it does.",
-            subject="train",
-            evidence={"epoch_losses": self._epoch_losses[-epochs:], "ln_classes": chance, "num_classes": classes},
+            trainer, "eval.loss_at_chance", text.severity, text.message, text.hint, subject="train", evidence=evidence
         )
 
     def _judge_activation(self, trainer: pl.Trainer) -> None:
@@ -1022,99 +678,10 @@ class ConfusionCallback(SanityCallback):
             evidence.update(val_nll_of_probabilities=nll, lowest_train_loss=lowest, loss_floor=floor)
             if not is_logit_loss_on_probabilities(lowest, nll, floor):
                 return
-        described = {
-            "softmax": "already probabilities (non-negative, every row sums to 1): a softmax",
-            "sigmoid": "all in [0, 1]: a sigmoid",
-            "relu": "non-negative with many exact zeros: a ReLU",
-        }[kind]
+        text = activated_text(kind, split, floor, evidence.get("val_nll_of_probabilities"))
         self.record(
-            trainer,
-            "output.activated",
-            Severity.WARNING,
-            f"The model's {split} outputs used as logits are {described} is applied before the loss"
-            + (
-                ""
-                if kind == "relu"
-                else f" (the training loss never went below {floor:.3f}, the least a logit loss can reach on "
-                f"probabilities, though read as probabilities they score {evidence['val_nll_of_probabilities']:.3f})"
-            )
-            + ".",
-            "Return raw logits from forward: remove the final softmax/sigmoid/ReLU; CrossEntropyLoss and "
-            "BCEWithLogitsLoss apply (log-)softmax/sigmoid themselves. Apply it only for inference outputs.",
-            subject=split,
-            evidence=evidence,
+            trainer, "output.activated", text.severity, text.message, text.hint, subject=split, evidence=evidence
         )
-
-    def _judge_mismatch(
-        self,
-        trainer: pl.Trainer,
-        split: str,
-        label: str,
-        key: str,
-        logged: float,
-        summary: ConfusionSummary,
-        correct: Mapping[str, float],
-        per_batch: Mapping[str, float],
-    ) -> None:
-        """A logged accuracy must match an accumulated one; a per-batch mean only explains how a wrong value arose."""
-        if not math.isfinite(logged):
-            return
-        tolerance = MISMATCH_TOLERANCE
-        if trainer.world_size > 1:
-            # a value logged without sync_dist is one rank's: allow its sampling noise
-            tolerance += 4 * binomial_noise(0.5, summary.total // trainer.world_size)
-        _, _, distance = closest_reading(logged, correct)
-        if distance <= tolerance:
-            return
-        name, value, batch_distance = closest_reading(logged, {**correct, **per_batch})
-        if name in per_batch and batch_distance <= tolerance:
-            explanation = (
-                f"it matches the {name} of the per-batch values ({value:.4f}): a metric computed per batch and "
-                "averaged over the epoch is not the epoch's accuracy"
-            )
-            hint = (
-                "Update a torchmetrics metric in the step and log the metric object itself (`self.acc(preds, y); "
-                "self.log(key, self.acc)`), not the tensor it returns per batch, so Lightning computes it over the "
-                "whole epoch; a per-batch macro average is only right when every batch holds every class."
-            )
-        else:
-            name, value, _ = closest_reading(logged, correct)
-            explanation = f"closest correct reading: {name} {value:.4f}"
-            hint = (
-                "The evaluation code miscounts: accumulate with `+=` (not `=`) and reset per epoch, divide by the "
-                "number of samples, or log a torchmetrics Accuracy object (`self.log(key, self.acc)`) that does it "
-                "right."
-            )
-        self.record(
-            trainer,
-            "eval.metric_mismatch",
-            Severity.ERROR,
-            f"Logged {key!r} = {logged:.4f} but the accuracy accumulated over the same {label} batches is "
-            f"{summary.accuracy:.4f} (macro {summary.macro_accuracy:.4f}, {summary.total} samples); {explanation}.",
-            hint,
-            subject=f"{label}:{key}",
-            evidence={
-                "key": key,
-                "logged": logged,
-                "accumulated_accuracy": summary.accuracy,
-                "accumulated_macro_accuracy": summary.macro_accuracy,
-                "distance": distance,
-                "closest_reading": name,
-                "closest_value": value,
-                "tolerance": tolerance,
-                "samples": summary.total,
-            },
-        )
-
-    def _logged_accuracies(self, trainer: pl.Trainer, split: str) -> dict[int, dict[str, float]]:
-        """User-logged accuracies of ``split`` per dataloader: ``{loader: {key: value}}``."""
-        metrics = trainer.callback_metrics
-        found: dict[int, dict[str, float]] = {}
-        for key, loader in _accuracy_keys(trainer, split, self.compare_keys).items():
-            value = metrics.get(key)
-            if (isinstance(value, Tensor) and value.numel() == 1) or isinstance(value, (int, float)):
-                found.setdefault(loader, {})[key] = float(value)
-        return found
 
     # --------------------------------------------------------------- report
     def _known_classes(self) -> int | None:
@@ -1165,36 +732,3 @@ def _class_names(trainer: pl.Trainer) -> list[str] | None:
         if isinstance(names, (list, tuple)) and names:
             return [str(n) for n in names]
     return None
-
-
-def _accuracy_keys(trainer: pl.Trainer, split: str, compare_keys: Sequence[str]) -> dict[str, int]:
-    """Keys of epoch-level, mean-reduced accuracies logged during ``split``, and ``compare_keys``, with their loader."""
-    keys = {key: _loader_of(key) for key in compare_keys if key in trainer.callback_metrics}
-    step_hook, hook_prefix = _EVAL_HOOKS.get(split, ("", "-"))
-    results = compat.logged_results(trainer)
-    if results is None:
-        return keys
-    for result in results.values():
-        meta = getattr(result, "meta", None)
-        if meta is None:
-            continue
-        fx, name = str(meta.fx), str(meta.name)
-        lowered = name.lower()
-        if not (fx.startswith(step_hook) or fx.startswith(hook_prefix)) or "acc" not in lowered:
-            continue
-        if any(token in lowered for token in _NOT_ACCURACY_TOKENS) or not meta.on_epoch:
-            continue
-        value = getattr(result, "value", None)
-        if result.is_tensor and not meta.is_mean_reduction:
-            continue
-        if not result.is_tensor and (getattr(value, "top_k", 1) or 1) > 1:
-            continue
-        loader = meta.dataloader_idx
-        key = name + (f"/dataloader_idx_{loader}" if meta.add_dataloader_idx and loader is not None else "")
-        keys[key] = loader or 0
-    return keys
-
-
-def _loader_of(key: str) -> int:
-    head, _, index = key.rpartition("/dataloader_idx_")
-    return int(index) if head and index.isdigit() else 0

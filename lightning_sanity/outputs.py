@@ -129,6 +129,28 @@ def activation_kind(scores: Tensor, graph: str | None = None, tolerance: float =
     return "sigmoid" if float(scores.max()) <= 1 else None
 
 
+def not_class_indices(scores: Tensor, targets: Tensor, ignore_index: int | None) -> str | None:
+    """Why non-empty ``targets`` aligned with ``[M, C]`` ``scores`` are not class indices (real numbers, complex
+    values, a single output against targets above 1), ``None`` if they can be. A host read.
+
+    Example::
+
+        >>> not_class_indices(torch.zeros(4, 1), torch.tensor([0, 1, 2, 3]), None)
+        'a single output but targets up to 3'
+    """
+    if targets.is_floating_point():
+        if not bool(torch.equal(targets, targets.round())):
+            return f"targets are real numbers (dtype {targets.dtype})"
+    elif targets.dtype.is_complex:
+        return f"targets have dtype {targets.dtype}"
+    if scores.shape[1] == 1 and scores.is_floating_point():
+        high = int(targets.max())
+        ignored = {ignore_index} if ignore_index is not None else set()
+        if high > 1 and high not in ignored and high not in (255,):
+            return f"a single output but targets up to {high}"
+    return None
+
+
 def is_logit_loss_on_probabilities(lowest_train_loss: float, probability_nll: float, floor: float) -> bool:
     """The training loss never went below the floor of a logit loss on probabilities, although the outputs read as
     probabilities are confident enough (NLL well below that floor) that a probability loss would have."""

@@ -19,7 +19,7 @@ from torchmetrics.classification import Accuracy, MulticlassAccuracy
 from torchvision import transforms as T
 
 from lightning_sanity import ConfusionCallback, Severity
-from lightning_sanity.confusion import closest_reading, format_matrix
+from lightning_sanity.confusion import format_matrix
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 from lightning_sanity.eval_metrics import EvalCounts, TrainLoss
 from lightning_sanity.learnability import (
@@ -30,6 +30,7 @@ from lightning_sanity.learnability import (
     is_prediction_collapse,
     training_evidence,
 )
+from lightning_sanity.logged_accuracy import closest_reading
 from lightning_sanity.outputs import activation_kind, class_predictions, class_scores, probability_loss_floor
 
 

@@ -26,6 +26,7 @@ from lightning_sanity import ConfusionCallback, Finding, ModeGuardCallback, Sani
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 from lightning_sanity.learnability import EpochEvidence
 from lightning_sanity.triage import SYMPTOMS, triage_rows
+from lightning_sanity.verdicts import learning_story
 
 NORMALIZED = T.Compose([T.ToTensor(), T.Normalize([0.3] * 3, [0.32] * 3)])
 
@@ -90,7 +91,7 @@ def test_labels_without_signal_are_memorised_and_reported_at_chance(make_trainer
 
 def test_the_memorising_story_points_at_the_inputs_when_a_pipeline_finding_explains_it() -> None:
     history = [EpochEvidence(e, 9 * e, None, loss, None) for e, loss in enumerate([54.9, 803.1])]  # type: ignore[arg-type]
-    story = ConfusionCallback()._learning_story("memorising", [2.30, 2.08], history, "transform.scaling_mismatch")
+    story = learning_story("memorising", [2.30, 2.08], history, "transform.scaling_mismatch")
     assert "validation inputs differ from the training inputs (transform.scaling_mismatch)" in story
     assert "labels" not in story
 

@@ -1,0 +1,221 @@
+"""What a verdict about learning says: the message, the hint and the evidence of ``eval.below_chance``,
+``eval.prediction_collapse``, ``eval.imbalance_masked``, ``eval.chance_level``, ``eval.loss_at_chance`` and
+``output.activated``.
+
+Which verdict holds is for :mod:`lightning_sanity.learnability`; the words and numbers that tell the user are here,
+so that :class:`~lightning_sanity.ConfusionCallback` only watches and concludes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from lightning_sanity.findings import Severity
+from lightning_sanity.learnability import ConfusionSummary, EpochEvidence, below_chance_z, binomial_noise, is_one_class
+
+
+def evidence_numbers(
+    label: str,
+    summary: ConfusionSummary,
+    learning: str,
+    losses: Sequence[float],
+    history: Sequence[EpochEvidence],
+    class_name: Callable[[int], str],
+    matrix: Tensor | None,
+    report_classes: int,
+) -> dict[str, Any]:
+    """The numbers behind a verdict about learning on ``label``: accuracy against chance with its noise, the class
+    the model predicts most, the latest losses and balanced accuracies, and the confusion matrix when it has at most
+    ``report_classes`` classes."""
+    chance = 1.0 / max(summary.present_classes, 1)
+    evidence: dict[str, Any] = {
+        "split": label,
+        "samples": summary.total,
+        "accuracy": round(summary.accuracy, 4),
+        "balanced_accuracy": round(summary.balanced_accuracy, 4),
+        "chance": round(chance, 4),
+        "chance_noise": round(binomial_noise(chance, summary.total // max(summary.present_classes, 1)), 4),
+        "majority_share": round(summary.majority_share, 4),
+        "top_predicted_class": class_name(summary.top_predicted_class),
+        "top_predicted_share": round(summary.top_predicted_share, 4),
+        "top_predicted_true_share": round(summary.top_predicted_true_share, 4),
+        "training": learning,
+        "epoch_train_losses": [round(loss, 4) for loss in losses[-4:]],
+        "eval_losses": [None if e.eval_loss is None else round(e.eval_loss, 4) for e in history[-4:]],
+        "balanced_accuracies": [round(e.summary.balanced_accuracy, 4) for e in history[-4:]],
+        "ln_classes": round(math.log(max(summary.present_classes, 2)), 4),
+        "prior_entropy": round(summary.prior_entropy, 4),
+        "independent_accuracy": round(summary.independent_accuracy, 4),
+        "below_chance_z": round(below_chance_z(summary), 2),
+    }
+    if matrix is not None and matrix.shape[0] <= report_classes:
+        evidence["confusion_matrix"] = matrix.tolist()
+    return evidence
+
+
+def wrong_mapping(matrix: Tensor | None, class_name: Callable[[int], str], shown_classes: int) -> str:
+    """Where the true classes go in the confusion matrix ``matrix`` when most of a class lands on one
+    other class: ``"true -> predicted: 'a' -> 'b' (14/15), ..."``; empty without a matrix or such a class."""
+    if matrix is None:
+        return ""
+    moved = []
+    for true, row in enumerate(matrix.tolist()):
+        total, top = sum(row), max(range(len(row)), key=row.__getitem__)
+        if total > 0 and top != true and row[top] > total / 2:
+            moved.append(f"{class_name(true)!r} -> {class_name(top)!r} ({int(row[top])}/{int(total)})")
+    shown = moved[: shown_classes or 5]
+    return "true -> predicted: " + ", ".join(shown) + (", ..." if len(moved) > len(shown) else "") if moved else ""
+
+
+def learning_story(
+    learning: str,
+    losses: Sequence[float],
+    history: Sequence[EpochEvidence],
+    input_code: str | None = None,
+) -> str:
+    """One clause saying what the training side measured, with its numbers; ``input_code`` is a finding that
+    the evaluation inputs differ from the training inputs, which explains why nothing learned transfers."""
+    eval_losses = [e.eval_loss for e in history if e.eval_loss is not None]
+    if learning == "memorising" and len(eval_losses) >= 2:
+        cause = (
+            f"the validation inputs differ from the training inputs ({input_code})"
+            if input_code
+            else "training labels without signal, or validation inputs unlike the training inputs"
+        )
+        return (
+            f"the training loss fell from {losses[0]:.3f} to {losses[-1]:.3f} while the validation loss went from "
+            f"{eval_losses[0]:.3f} to {eval_losses[-1]:.3f}: the model memorises its training data and nothing "
+            f"of it transfers: {cause}"
+        )
+    if learning == "one class throughout":
+        latest = next((i for i, e in enumerate(reversed(history)) if not is_one_class(e.summary)), len(history))
+        if latest == len(history):
+            return f"at all {latest} validations of the run nearly every prediction was one class"
+        return (
+            f"at the last {latest} of the run's {len(history)} validations nearly every prediction was one class "
+            "and the validation loss stopped falling"
+        )
+    if learning == "stuck":
+        return (
+            f"the training loss sits at the class-prior entropy ({', '.join(f'{v:.3f}' for v in losses[-3:])}): "
+            "the model learned the class frequencies and nothing else"
+        )
+    if learning == "never below the prior" and history:
+        return (
+            f"the training loss never went below the class-prior entropy {history[-1].summary.prior_entropy:.3f} "
+            f"({', '.join(f'{v:.3f}' for v in losses[-4:])}): the model learned nothing beyond the class "
+            "frequencies"
+        )
+    return f"the training loss fell from {losses[0]:.3f} to {min(losses):.3f}, so the model did train"
+
+
+@dataclass(frozen=True)
+class VerdictText:
+    """What one verdict about learning tells the user."""
+
+    severity: Severity
+    message: str
+    hint: str
+
+
+def verdict_text(
+    code: str,
+    label: str,
+    summary: ConfusionSummary,
+    evidence: dict[str, Any],
+    story: str,
+    class_name: Callable[[int], str],
+    *,
+    mapping: str = "",
+    epochs: int = 0,
+) -> VerdictText:
+    """The severity, message and hint of the verdict ``code`` on ``label``, from its ``evidence``
+    (:func:`evidence_numbers`), the training side's ``story`` (:func:`learning_story`), for ``eval.below_chance`` the
+    class ``mapping`` (:func:`wrong_mapping`) and for ``eval.chance_level`` the training ``epochs`` so far."""
+    if code == "eval.below_chance":
+        return VerdictText(
+            Severity.ERROR,
+            f"{label} accuracy {summary.accuracy:.1%} is far below the {summary.independent_accuracy:.1%} that "
+            f"predictions ignoring the labels would get ({evidence['below_chance_z']:.1f} standard errors, "
+            f"{summary.total} samples): the predictions are systematically wrong, not random"
+            + (f"; {mapping}" if mapping else "")
+            + f"; {story}.",
+            "The model tells the classes apart but names them differently on this split: make the train and "
+            "eval datasets share one label encoding (one `classes` list / `class_to_idx`, one LabelEncoder "
+            "fitted once), and check that the eval targets are not shifted or reordered against the inputs.",
+        )
+    if code == "eval.prediction_collapse":
+        return VerdictText(
+            Severity.ERROR,
+            f"{summary.top_predicted_share:.1%} of the {label} predictions are class "
+            f"{class_name(summary.top_predicted_class)!r}, whose true share is only "
+            f"{summary.top_predicted_true_share:.1%} (accuracy {summary.accuracy:.1%}, balanced "
+            f"{summary.balanced_accuracy:.1%}); {story}.",
+            "The model ignores its input: check that labels are aligned with the features, that training batches "
+            "are shuffled, that the train and val inputs are preprocessed alike, that nothing (ReLU/softmax, a "
+            "frozen or zero-initialised head, a far too high or low learning rate) stops the logits from learning.",
+        )
+    if code == "eval.imbalance_masked":
+        return VerdictText(
+            Severity.WARNING,
+            f"{label} accuracy {summary.accuracy:.1%} only reflects class imbalance: the majority class is "
+            f"{summary.majority_share:.1%} of the samples and balanced accuracy is {summary.balanced_accuracy:.1%} "
+            f"(1/{summary.present_classes} = {1 / summary.present_classes:.1%} is chance); {story}.",
+            "Report balanced accuracy / per-class recall (torchmetrics MulticlassAccuracy(average='macro')) and "
+            "counter the imbalance: class weights in the loss, a WeightedRandomSampler, or more minority data. If "
+            "every prediction is the majority class, check that the model uses its input at all.",
+        )
+    if code == "eval.chance_level":
+        return VerdictText(
+            Severity.WARNING,
+            f"{label} accuracy {summary.accuracy:.1%} stays at chance (majority-class rate "
+            f"{summary.majority_share:.1%}, balanced accuracy {summary.balanced_accuracy:.1%}, chance "
+            f"{1 / max(summary.present_classes, 1):.1%} ± {evidence['chance_noise']:.1%}) after "
+            f"{epochs} epochs; {story}.",
+            "The model has learned nothing that transfers to this split: check label alignment (labels shuffled "
+            "or joined separately from inputs), the train/val preprocessing, and the learning rate.",
+        )
+    raise ValueError(f"{code!r} is not a verdict about learning")
+
+
+def loss_at_chance_text(epoch_losses: Sequence[float], num_classes: int) -> VerdictText:
+    """``eval.loss_at_chance``: the last ``epoch_losses`` sat at ln(``num_classes``)."""
+    chance = math.log(num_classes)
+    return VerdictText(
+        Severity.WARNING,
+        f"The training loss has stayed at ln({num_classes}) = {chance:.3f} for {len(epoch_losses)} epochs "
+        f"({', '.join(f'{loss:.3f}' for loss in epoch_losses)}): the model predicts a uniform "
+        "distribution and learns nothing.",
+        "Check that labels match the inputs, that the logits are not squashed (ReLU/softmax before the loss), "
+        "that gradients reach the head, and the learning rate. A deep network without normalisation layers on "
+        "plain SGD can sit here for a few epochs before it learns: this finding is marked resolved if it does.",
+    )
+
+
+def activated_text(kind: str, split: str, floor: float, probability_nll: float | None) -> VerdictText:
+    """``output.activated``: the ``split`` outputs used as logits went through ``kind`` (softmax, sigmoid, relu); for
+    a softmax or sigmoid, the training loss stayed above the ``floor`` of a logit loss on probabilities while the
+    outputs read as probabilities score ``probability_nll``."""
+    described = {
+        "softmax": "already probabilities (non-negative, every row sums to 1): a softmax",
+        "sigmoid": "all in [0, 1]: a sigmoid",
+        "relu": "non-negative with many exact zeros: a ReLU",
+    }[kind]
+    return VerdictText(
+        Severity.WARNING,
+        f"The model's {split} outputs used as logits are {described} is applied before the loss"
+        + (
+            ""
+            if kind == "relu"
+            else f" (the training loss never went below {floor:.3f}, the least a logit loss can reach on "
+            f"probabilities, though read as probabilities they score {probability_nll:.3f})"
+        )
+        + ".",
+        "Return raw logits from forward: remove the final softmax/sigmoid/ReLU; CrossEntropyLoss and "
+        "BCEWithLogitsLoss apply (log-)softmax/sigmoid themselves. Apply it only for inference outputs.",
+    )
