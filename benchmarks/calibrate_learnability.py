@@ -3,15 +3,18 @@
 Every run is a real ``Trainer.fit`` on scikit-learn digits (flat features or PIL images through torchvision) or
 wine, with ``ConfusionCallback`` and ``ModeGuardCallback`` attached. Broken programs are those of issue 13 and
 their variants (labels that carry no signal, labels joined to the wrong rows, a model that ignores its input, the
-0-255 ``Normalize`` demo, a constant input); healthy ones are slow learners, noisy labels, imbalanced data, a model
-right to predict mostly one class, regression, a frozen backbone in eval mode, and a deep network without
-normalisation that sits on the ln(C) plateau before it learns. Each runs with several seeds; the verdict after
-every epoch of a run is the verdict of the same run stopped there, so one 8-epoch run stands for runs of 3 to 8.
+0-255 ``Normalize`` demo, a constant input) and of issue 23 (coin-flip labels whose training loss creeps towards ln 2
+and never below it in a few epochs); healthy ones are slow learners (some starting above ln C), noisy labels,
+imbalanced data, label smoothing, a run of two epochs, a model right to predict mostly one class, regression, a
+frozen backbone in eval mode, and a deep network without normalisation that sits on the ln(C) plateau before it
+learns. Each runs with several seeds; the statistics are read at every epoch of a run, where the same run stopped
+there would have had its verdict (except for the pace of a training loss above the prior, which is projected over
+the run's planned epochs).
 
 It prints one line per run, then the statistics behind each threshold: for the runs where that threshold decides,
 the largest value seen on healthy runs against the smallest on broken ones (the table in docs/findings.md).
 
-    python benchmarks/calibrate_learnability.py            # 3 seeds, about 5 minutes on one CPU core
+    python benchmarks/calibrate_learnability.py            # 3 seeds, about 10 minutes on one CPU core
     python benchmarks/calibrate_learnability.py --seeds 1  # a quick look
 """
 
@@ -34,18 +37,21 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms as T
 
 from lightning_sanity import ConfusionCallback, ModeGuardCallback, Severity, collect_findings
 from lightning_sanity.demos import Classifier, DigitImages, SmallCNN, digits_tensors, mlp, wine_tensors
 from lightning_sanity.learnability import (
     CHANCE_Z,
+    MIN_STEPS,
     ONE_CLASS_SHARE,
     EpochEvidence,
     below_chance_z,
     binomial_noise,
     has_learning_signal,
+    prior_loss_floor,
+    verdict_checks,
 )
 
 # The programs the tests assert on are the ones calibrated here: one definition, in tests/test_learnability.py.
@@ -56,6 +62,8 @@ from test_learnability import (
     FrozenBackbone,
     PlainSGD,
     Regressor,
+    Relabelled,
+    Smoothed,
     deep_plain,
     flipped,
     rare_positives,
@@ -70,17 +78,13 @@ VERDICTS = {
 }
 
 
-class Relabelled(Dataset):
-    """A dataset with its labels replaced (labels that no longer follow from the inputs)."""
+class HotHead(Classifier):
+    """A head initialised 8x too large: the training loss starts far above ln C and falls through it."""
 
-    def __init__(self, base: Dataset, labels: np.ndarray) -> None:
-        self.base, self.labels = base, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        return self.base[index][0], int(self.labels[index])
+    def __init__(self, net: nn.Sequential, lr: float) -> None:
+        super().__init__(net, lr)
+        with torch.no_grad():
+            net[-1].weight.mul_(8.0)
 
 
 class ConstantInput(Classifier):
@@ -139,6 +143,22 @@ def build(name: str, seed: int) -> Built:
             Classifier(SmallCNN(2), lr=3e-3),
             DataLoader(Relabelled(train, random_labels(seed, 2, len(train))), batch_size=32, shuffle=True),
             DataLoader(Relabelled(val, random_labels(seed + 50, 2, len(val))), batch_size=128),
+        )
+    if name in ("coin_flip_cnn", "coin_flip_cnn_slow"):
+        # issue 23: coin-flip labels, a small CNN, a few epochs of Adam: the loss creeps towards ln 2, never below
+        train, val = images("train"), images("val")
+        return (
+            Classifier(SmallCNN(2), lr=1e-2 if name == "coin_flip_cnn" else 3e-3),
+            DataLoader(Relabelled(train, random_labels(seed + 10, 2, len(train))), batch_size=32, shuffle=True),
+            DataLoader(Relabelled(val, (val.targets >= 5).astype(int)), batch_size=128),
+        )
+    if name == "biased_coin_mlp":
+        # labels drawn with P(1) = 0.2: the prior entropy (0.50) is below ln 2
+        flips = np.random.default_rng(3000 + seed)
+        return (
+            Classifier(mlp(64, 2), lr=1e-2),
+            tabular(x, torch.from_numpy((flips.random(len(y)) < 0.2).astype(np.int64))),
+            tabular(xv, torch.from_numpy((flips.random(len(yv)) < 0.2).astype(np.int64)), 128, False),
         )
     if name == "random_wine":
         w, wy = wine_tensors("train")
@@ -239,6 +259,25 @@ def build(name: str, seed: int) -> Built:
         return PlainSGD(deep_plain(7), lr=0.1), tabular(x, y), tabular(xv, yv, 128, False)
     if name == "deep_tanh_plateau_sgd":
         return PlainSGD(deep_tanh(10), lr=0.05), tabular(x, y), tabular(xv, yv, 128, False)
+    if name == "hot_head_cnn":
+        return (
+            HotHead(SmallCNN(10), lr=1e-3),
+            DataLoader(images("train"), batch_size=64, shuffle=True),
+            DataLoader(images("val"), batch_size=128),
+        )
+    if name == "slow_imbalanced_sgd":
+        return PlainSGD(mlp(64, 2), lr=2e-3), tabular(x, (y == 0).long()), tabular(xv, (yv == 0).long(), 128, False)
+    if name == "smoothed_sgd_mlp":
+        return Smoothed(mlp(64, 10), 1e-3, 0.3, "sgd"), tabular(x, y), tabular(xv, yv, 128, False)
+    if name == "smoothed_binary_sgd_mlp":
+        yb, ybv = (y >= 5).long(), (yv >= 5).long()
+        return Smoothed(mlp(64, 2), 1e-3, 0.3, "sgd"), tabular(x, yb), tabular(xv, ybv, 128, False)
+    if name == "two_epochs_sgd_mlp":
+        return PlainSGD(mlp(64, 10), lr=3e-3), tabular(x, y, 16), tabular(xv, yv, 128, False)
+    if name == "slow_wine_adam":
+        w, wy = wine_tensors("train")
+        wv, wyv = wine_tensors("val")
+        return Classifier(mlp(13, 3), lr=3e-4), tabular(w, wy, 16), tabular(wv, wyv, 64, False)
     if name == "healthy_cnn":
         return (
             Classifier(SmallCNN(10), lr=3e-3),
@@ -263,6 +302,9 @@ BROKEN = {
     "decayed_mlp": 5,
     "cycled_val_labels_wine": 8,
     "cycled_val_labels_mlp": 5,
+    "coin_flip_cnn": 3,
+    "coin_flip_cnn_slow": 4,
+    "biased_coin_mlp": 5,
 }
 HEALTHY = {
     "slow_sgd_mlp": 10,
@@ -278,6 +320,12 @@ HEALTHY = {
     "healthy_cnn": 5,
     "small_wine_adam": 10,
     "small_wine_sgd": 10,
+    "hot_head_cnn": 4,
+    "slow_imbalanced_sgd": 6,
+    "smoothed_sgd_mlp": 6,
+    "smoothed_binary_sgd_mlp": 6,
+    "two_epochs_sgd_mlp": 2,
+    "slow_wine_adam": 10,
 }
 
 
@@ -298,6 +346,7 @@ class Run:
     first_epoch: int | None
     history: list[EpochEvidence]
     losses: list[float]
+    noise: list[float]
     kinds: list[str]
     seconds: float
 
@@ -330,6 +379,7 @@ def fit(name: str, seed: int, epochs: int, healthy: bool) -> Run:
         first_epoch=min((f.epoch for f in verdicts), default=None),
         history=confusion.history.get("val", []),
         losses=list(confusion._epoch_losses),
+        noise=list(confusion._epoch_noise),
         kinds=sorted({str(f.evidence.get("training")) for f in verdicts if "training" in f.evidence}),
         seconds=time.perf_counter() - start,
     )
@@ -380,6 +430,22 @@ def recent_fall(history: list[EpochEvidence]) -> float:
     return (recent[0] - recent[-1]) / math.log(max(history[-1].summary.present_classes, 2))
 
 
+def prior_margin(run: Run, k: int) -> float | None:
+    """Where the run's training loss never went below the prior's noise floor up to validation ``k`` (after
+    ``MIN_STEPS``): how far above the floor it ends at the pace of its last epochs, at the planned end of training,
+    over the prior entropy (the never-below-the-prior rule: >= 0 is a verdict); ``None`` elsewhere."""
+    entry = run.history[k]
+    losses, noise = run.losses[: k + 1], run.noise[: k + 1]
+    if k < 1 or entry.steps < MIN_STEPS or len(losses) < 2 or entry.summary.prior_entropy <= 0:
+        return None
+    floors = [prior_loss_floor(entry.summary, n) for n in noise]
+    if any(loss < floor for loss, floor in zip(losses, floors, strict=True)):
+        return None
+    recent = losses[-3:]
+    pace = max((recent[0] - recent[-1]) / (len(recent) - 1), 0.0)
+    return (recent[-1] - pace * (run.epochs - k - 1) - floors[-1]) / entry.summary.prior_entropy
+
+
 def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
     """(statistic and threshold, healthy side, broken side, reading) for the table in docs/findings.md."""
 
@@ -410,6 +476,17 @@ def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
     # the rule's earliest window, the first two validations, is where a run's smallest share is largest
     lowest_share_unsaved = [min(one_class_margin(e) for e in r.history[:2]) for r in unsaved]
     lowest_share_broken = [min(one_class_margin(e) for e in r.history[:2]) for r in one_class]
+    # prefixes at chance with no veto where the training loss never went below the prior: the never-below rule decides
+    undecided = [
+        (r, k)
+        for r, k in prefixes
+        if any(verdict_checks(r.history[k].summary).values()) and not has_learning_signal(r.history[: k + 1])
+    ]
+    above_healthy = [
+        v for r, k in undecided if r.healthy and r.name not in PLATEAU and (v := prior_margin(r, k)) is not None
+    ]
+    never_below = [r for r in runs if not r.healthy and "never below the prior" in r.kinds]
+    above_broken = [v for r in never_below if (v := prior_margin(r, len(r.history) - 1)) is not None]
     below_healthy = [below_chance_z(r.history[k].summary) for r, k in prefixes if r.healthy]
     below_broken = [
         below_chance_z(r.history[-1].summary) for r in runs if not r.healthy and r.name.startswith("cycled")
@@ -451,6 +528,13 @@ def statistics(runs: list[Run]) -> list[tuple[str, str, str, str]]:
             f"max {fmt(lowest_share_unsaved, max)} (runs the prior veto does not cover)",
             f"min {fmt(lowest_share_broken, min)} (one-class runs)",
             "healthy >= 0: plateau runs, said while true and resolved; mostly-one-class models beat the prior",
+        ),
+        (
+            "training loss never below the prior's noise floor: (loss at the planned end at its pace - floor) / "
+            "prior entropy (never below the prior: >= 0)",
+            f"max {fmt(above_healthy, max)} (healthy epochs at chance, no veto, never below; plateau runs apart)",
+            f"min {fmt(above_broken, min)} (last epoch of the runs reported by this rule)",
+            "a healthy run above the prior is on pace to cross it before its planned end",
         ),
         (
             "standard errors of accuracy below label-independent predictions (eval.below_chance: >= BELOW_CHANCE_Z 4)",
