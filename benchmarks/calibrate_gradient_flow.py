@@ -361,6 +361,8 @@ class Cut(nn.Module):
             self.extra(x)  # an auxiliary branch whose output never reaches the loss
         if self.mode == "functional_detach":
             x = F.linear(x, self.extra.weight.detach(), self.extra.bias.detach())
+        if self.mode == "returned":
+            return self.head(x), self.extra(x)  # a (main, aux) model: which outputs the loss uses is the step's choice
         return self.head(x)  # "forgotten": self.extra is defined and never called
 
 
@@ -386,6 +388,26 @@ class Pooled(Module):
         return F.cross_entropy(self.net[1](self.net[0](input_ids=ids).last_hidden_state[:, 0]), y)
 
 
+class FirstToken(nn.Module):
+    """The same classifier as a module whose forward calls the BertModel (the usual way to write it)."""
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.bert(input_ids=ids, attention_mask=(ids > 0).long()).last_hidden_state[:, 0])
+
+
+class MainOutput(Module):
+    """A model that returns several outputs (a tuple, torchvision's GoogLeNetOutputs), trained on the first alone."""
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self.net(x)[0], y)
+
+
 def missing_programs() -> list[tuple[str, str, Callable[[], pl.LightningModule], Callable[[], TensorDataset]]]:
     """(family, name, module, data) of the programs whose parameters get no gradient."""
     import segmentation_models_pytorch as smp
@@ -407,12 +429,18 @@ def missing_programs() -> list[tuple[str, str, Callable[[], pl.LightningModule],
     def torchvision_features() -> pl.LightningModule:
         return Module(Features(torchvision.models.resnet18(num_classes=10), torchvision_children, 512), adam(1e-3))
 
-    def bert() -> pl.LightningModule:
+    def bert(in_forward: bool = False) -> pl.LightningModule:
         config = transformers.BertConfig(
             vocab_size=64 * 4 + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=64,
         )  # fmt: skip
+        if in_forward:
+            return Module(FirstToken(transformers.BertModel(config)), adam(1e-3))
         return Pooled(nn.ModuleList([transformers.BertModel(config), nn.Linear(32, 10)]), adam(1e-3))
+
+    def googlenet() -> pl.LightningModule:
+        net = torchvision.models.googlenet(num_classes=10, aux_logits=True, init_weights=True)
+        return MainOutput(net, adam(1e-3))  # train mode returns (logits, aux_logits2, aux_logits1)
 
     def cut(mode: str) -> Callable[[], pl.LightningModule]:
         return lambda: Module(Cut(mode), adam(1e-3))
@@ -426,12 +454,18 @@ def missing_programs() -> list[tuple[str, str, Callable[[], pl.LightningModule],
     def tokens() -> TensorDataset:
         return digits("tokens")
 
+    def image32() -> TensorDataset:
+        return TensorDataset(digit_masks().tensors[0], digits("flat").tensors[1])
+
     return [
         ("healthy", "smp Unet resnet18 encoder_depth=3", lambda: unet(3), digit_masks),
         ("healthy", "smp Unet resnet18 encoder_depth=4", lambda: unet(4), digit_masks),
         ("healthy", "timm resnet18 forward_features + own head", timm_features, image),
         ("healthy", "torchvision resnet18 run child by child", torchvision_features, image),
         ("healthy", "HF BertModel, first token instead of pooler", bert, tokens),
+        ("healthy", "HF BertModel, first token, in a module's forward", lambda: bert(True), tokens),
+        ("healthy", "torchvision GoogLeNet (train: 2 aux logits), logits only", googlenet, image32),
+        ("healthy", "(main, aux) returned, step uses main", lambda: MainOutput(Cut("returned"), adam(1e-3)), flat),
         ("buggy", "backbone .detach()", cut("detach"), flat),
         ("buggy", "backbone under torch.no_grad() in train mode", cut("no_grad"), flat),
         ("buggy", "auxiliary branch output discarded", cut("discarded"), flat),
@@ -443,7 +477,7 @@ def missing_programs() -> list[tuple[str, str, Callable[[], pl.LightningModule],
 def missing_table() -> None:
     """Per program: trainable parameters without a gradient in the dense checks, split by whether forward ever
     called the module that holds them, and the findings that come out (before: every one was grad.missing ERROR)."""
-    print(f"{'family':8s} {'program':46s} {'no grad':>8s} {'called':>7s} {'never':>6s}  findings")
+    print(f"{'family':8s} {'program':56s} {'no grad':>8s} {'called':>7s} {'returned':>8s} {'never':>6s}  findings")
     for family, name, build, data in missing_programs():
         pl.seed_everything(0, verbose=False)
         callback = GradientFlowCallback()
@@ -454,11 +488,14 @@ def missing_table() -> None:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             trainer.fit(build(), DataLoader(data(), batch_size=32, shuffle=True))
-        found = {f.code: f for f in callback.findings if f.code in ("grad.missing", "param.unused")}
-        called = len(found["grad.missing"].evidence["parameters"]) if "grad.missing" in found else 0
-        never = len(found["param.unused"].evidence["parameters"]) if "param.unused" in found else 0
+        counts = {"grad.missing": 0, "returned": 0, "param.unused": 0}
+        for found in callback.findings:
+            if found.code in counts:
+                kind = "returned" if "returned_by" in found.evidence else found.code
+                counts[kind] += len(found.evidence["parameters"])
+        called, returned, never = counts.values()
         codes = ", ".join(f"{f.code} ({f.severity})" for f in callback.findings) or "-"
-        print(f"{family:8s} {name:46s} {called + never:8d} {called:7d} {never:6d}  {codes}")
+        print(f"{family:8s} {name:56s} {called + returned + never:8d} {called:7d} {returned:8d} {never:6d}  {codes}")
 
 
 def main() -> None:

@@ -33,7 +33,6 @@ from lightning_sanity.gradient_stats import (
     PLAIN_TENSOR_HINT,
     CheckSummary,
     Layer,
-    ModuleCalls,
     ParamInfo,
     PendingCheck,
     PlainTensor,
@@ -61,12 +60,14 @@ from lightning_sanity.gradient_stats import (
     plain_tensor_attributes,
     plain_tensor_verdicts,
     read_to_host,
+    returned_finding,
     sample_elements,
     shorten,
     spread,
     unused_finding,
 )
 from lightning_sanity.loggers import log_scalars, scalar_key
+from lightning_sanity.module_calls import ModuleCalls
 
 _MIN_CHECKS = 3
 """Checks a persistent symptom (missing, zero, vanishing, unchanged) needs before it is judged."""
@@ -213,8 +214,9 @@ class GradientFlowCallback(SanityCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._calls is not None:
-            self._calls.recording = True
+        failure = self._calls.start() if self._calls is not None else None
+        if failure is not None:
+            raise failure  # met inside the user's forward, where the hooks may not raise: reported here
 
     @override
     def on_before_optimizer_step(
@@ -232,6 +234,8 @@ class GradientFlowCallback(SanityCallback):
             if any(id(param) in arrived and param.grad is None for param in probed):
                 watch.cleared_before_step += 1  # e.g. zero_grad() between backward and step
             self._pending.append(self._measure_gradients(index, step, optimizer))
+            if self._calls is not None:  # where the outputs of the modules without a gradient went, while known
+                watch.note_outputs(self._pending[-1].without_grad, self._calls.returned_unused)
             if self._probes and not watch.reset_judged:
                 watch.reset_window = ResetWindow()  # watches the gradients arriving until this optimizer's next step
 
@@ -240,7 +244,7 @@ class GradientFlowCallback(SanityCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._calls is not None:
-            self._calls.recording = False
+            self._calls.stop()
         if self._plain_tensors:
             self._judge_plain_tensors(trainer, pl_module)
         if not self._pending:
@@ -719,12 +723,12 @@ class GradientFlowCallback(SanityCallback):
     def _report_missing(
         self, trainer: pl.Trainer, index: int, watch: Watch, missing: list[ParamInfo], all_modules: set[str]
     ) -> None:
-        """``grad.missing`` for the parameters of modules that run in forward and get no gradient (a cut graph, an
-        output the loss never uses); ``param.unused`` for those of modules forward never called."""
+        """``grad.missing`` for the parameters of modules that run and whose output is dropped inside the computation (a
+        cut graph, a branch never combined). ``param.unused`` (INFO) for those of modules forward never called, and for
+        those whose output reaches the step beside other outputs and is left out of the loss: the same fact whether
+        on purpose (a library encoder deeper than used, BertModel's pooler) or not, and the rest of the model trains."""
         calls = self._calls
-        unused = [info for info in missing if calls is not None and calls.never_called(info.module_ref)]
-        unused_names = {info.name for info in unused}
-        cut = [info for info in missing if info.name not in unused_names]
+        unused, returned, cut = watch.split_missing(missing, calls.never_called if calls else None)
         if cut:
             modules = collapse_module_names({i.module for i in cut}, all_modules)
             ran = "; these modules run in forward, but nothing they compute reaches the loss" if calls else ""
@@ -744,18 +748,13 @@ class GradientFlowCallback(SanityCallback):
                     "called_in_forward": True if calls else None,
                 },
             )
-        if unused:
-            self._report_unused(trainer, index, watch, unused, all_modules)
-
-    def _report_unused(
-        self, trainer: pl.Trainer, index: int, watch: Watch, unused: list[ParamInfo], all_modules: set[str]
-    ) -> None:
-        """``param.unused`` (INFO): a module never called is the same fact whether it was built on purpose (a library
-        encoder deeper than used, a head for another phase) or forgotten, and the rest of the model trains as usual."""
-        message, hint, evidence = unused_finding(unused, all_modules, trainer.lightning_module, index, watch.checks)
-        self.record(
-            trainer, "param.unused", Severity.INFO, message, hint, subject=f"optimizer{index}", evidence=evidence
-        )
+        for subject, infos, finding in (("", unused, unused_finding), (":returned", returned, returned_finding)):
+            if infos:
+                message, hint, evidence = finding(infos, all_modules, trainer.lightning_module, index, watch)
+                self.record(
+                    trainer, "param.unused", Severity.INFO, message, hint, subject=f"optimizer{index}{subject}",
+                    evidence=evidence,
+                )  # fmt: skip
 
     def _judge_vanishing(self, trainer: pl.Trainer, index: int, watch: Watch) -> None:
         if len(watch.depth_ratios) < _MIN_CHECKS:

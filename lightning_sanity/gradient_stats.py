@@ -12,21 +12,19 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim import Optimizer
 from torchmetrics import Metric
 
 from lightning_sanity import compat
 from lightning_sanity.base import is_number
 from lightning_sanity.findings import Severity
-from lightning_sanity.observe import is_own_forward
 
 _DECAYED_LR = 0.5
 """Below this fraction of its peak a learning rate has been decayed on purpose: too-small updates are expected."""
@@ -150,6 +148,33 @@ class Watch:
     """``id`` of each probed parameter whose gradient backward computed since this optimizer's last step."""
     cleared_before_step: int = 0
     """Checked steps where backward computed a probe's gradient but its ``.grad`` was empty at the step."""
+    returned: dict[str, str] = field(default_factory=dict)
+    """Modules without a gradient whose output an enclosing call returned to the step beside other outputs: where."""
+    dropped: set[str] = field(default_factory=set)
+    """Modules without a gradient whose output, at some check, was dropped inside the computation."""
+
+    def note_outputs(
+        self, without_grad: Sequence[ParamInfo], returned_unused: Callable[[Iterable[nn.Module]], dict[int, str]]
+    ) -> None:
+        """Where the outputs of the modules without a gradient at this check went (``returned_unused``: see
+        :meth:`~lightning_sanity.module_calls.ModuleCalls.returned_unused`), read while the step's graph is known."""
+        modules = {id(info.module_ref): info for info in without_grad if info.module_ref is not None}
+        returned = returned_unused([info.module_ref for info in modules.values() if info.module_ref]) if modules else {}
+        for key, info in modules.items():
+            if key in returned:
+                self.returned.setdefault(info.module, returned[key])
+            else:
+                self.dropped.add(info.module)
+
+    def split_missing(
+        self, missing: Sequence[ParamInfo], never_called: Callable[[nn.Module | None], bool] | None
+    ) -> tuple[list[ParamInfo], list[ParamInfo], list[ParamInfo]]:
+        """``missing`` (parameters without a gradient in every check) as held by modules forward never called, by
+        modules whose output reached the step beside other outputs at every check, and the rest (a cut graph)."""
+        unused = [info for info in missing if never_called is not None and never_called(info.module_ref)]
+        ran = [info for info in missing if info not in unused]
+        returned = [info for info in ran if info.module in self.returned and info.module not in self.dropped]
+        return unused, returned, [info for info in ran if info not in returned]
 
 
 @dataclass
@@ -231,46 +256,6 @@ class ResetProbes:
         return note_held_gradient
 
 
-class ModuleCalls:
-    """Which modules of ``root`` the user's forward calls while :attr:`recording` is on (the training batches of the
-    dense phase): tells a module that runs but gets no gradient (a cut graph) from one that never runs (unused).
-
-    One global forward pre-hook while open, so nothing is stored on the user's modules (a ``deepcopy`` of the model,
-    e.g. an EMA teacher, takes no hook with it) and nothing runs once :meth:`close` removed it. The pack's own forward
-    passes are not counted. Modules added to ``root`` later, and ``root`` itself (whose steps read its own
-    parameters directly), count as called: only evidence of never running makes a module unused.
-
-    Example::
-
-        calls = ModuleCalls(model)
-        calls.recording = True  # around the user's training steps
-        model(x)
-        calls.close()
-        calls.never_called(model.unused_head)  # True
-    """
-
-    def __init__(self, root: nn.Module) -> None:
-        self.recording = False
-        self._root = id(root)
-        self._watched = {id(module) for module in root.modules()}
-        self._called: set[int] = set()
-        self._handle = register_module_forward_pre_hook(self._note)
-
-    def never_called(self, module: nn.Module | None) -> bool:
-        """``module`` is one of ``root``'s (not ``root``) and was never called while recording."""
-        key = id(module)
-        return module is not None and key != self._root and key in self._watched and key not in self._called
-
-    def close(self) -> None:
-        """Remove the hook; what was recorded stays readable. Idempotent."""
-        self._handle.remove()
-        self.recording = False
-
-    def _note(self, module: nn.Module, args: Any) -> None:
-        if self.recording and not is_own_forward():
-            self._called.add(id(module))
-
-
 def is_check_step(step: int, dense_steps: int, every_n_steps: int) -> bool:
     """Whether the ``step``-th (0-based) optimizer step is checked: all dense steps, then one in ``every_n_steps``."""
     return step < dense_steps or (step - dense_steps) % every_n_steps == every_n_steps - 1
@@ -321,7 +306,7 @@ def collapse_module_names(names: Iterable[str], all_names: Iterable[str]) -> lis
 
 
 def unused_finding(
-    unused: Sequence[ParamInfo], all_modules: Iterable[str], root: nn.Module, index: int, checks: int
+    unused: Sequence[ParamInfo], all_modules: Iterable[str], root: nn.Module, index: int, watch: Watch
 ) -> tuple[str, str, dict[str, Any]]:
     """Message, hint and evidence of ``param.unused`` for these parameters of modules forward never called.
 
@@ -329,6 +314,7 @@ def unused_finding(
     larger than used", the user's own class "defined and forgotten", and only the user knows which was meant.
     """
     modules = collapse_module_names({info.module for info in unused}, all_modules)
+    checks = watch.checks
     holders = {name: type(root.get_submodule(name.rpartition(".")[0])) for name in modules}
     values = sum(info.numel for info in unused)
     message = (
@@ -348,6 +334,43 @@ def unused_finding(
         "parameters": [info.name for info in unused],
         "values": values,
         "held_by": {name: f"{holder.__module__}.{holder.__qualname__}" for name, holder in holders.items()},
+        "checks": checks,
+    }
+    return message, hint, evidence
+
+
+def returned_finding(
+    returned: Sequence[ParamInfo], all_modules: Iterable[str], root: nn.Module, index: int, watch: Watch
+) -> tuple[str, str, dict[str, Any]]:
+    """Message, hint and evidence of ``param.unused`` for these parameters of modules that ran, and whose output an
+    enclosing call returned to the step beside other outputs (:attr:`Watch.returned`: "returned by `bert` as
+    `pooler_output`"), which the step left out of the loss: its choice, like a module never called."""
+    modules = collapse_module_names({info.module for info in returned}, all_modules)
+    where, checks = watch.returned, watch.checks
+    returned_by = {
+        name: next(where[i.module] for i in returned if i.module == name or i.module.startswith(f"{name}."))
+        for name in modules
+    }
+    values = sum(info.numel for info in returned)
+    message = (
+        f"{len(returned)} trainable parameter(s) ({values:,} values) of optimizer {index} got no gradient in {checks} "
+        "checked steps because the step leaves their output out of the loss: "
+        + ", ".join(f"{name} ({returned_by[name]} but not used by the loss)" for name in modules[:NAMES_SHOWN])
+        + (f" and {len(modules) - NAMES_SHOWN} more" if len(modules) > NAMES_SHOWN else "")
+        + ". They never train and only hold memory."
+    )
+    hint = (
+        "Nothing is wrong if the output is left out on purpose (a library model's extra output, e.g. BertModel's "
+        "pooler_output when classifying from last_hidden_state, or an auxiliary head used only at inference); "
+        "otherwise add it to the loss. Building the model without them (BertModel(config, add_pooling_layer=False)) "
+        "or requires_grad_(False) on them silences this; under DDP, trainable parameters without a gradient need "
+        "strategy='ddp_find_unused_parameters_true'."
+    )
+    evidence = {
+        "modules": modules,
+        "parameters": [info.name for info in returned],
+        "values": values,
+        "returned_by": returned_by,
         "checks": checks,
     }
     return message, hint, evidence

@@ -175,6 +175,140 @@ def test_modules_that_run_without_reaching_the_loss_report_grad_missing(
     assert "param.unused" not in codes(trainer)
 
 
+class MainAndAux(nn.Module):
+    """A model returning ``(main, aux)`` logits, as GoogLeNet/Inception do in train mode; ``drop`` discards the
+    auxiliary head's output inside forward instead (returning ``main`` alone)."""
+
+    def __init__(self, drop: bool = False) -> None:
+        super().__init__()
+        self.drop = drop
+        self.trunk = nn.Sequential(nn.Linear(13, 32), nn.ReLU())
+        self.main = nn.Linear(32, 3)
+        self.aux = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x: Tensor) -> Any:
+        features = self.trunk(x)
+        aux = self.aux(features)
+        return self.main(features) if self.drop else (self.main(features), aux)
+
+
+class UsesMainOnly(Net):
+    """The step classifies from the first output and leaves the auxiliary logits out of the loss."""
+
+    def __init__(self, via_self: bool = False) -> None:
+        super().__init__(MainAndAux())
+        self.via_self = via_self
+
+    def forward(self, x: Tensor) -> Any:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        main, _ = self(x) if self.via_self else self.net(x)
+        return F.cross_entropy(main, y)
+
+
+@pytest.mark.parametrize("via_self", [False, True], ids=["model-called-in-step", "model-called-in-forward"])
+def test_an_output_returned_to_the_step_and_left_out_of_the_loss_is_param_unused_info(
+    make_trainer: Any, via_self: bool
+) -> None:
+    """The auxiliary head runs and its output reaches the step beside the main logits: leaving it out of the loss is
+    the step's choice (GoogLeNet's ``aux_logits``, a detector's auxiliary outputs), not a cut graph."""
+    trainer = fit(make_trainer, UsesMainOnly(via_self), wine())
+    assert problems(trainer) == [] and "grad.missing" not in codes(trainer)
+    found = finding(trainer, "param.unused")
+    assert found.severity is Severity.INFO and found.evidence["modules"] == ["net.aux"]
+    assert found.evidence["returned_by"] == {"net.aux": "returned by `net` as `[1]`"}
+    assert "returned by `net` as `[1]` but not used by the loss" in found.message
+
+
+class DetachedAux(Net):
+    """The twin cut in the step: the auxiliary logits are returned, and the step detaches them into the loss."""
+
+    def __init__(self) -> None:
+        super().__init__(MainAndAux(drop=True))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        features = self.net.trunk(x)
+        return F.cross_entropy(self.net.main(features) + self.net.aux(features).detach(), y)
+
+
+@pytest.mark.parametrize(
+    ("model", "cut"),
+    [
+        (lambda: Net(MainAndAux(drop=True)), ["net.aux"]),  # computed in forward, never returned
+        (DetachedAux, ["net.aux"]),  # the whole of what the step received from it, detached
+        (lambda: BackboneHead("detach"), ["backbone"]),  # reaches the head only through .detach()
+    ],
+    ids=["dropped-inside-forward", "detached-in-the-step", "detached-inside-forward"],
+)
+def test_an_output_dropped_inside_the_computation_stays_grad_missing(
+    make_trainer: Any, model: Callable[[], pl.LightningModule], cut: list[str]
+) -> None:
+    trainer = fit(make_trainer, model(), wine())
+    assert codes(trainer, Severity.WARNING) == {"grad.missing"}
+    assert finding(trainer, "grad.missing").evidence["modules"] == cut
+    assert "param.unused" not in codes(trainer)
+
+
+class Outputs(dict):
+    """A user's output mapping whose ``items()`` raises: read inside the user's forward, where nothing may raise."""
+
+    def items(self) -> Any:
+        raise RuntimeError("lazy outputs")
+
+
+def test_an_output_structure_that_cannot_be_read_is_an_internal_error_not_a_crash(make_trainer: Any) -> None:
+    class Lazy(Net):
+        def forward(self, x: Tensor) -> Any:
+            return Outputs(logits=self.net(x))
+
+        def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+            x, y = batch
+            return F.cross_entropy(self(x)["logits"], y)
+
+    trainer = fit(make_trainer, Lazy(wine_mlp()), wine())
+    assert codes(trainer, Severity.WARNING) == {"sanity.internal_error"}
+    internal = finding(trainer, "sanity.internal_error")
+    assert "lazy outputs" in internal.message and internal.count == 1  # outputs are no longer followed after it
+    assert trainer.global_step == 25
+
+
+class FirstToken(Net):
+    """A Hugging Face ``BertModel`` classified from the first token's hidden state by its own head: the pooler runs
+    and its ``pooler_output`` is returned, unused."""
+
+    def __init__(self, in_forward: bool) -> None:
+        transformers = pytest.importorskip("transformers")
+        config = transformers.BertConfig(
+            vocab_size=64 * 4 + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64,
+        )  # fmt: skip
+        super().__init__(nn.Identity())
+        self.bert = transformers.BertModel(config)
+        self.head = nn.Linear(32, 10)
+        self.in_forward = in_forward
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.bert(input_ids=ids, attention_mask=(ids > 0).long()).last_hidden_state[:, 0])
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        ids, y = batch
+        if self.in_forward:
+            return F.cross_entropy(self(ids), y)
+        return F.cross_entropy(self.head(self.bert(input_ids=ids).last_hidden_state[:, 0]), y)
+
+
+@pytest.mark.parametrize("in_forward", [False, True], ids=["bert-called-in-step", "bert-called-in-forward"])
+def test_hf_bert_classified_from_the_first_token_is_quiet(make_trainer: Any, in_forward: bool) -> None:
+    trainer = fit(make_trainer, FirstToken(in_forward), loader(digits_tokens()))
+    assert problems(trainer) == []
+    found = finding(trainer, "param.unused")
+    assert found.evidence["modules"] == ["bert.pooler"]
+    assert found.evidence["returned_by"] == {"bert.pooler": "returned by `bert` as `pooler_output`"}
+
+
 class DeepEncoder(Net):
     """A backbone built four stages deep and run ``depth`` stages deep, as segmentation libraries build encoders."""
 
@@ -217,13 +351,16 @@ def test_a_layer_used_through_its_weight_alone_is_neither_unused_nor_missing(mak
 
 
 def test_calls_are_recorded_only_during_the_dense_phase_and_no_hook_is_left(make_trainer: Any) -> None:
-    """One global forward pre-hook while the dense checks run; none on the user's modules, none afterwards."""
+    """One global forward pre-hook and one forward hook while the dense checks run; none on the user's modules, none
+    afterwards."""
     hooks = torch.nn.modules.module._global_forward_pre_hooks
-    before = dict(hooks)
+    after_hooks = torch.nn.modules.module._global_forward_hooks
+    before, before_after = dict(hooks), dict(after_hooks)
     per_step: list[int] = []
 
     class Count(pl.Callback):
         def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            assert len(after_hooks) - len(before_after) == len(hooks) - len(before)
             per_step.append(len(hooks) - len(before))
 
     model = BackboneHead("unused")
@@ -232,7 +369,7 @@ def test_calls_are_recorded_only_during_the_dense_phase_and_no_hook_is_left(make
     trainer = make_trainer(callbacks=[callback, Count()], max_steps=10, max_epochs=-1)
     trainer.fit(model, wine())
     assert per_step == [1] * 5 + [0] * 5
-    assert dict(hooks) == before
+    assert dict(hooks) == before and dict(after_hooks) == before_after
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
     assert finding(trainer, "param.unused").evidence["checks"] == 5
 
