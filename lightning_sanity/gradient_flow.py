@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_sanity import compat
-from lightning_sanity.base import SanityCallback, is_int, is_number, require
+from lightning_sanity.base import SanityCallback, collect_findings, is_int, is_number, require
 from lightning_sanity.batch import BatchAdapter
 from lightning_sanity.figures import gradient_flow_figure
 from lightning_sanity.findings import Severity
@@ -606,7 +606,7 @@ class GradientFlowCallback(SanityCallback):
                 f"Updates are destructive: the median layer's weights move by {summary.median_layer_step:.2g}x "
                 f"their initial norm per step over {watch.large_updates} checks "
                 f"(worst: {worst}; {optimizer}, lr {format_lrs(watch.last_lrs)}); healthy training is around 1e-3.",
-                "Lower the learning rate by 10-100x (typically 1e-3 for Adam/AdamW), or add a warm-up schedule.",
+                _too_large_hint(trainer),
                 subject=f"optimizer{summary.optimizer_index}",
                 evidence={
                     **evidence,
@@ -786,3 +786,14 @@ class GradientFlowCallback(SanityCallback):
         for info in self._infos.values():
             order.setdefault(info.module, len(order))
         return order
+
+
+def _too_large_hint(trainer: pl.Trainer) -> str:
+    """Lower the learning rate, unless ``target.unscaled`` stands: then the huge loss gradients come from targets far
+    from the outputs, and the fix is scaling them (a lower learning rate only slows the climb to their mean)."""
+    if any(finding.code == "target.unscaled" for finding in collect_findings(trainer)):
+        return (
+            "The targets are unscaled (target.unscaled): standardise them with training-split statistics "
+            "(y = (y - mean) / std, inverted on the predictions) before lowering the learning rate."
+        )
+    return "Lower the learning rate by 10-100x (typically 1e-3 for Adam/AdamW), or add a warm-up schedule."
