@@ -16,6 +16,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_sanity import compat
+from lightning_sanity import run as sanity_run
 from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, jsonable, require
 from lightning_sanity.batch import tensor_at
 from lightning_sanity.eval_metrics import EvalCounts, EvalLoss, ProbabilityLoss, TrainLoss
@@ -48,7 +49,7 @@ from lightning_sanity.outputs import (
     probability_loss_floor,
     scored_outputs,
 )
-from lightning_sanity.task import PAIRING_STEPS, ScorePairing, find_pairing, pairing_targets
+from lightning_sanity.task import PAIRING_STEPS, ScorePairing, Task, decide_task, pairing_targets
 from lightning_sanity.triage import input_cause
 from lightning_sanity.verdicts import (
     activated_text,
@@ -59,8 +60,13 @@ from lightning_sanity.verdicts import (
     wrong_mapping,
 )
 
-
 # Thresholds; the calibration behind each number is in docs/findings.md (ConfusionCallback section).
+MIN_VERDICT_STEPS = 10
+"""Optimizer steps before a verdict about learning: full-batch training takes one step per epoch (a graph's node
+classification), and after ``min_epochs`` such epochs the model has barely started (its predictions are still one
+class). The earliest verdict of the trigger tests comes at 27 steps."""
+
+
 def format_matrix(matrix: Tensor, names: Sequence[str] | None = None) -> str:
     """A confusion matrix as aligned text: rows are true classes, columns predicted classes.
 
@@ -202,8 +208,11 @@ class ConfusionCallback(SanityCallback):
         self._activation_width = 0
         self._probability_loss: ProbabilityLoss | None = None
         self._class_names: list[str] | None = None
+        self.task: Task | None = None
+        """What the run's model predicts and against which targets, decided once on the first training steps (by
+        this callback or another, through the run coordinator: :func:`lightning_sanity.run.task_of`)."""
         self.pairing: ScorePairing | None = None
-        """The output and target the user's training loss reads, once found on a training step."""
+        """The output and target the user's training loss reads (:attr:`task`'s pairing), once found."""
         self._pairing_tries = 0
         self._losses_tried = 0
 
@@ -234,7 +243,7 @@ class ConfusionCallback(SanityCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.pairing, self._pairing_tries, self._losses_tried = None, 0, 0
+        self.task, self.pairing, self._pairing_tries, self._losses_tried = None, None, 0, 0
 
     @override
     def on_train_batch_start(
@@ -264,15 +273,15 @@ class ConfusionCallback(SanityCallback):
         if self.on_train:
             self._observe(trainer, pl_module, "train", outputs, batch, 0, observer)
 
-    # ----------------------------------------------------------------- pairing
+    # ----------------------------------------------------------------- the task
     def _pairing_pending(self) -> bool:
-        """Still looking for the pair the training loss reads (a batch_adapter names the targets itself)."""
-        return self.pairing is None and self.batch_adapter is None and self._pairing_tries < PAIRING_STEPS
+        """Still looking for the run's task (a batch_adapter names the targets itself)."""
+        return self.task is None and self.batch_adapter is None and self._pairing_tries < PAIRING_STEPS
 
     def _pairing_unknown(self) -> bool:
-        """Training steps returned losses, but no captured (output, batch tensor) pair reproduced any of them (a
-        step without a loss to recompute, e.g. manual optimisation, leaves the default reading)."""
-        return self._losses_tried > 0 and not self._pairing_pending() and self.pairing is None
+        """The run's task has no pair of an output and a batch tensor to read (a custom loss, a loss computed inside
+        the model); a step without a loss to recompute, e.g. manual optimisation, leaves the default reading."""
+        return self.task is not None and self.task.pairing is None
 
     def _find_pairing(
         self,
@@ -282,42 +291,76 @@ class ConfusionCallback(SanityCallback):
         batch: Any,
         observer: StepObserver | None,
     ) -> None:
-        """Recompute the step's returned loss from each captured output and each batch tensor (a host read, on the
-        first training steps only): the pair that gives it is the user's own (scores, target)."""
+        """Read the run's task when another callback decided it; otherwise decide it from this step (a host read, on
+        the first training steps only) and publish it for the run."""
         self._pairing_tries += 1
+        task = sanity_run.task_of(trainer)
+        targets: list[tuple[int | str | None, Tensor]] = []
+        if task is None:
+            task, targets = self._decide(trainer, pl_module, outputs, batch, observer)
+            if task is None and (self._pairing_tries < PAIRING_STEPS or self._losses_tried == 0):
+                return
+            task = sanity_run.publish_task(trainer, task or Task("unknown"))
+        self.task, self.pairing = task, task.pairing
+        if task.pairing is None:
+            self._skip_unpaired(trainer, task, observer, targets)
+
+    def _decide(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        observer: StepObserver | None,
+    ) -> tuple[Task | None, list[tuple[int | str | None, Tensor]]]:
+        """The task of this training step (:func:`~lightning_sanity.task.decide_task`), and the batch tensors tried
+        as its targets; ``None`` when the step returned no finite loss or no pair reproduced it."""
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point() or observer is None:
-            return
+            return None, []
         parts = self.split_batch(trainer, batch)
         if parts is None:
-            return
+            return None, []
         scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
         value = float(loss.detach()) * scale
         if not math.isfinite(value):
-            return
+            return None, []
         self._losses_tried += 1
         targets = pairing_targets(batch, parts)
-        self.pairing = find_pairing(observer, targets, value, LossContext.of(pl_module))
-        if self.pairing is not None:
-            return
-        if self._pairing_unknown():
-            self.record(
-                trainer,
-                "sanity.skipped",
-                Severity.INFO,
-                f"ConfusionCallback judges no accuracy: on {self._losses_tried} training step(s) no standard loss "
-                "(cross-entropy, NLL, BCE, MSE, L1) of a model output and a batch tensor gave the returned loss, so "
-                "which output holds the class scores and which batch tensor the targets is unconfirmed (a custom "
-                "loss, or scores computed outside a module call).",
-                "Nothing to fix if the loss is custom; to get the confusion checks, return the class logits from a "
-                "module call in the step and pass batch_adapter=lambda batch: (inputs, targets).",
-                subject="pairing",
-                evidence={
-                    "steps": self._losses_tried,
-                    "outputs": [source for source, _, _ in scored_outputs(None, observer)[1:]],
-                    "batch_tensors": [str(where) for where, _ in targets],
-                },
+        return decide_task(observer, batch, parts, value, LossContext.of(pl_module)), targets
+
+    def _skip_unpaired(
+        self, trainer: pl.Trainer, task: Task, observer: StepObserver | None, targets: list[tuple[Any, Tensor]]
+    ) -> None:
+        """Say once which checks the task leaves out, why, and what would enable them."""
+        if task.kind == "internal_loss":
+            why = (
+                f"the training loss is computed inside the model (`{task.source}` returns it as .loss), so which of "
+                "its outputs are class scores against which targets is not confirmed (a language model's targets are "
+                "its shifted inputs)"
             )
+        else:
+            why = (
+                f"on {max(self._losses_tried, 1)} training step(s) no standard loss (cross-entropy, NLL, BCE, MSE, "
+                "L1) of a model output and a batch tensor gave the returned loss, so which output holds the class "
+                "scores and which batch tensor the targets is unconfirmed (a custom loss, or scores computed outside "
+                "a module call)"
+            )
+        self.record(
+            trainer,
+            "sanity.skipped",
+            Severity.INFO,
+            f"ConfusionCallback judges no accuracy: {why}.",
+            "Nothing to fix if the loss is custom; to get the confusion checks, return the class logits from a "
+            "module call in the step and pass batch_adapter=lambda batch: (inputs, targets).",
+            subject="pairing",
+            evidence={
+                "task": task.kind,
+                "steps": self._losses_tried,
+                "outputs": [source for source, _, _ in scored_outputs(None, observer)[1:]],
+                "batch_tensors": [str(where) for where, _ in targets],
+            },
+        )
 
     def _observe(
         self,
@@ -329,6 +372,8 @@ class ConfusionCallback(SanityCallback):
         loader: int,
         observer: StepObserver | None,
     ) -> None:
+        if self.task is not None and sanity_run.task_of(trainer) is None:
+            sanity_run.publish_task(trainer, self.task)  # a validate / test run after the fit judges the fit's task
         state = self._splits.setdefault(split, SplitReader(split, self.record, self.ignore_index))
         if state.classification is False or self._pairing_unknown():
             return
@@ -337,11 +382,11 @@ class ConfusionCallback(SanityCallback):
             return
         pairing = self.pairing
         targets = tensor_at(batch, pairing.target) if pairing is not None and pairing.target is not None else None
-        targets = parts.targets if targets is None else targets
+        targets = parts.targets if targets is None else parts.select(targets)
         if targets is None:
             return
         source = pairing.source if pairing is not None else None
-        aligned = state.aligned_scores(trainer, pl_module, outputs, observer, parts.inputs, targets, source)
+        aligned = state.aligned_scores(trainer, pl_module, outputs, observer, parts, targets, source)
         if aligned is None:
             return
         scores, targets = aligned
@@ -537,9 +582,11 @@ class ConfusionCallback(SanityCallback):
 
     # --------------------------------------------------------------- judging
     def _trained(self, trainer: pl.Trainer) -> bool:
-        """Whether ``min_epochs`` training epochs ran in this trainer (the running epoch counts during fit)."""
+        """Whether ``min_epochs`` training epochs, and ``MIN_VERDICT_STEPS`` optimizer steps, ran in this trainer (the
+        running epoch counts during fit)."""
         completed = compat.completed_epochs(trainer)
-        return completed + (trainer.state.fn == TrainerFn.FITTING) >= self.min_epochs
+        epochs = completed + (trainer.state.fn == TrainerFn.FITTING) >= self.min_epochs
+        return epochs and trainer.global_step >= MIN_VERDICT_STEPS
 
     def _judge_summary(
         self, trainer: pl.Trainer, split: str, label: str, summary: ConfusionSummary, eval_loss: float | None

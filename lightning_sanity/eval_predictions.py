@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_sanity.batch import BatchParts
 from lightning_sanity.findings import Finding, Severity
 from lightning_sanity.observe import StepObserver, own_forward
 from lightning_sanity.outputs import (
@@ -39,7 +40,7 @@ class SplitReader:
     Example::
 
         reader = SplitReader("val", callback.record, ignore_index=None)
-        aligned = reader.aligned_scores(trainer, pl_module, outputs, observer, inputs, targets, source=None)
+        aligned = reader.aligned_scores(trainer, pl_module, outputs, observer, parts, targets, source=None)
     """
 
     def __init__(self, split: str, record: Callable[..., Finding], ignore_index: int | None) -> None:
@@ -58,7 +59,7 @@ class SplitReader:
         pl_module: pl.LightningModule,
         outputs: Any,
         observer: StepObserver | None,
-        inputs: Tensor,
+        parts: BatchParts,
         targets: Tensor,
         source: str | None,
     ) -> tuple[Tensor, Tensor] | None:
@@ -66,7 +67,8 @@ class SplitReader:
 
         Candidates (:func:`~lightning_sanity.outputs.scored_outputs`): the output the training loss was found to read
         first, then the step's output, the LightningModule's own calls, the direct children called by the step, the
-        children ``forward`` called.
+        children ``forward`` called. A graph's per-node outputs are cut to the split's nodes (``parts.select``), as
+        its targets are.
         """
         calls = [call for call in observer.calls if call.returned] if observer is not None else []
         candidates = scored_outputs(outputs, observer)
@@ -78,8 +80,9 @@ class SplitReader:
             tensor = output_tensor(candidate)
             if tensor is None:
                 continue
+            scores = parts.select(tensor.detach())
             try:
-                aligned = class_scores(tensor.detach(), targets)
+                aligned = class_scores(scores, targets)
             except NotClassification as reason:
                 self.not_classification(trainer, str(reason))
                 return None
@@ -92,7 +95,7 @@ class SplitReader:
             if aligned is not None:
                 return aligned
             if call is not None:
-                shapes.append(tuple(tensor.shape))
+                shapes.append(tuple(scores.shape))
         if self.split == "train" or pl_module.training:
             return None
         if any(call.name == "" for call in calls) or (calls and type(pl_module).forward is pl.LightningModule.forward):
@@ -104,7 +107,7 @@ class SplitReader:
                     f"{list(targets.shape)})",
                 )
             return None
-        return self.recompute(trainer, pl_module, inputs, targets)
+        return None if parts.inputs is None else self.recompute(trainer, pl_module, parts.inputs, targets)
 
     def recompute(
         self,

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_sanity import compat
+from lightning_sanity import run as sanity_run
 from lightning_sanity.base import SanityCallback, is_int, require
 from lightning_sanity.findings import Severity
 from lightning_sanity.isolation import private_state
@@ -46,6 +47,7 @@ from lightning_sanity.observe import ForwardCall, StepObserver, can_replay, map_
 from lightning_sanity.outputs import output_tensor, probability_loss_floor
 from lightning_sanity.rng import forked_rng
 from lightning_sanity.targets import named_tensors, softmax_multilabel, target_in_input, unscaled_targets
+from lightning_sanity.task import decide_task, locate
 
 log = logging.getLogger("lightning_sanity")
 
@@ -478,7 +480,7 @@ class ModelChecksCallback(SanityCallback):
     ) -> None:
         self._close()
         if not self._done and trainer.global_step == 0:
-            self._observer = StepObserver(pl_module)
+            self._observer = StepObserver(pl_module, keep_child_outputs=True)  # the candidates ConfusionCallback reads
             self._batch = batch
 
     @override
@@ -557,36 +559,40 @@ class ModelChecksCallback(SanityCallback):
         loss = float(loss_tensor)
         if not math.isfinite(loss):
             return
-        context = LossContext.of(pl_module)
-        calls = [c for c in observer.calls if c.returned and c.name == ""] or [c for c in observer.calls if c.returned]
-        for call in reversed(calls):
-            output = output_tensor(call.output)
-            if output is None or not output.is_floating_point() or output.ndim == 0:
-                continue
-            output = parts.select(output)  # a graph's per-node outputs cut to the split's nodes, like the targets
-            if parts.targets.ndim == 0 or output.shape[0] != parts.targets.shape[0]:
-                continue  # not one output per sample: a loss module's result, or a flattened (N*L, C) view
-            reading = read_loss(output, parts.targets, loss, context, call.activation(output))
-            if reading is not None:
-                culprit = call.name or type(pl_module).__name__
-                self._judge_reading(trainer, reading, loss, culprit)
-                inputs = [(name, parts.select(tensor)) for name, tensor in named_tensors(call.args, call.kwargs)]
-                for verdict in (
-                    softmax_multilabel(reading, loss, culprit),
-                    unscaled_targets(reading, output, parts.targets, loss, culprit),
-                    target_in_input(reading, inputs, output, parts.targets, loss, culprit),
-                ):
-                    if verdict is not None:
-                        self.record(
-                            trainer,
-                            verdict.code,
-                            verdict.severity,
-                            verdict.message,
-                            verdict.hint,
-                            subject=verdict.subject,
-                            evidence=verdict.evidence,
-                        )
-                return
+        task = sanity_run.task_of(trainer)
+        if task is None:  # the first to decide the run's task publishes it; later readers take it from the run
+            task = decide_task(observer, self._batch, parts, loss, LossContext.of(pl_module))
+            task = sanity_run.publish_task(trainer, task) if task is not None else None
+        located = locate(task.pairing, observer, self._batch, parts) if task and task.pairing else None
+        if located is None:
+            return
+        output, targets, call = located
+        if targets.ndim == 0 or output.shape[0] != targets.shape[0]:
+            return  # not one output per sample: a loss module's result, or a flattened (N*L, C) view
+        returned = output_tensor(call.output) if call is not None else None
+        graph = call.activation(returned) if call is not None and returned is not None else None
+        reading = read_loss(output, targets, loss, LossContext.of(pl_module), graph)
+        call = call or observer.model_call
+        if reading is None or call is None:
+            return
+        culprit = call.name or type(pl_module).__name__
+        self._judge_reading(trainer, reading, loss, culprit)
+        inputs = [(name, parts.select(tensor)) for name, tensor in named_tensors(call.args, call.kwargs)]
+        for verdict in (
+            softmax_multilabel(reading, loss, culprit),
+            unscaled_targets(reading, output, targets, loss, culprit),
+            target_in_input(reading, inputs, output, targets, loss, culprit),
+        ):
+            if verdict is not None:
+                self.record(
+                    trainer,
+                    verdict.code,
+                    verdict.severity,
+                    verdict.message,
+                    verdict.hint,
+                    subject=verdict.subject,
+                    evidence=verdict.evidence,
+                )
 
     def _judge_reading(self, trainer: pl.Trainer, reading: LossReading, loss: float, culprit: str) -> None:
         evidence: dict[str, Any] = {

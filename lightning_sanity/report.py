@@ -12,11 +12,12 @@ File format (``sanity_report_<run>.json``), schema ``lightning-sanity/report`` v
       "findings": [Finding.to_dict(), ...],          # most severe first
       "sections": [{"title": str, "text": str}, ...],
       "figures": [str, ...],                         # PNG paths relative to the report, or artifact names
-      "triage": [{"check": str, "status": "fine" | "wrong" | "not checkable", "code": str | null}, ...]
+      "triage": [{"check": str, "status": "fine" | "wrong" | "not checkable", "code": str | null}, ...],
+      "task": null | {"kind": str, "description": str, "loss": str | null, "num_classes": int | null, ...}
     }
 
 Version 1 documents (no ``status`` / ``exception`` / ``triage``) and version 2 documents without
-``exception_type`` still load. Readers must ignore keys they do not know.
+``exception_type`` or ``task`` still load. Readers must ignore keys they do not know.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class SanityReport:
     """The differential diagnosis, when a finding says the run is stuck, collapsed or at chance."""
     exception_type: str | None = None
     """The class name of the exception that ended the run (``"KeyboardInterrupt"``, ``"SanityError"``, ...)."""
+    task: dict[str, Any] | None = None
+    """What the run's model predicts and against which targets (:meth:`lightning_sanity.task.Task.to_dict`)."""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -92,6 +95,7 @@ class SanityReport:
                 "sections": [{"title": title, "text": text} for title, text in self.sections],
                 "figures": self.figures,
                 "triage": [row.to_dict() for row in self.triage],
+                "task": self.task,
             },
             indent=2,
         )
@@ -110,10 +114,17 @@ class SanityReport:
             exception=data.get("exception"),
             triage=[TriageRow(**row) for row in data.get("triage", [])],
             exception_type=data.get("exception_type"),
+            task=data.get("task"),
         )
+
+    def task_line(self) -> str | None:
+        """``Task: multiclass classification (10 classes), loss cross_entropy on `call:` vs batch[1]``, if known."""
+        return f"Task: {self.task['description']}" if self.task and self.task.get("description") else None
 
     def to_markdown(self) -> str:
         lines = [f"# {self.headline()}", ""]
+        if self.task_line():
+            lines += [str(self.task_line()), ""]
         if self.exception:
             lines += [f"The run ended with `{_cell(self.exception)}`.", ""]
         if self.findings:
@@ -136,6 +147,8 @@ class SanityReport:
 
     def to_text(self) -> str:
         lines = [self.headline()]
+        if self.task_line():
+            lines.append(f"  {self.task_line()}")
         if self.exception:
             lines.append(f"  ended with {self.exception}")
         for f in self.findings:
@@ -160,6 +173,8 @@ class SanityReport:
             console.print(self._rich_table(), highlight=False)
         else:
             console.print(f"{self.headline()}: no findings.", highlight=False)
+        if self.task_line():
+            console.print(self.task_line(), highlight=False, markup=False)
         if self.exception:
             console.print(f"The run ended with {self.exception}", highlight=False, markup=False)
         if self.triage:

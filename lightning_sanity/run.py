@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning_sanity.findings import Finding
 from lightning_sanity.loggers import log_scalars
 from lightning_sanity.report import FINISHED, INTERRUPTED, SanityReport, report_stem, write_report
+from lightning_sanity.task import Task
 from lightning_sanity.triage import triage_rows
 
 log = logging.getLogger("lightning_sanity")
@@ -67,6 +68,8 @@ class SanityRun:
     members: list[RunMember] = field(default_factory=list)
     torn_down: list[RunMember] = field(default_factory=list)
     report: SanityReport | None = None
+    task: Task | None = None
+    """What the run's model predicts and against which targets, once a callback decided it (:func:`publish_task`)."""
 
     @property
     def stem(self) -> str:
@@ -105,6 +108,29 @@ def last_report(trainer: pl.Trainer) -> SanityReport | None:
     """
     runs = _RUNS.get(trainer)
     return runs.last.report if runs is not None and runs.last is not None else None
+
+
+def task_of(trainer: pl.Trainer) -> Task | None:
+    """The task published for the trainer's current run; ``None`` before a callback decided it (or between runs).
+
+    Example::
+
+        task = task_of(trainer)
+        if task is not None and task.kind == "regression": ...
+    """
+    run = current_run(trainer)
+    return run.task if run is not None else None
+
+
+def publish_task(trainer: pl.Trainer, task: Task) -> Task:
+    """Publish ``task`` for the trainer's current run; the first publication wins (each rank decides the same from its
+    own first batch, so no collective is needed). Returns the run's task: the earlier one, if any."""
+    run = current_run(trainer)
+    if run is None:
+        return task
+    if run.task is None:
+        run.task = task
+    return run.task
 
 
 def join(trainer: pl.Trainer, member: RunMember) -> SanityRun:
@@ -241,6 +267,7 @@ def _publish(
         None if exception is None else f"{type(exception).__name__}: {exception}"[:2000],
         triage,
         None if exception is None else type(exception).__name__,
+        None if run.task is None else run.task.to_dict(),
     )
     if trainer.global_rank != 0:
         return report

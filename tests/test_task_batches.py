@@ -123,6 +123,13 @@ def test_healthy_graph_gets_every_check_and_no_finding(make_trainer: Callable[..
     # the stochastic-evaluation replay ran on the whole graph: nothing skipped by ModeGuard
     assert not [f for f in findings if f.code == "sanity.skipped" and f.callback == "ModeGuardCallback"]
     assert float(trainer.callback_metrics["val_loss"]) < 0.6, "not a healthy program"  # ln 3 = 1.10
+    # the evaluation reads the per-node outputs cut to the val nodes, as the step does: a node confusion matrix
+    assert not [f for f in findings if f.code == "eval.not_classification" or f.key == ("sanity.skipped", "pairing")]
+    confusion = next(cb for cb in trainer.callbacks if isinstance(cb, ls.ConfusionCallback))
+    assert confusion.task is not None and confusion.task.kind == "multiclass" and confusion.task.num_classes == BLOCKS
+    matrix = confusion.confusion_matrices["val"]
+    assert matrix.shape == (BLOCKS, BLOCKS) and int(matrix.sum()) == int(block_graph().val_mask.sum())
+    assert confusion.summaries["val"].accuracy > 0.8
 
 
 def test_graph_with_the_label_as_a_node_feature(make_trainer: Callable[..., pl.Trainer]) -> None:
