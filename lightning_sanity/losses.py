@@ -371,7 +371,7 @@ def module_candidates(output: Tensor, targets: Tensor, context: LossContext) -> 
 
     Example::
 
-        >>> class Dice(nn.modules.loss._Loss):
+        >>> class Dice(compat.LOSS[0]):
         ...     def forward(self, logits, masks):
         ...         hit = (logits.softmax(1) * F.one_hot(masks, logits.shape[1]).movedim(-1, 1)).sum()
         ...         return 1 - 2 * hit / (2 * masks.numel())

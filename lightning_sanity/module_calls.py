@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from lightning_sanity.observe import is_own_forward
 
@@ -75,7 +74,11 @@ class ModuleCalls:
         self._called: set[int] = set()
         self._open: list[_Call] = []
         self._calls: list[_Call] = []
-        self._handles = [register_module_forward_pre_hook(self._enter), register_module_forward_hook(self._leave)]
+        global_hooks = torch.nn.modules.module  # public API: hooks on every module's calls
+        self._handles = [
+            global_hooks.register_module_forward_pre_hook(self._enter),
+            global_hooks.register_module_forward_hook(self._leave),
+        ]
 
     def start(self) -> Exception | None:
         """Record the calls of a training step; returns (once) an error the hooks met since the last start."""
