@@ -118,7 +118,8 @@ class SanityReport:
         )
 
     def task_line(self) -> str | None:
-        """``Task: multiclass classification (10 classes), loss cross_entropy on `call:` vs batch[1]``, if known."""
+        """The run's task in one line, if known: ``Task: multiclass classification (10 classes), loss cross_entropy
+        on the model's output vs batch[1]``."""
         return f"Task: {self.task['description']}" if self.task and self.task.get("description") else None
 
     def to_markdown(self) -> str:

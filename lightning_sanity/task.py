@@ -80,7 +80,7 @@ class Task:
 
         >>> task = Task("multiclass", ScorePairing("call:", 1, "cross_entropy"), "cross_entropy", 10)
         >>> task.describe()
-        'multiclass classification (10 classes), loss cross_entropy on `call:` vs batch[1]'
+        "multiclass classification (10 classes), loss cross_entropy on the model's output vs batch[1]"
     """
 
     kind: str
@@ -111,13 +111,23 @@ class Task:
             return what
         target = "the batch's targets" if self.pairing.target is None else f"batch[{self.pairing.target!r}]"
         target = f"batch[{self.pairing.target}]" if isinstance(self.pairing.target, int) else target
-        return f"{what}, loss {self.loss} on `{self.pairing.source}` vs {target}"
+        return f"{what}, loss {self.loss} on {_readable(self.pairing.source)} vs {target}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (the report's ``task`` field)."""
         data = dataclasses.asdict(self)
         data["description"] = self.describe()
         return data
+
+
+def _readable(source: str) -> str:
+    """A pairing's source (:attr:`ScorePairing.source`) as the report says it."""
+    kind, _, name = source.partition(":")
+    if kind == "call":
+        return f"the output of `{name}`" if name else "the model's output"
+    if kind == "child":
+        return "the output of a module called inside forward"
+    return "the step's returned output"
 
 
 def task_kind(scores: Tensor, targets: Tensor, loss: str) -> tuple[str, int | None, int | None]:

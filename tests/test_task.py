@@ -60,10 +60,12 @@ def test_the_task_kind_of_each_pair(scores: Tensor, targets: Tensor, loss: str, 
 
 def test_a_task_says_in_one_line_what_is_predicted_against_what() -> None:
     task = Task("multiclass", ScorePairing("call:", 1, "cross_entropy"), "cross_entropy", 10)
-    assert task.describe() == "multiclass classification (10 classes), loss cross_entropy on `call:` vs batch[1]"
+    expected = "multiclass classification (10 classes), loss cross_entropy on the model's output vs batch[1]"
+    assert task.describe() == expected
     token = Task("token", ScorePairing("call:model", "labels", "cross_entropy"), "cross_entropy", 9, -100)
     assert token.describe() == (
-        "token classification (9 classes, ignore index -100), loss cross_entropy on `call:model` vs batch['labels']"
+        "token classification (9 classes, ignore index -100), "
+        "loss cross_entropy on the output of `model` vs batch['labels']"
     )
     assert Task("internal_loss", loss="internal", source="call:model").describe() == (
         "loss computed inside the model (`call:model` returns it as .loss)"
@@ -122,7 +124,9 @@ def test_the_task_is_decided_once_and_both_callbacks_read_it(
     assert seen.at_start == [None] and seen.after_first_step == [task]
     report = ls.last_report(trainer)
     assert report is not None and report.task is not None
-    line = "Task: multiclass classification (3 classes), loss cross_entropy on `call:` vs the batch's targets"
+    line = (
+        "Task: multiclass classification (3 classes), loss cross_entropy on the model's output vs the batch's targets"
+    )
     assert report.task_line() == line and line in report.to_text() and line in report.to_markdown()
     again = SanityReport.from_json(report.to_json())
     assert again.task == report.task and json.loads(report.to_json())["task"]["kind"] == "multiclass"
