@@ -21,6 +21,19 @@ def problems(trainer: pl.Trainer) -> list[Finding]:
     return [f for f in collect_findings(trainer) if f.severity >= Severity.WARNING]
 
 
+def only(findings: list[Finding], code: str) -> Finding:
+    """The one finding with ``code``, made at step 0 of training (a step-zero check's finding)."""
+    matching = [f for f in findings if f.code == code]
+    assert len(matching) == 1, [f.code for f in findings]
+    assert matching[0].step == 0 and matching[0].stage == "train"
+    return matching[0]
+
+
+def quiet(findings: list[Finding]) -> None:
+    """No WARNING or ERROR among ``findings``, listed in the assertion message otherwise."""
+    assert [f"{f.code}: {f.message}" for f in findings if f.severity >= Severity.WARNING] == []
+
+
 @contextmanager
 def sanity_warnings() -> Iterator[list[str]]:
     """Collect the text of every SanityWarning emitted inside the block."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support import only, quiet
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms as T
@@ -49,17 +50,6 @@ def fit(make_trainer: Any, model: pl.LightningModule, loader: DataLoader, **opti
     assert not model._forward_pre_hooks and not model._forward_hooks, "hooks left on the module"
     assert all(not m._forward_pre_hooks for m in model.children())
     return callback.findings
-
-
-def only(findings: list[Finding], code: str) -> Finding:
-    matching = [f for f in findings if f.code == code]
-    assert len(matching) == 1, [f.code for f in findings]
-    assert matching[0].step == 0 and matching[0].stage == "train"
-    return matching[0]
-
-
-def quiet(findings: list[Finding]) -> None:
-    assert [f"{f.code}: {f.message}" for f in findings if f.severity >= Severity.WARNING] == []
 
 
 def digit_images(batch_size: int = 32, channels: int = 3) -> DataLoader:

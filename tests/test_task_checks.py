@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_breast_cancer, load_diabetes
+from support import only, quiet
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -46,17 +47,6 @@ def fit(make_trainer: Any, model: pl.LightningModule, loader: DataLoader, *extra
     trainer = make_trainer(callbacks=[callback, *extra], max_steps=2, limit_val_batches=0)
     trainer.fit(model, loader)
     return [f for cb in [callback, *extra] for f in getattr(cb, "findings", [])]
-
-
-def only(findings: list[Finding], code: str) -> Finding:
-    matching = [f for f in findings if f.code == code]
-    assert len(matching) == 1, [f.code for f in findings]
-    assert matching[0].step == 0 and matching[0].stage == "train"
-    return matching[0]
-
-
-def quiet(findings: list[Finding]) -> None:
-    assert [f"{f.code}: {f.message}" for f in findings if f.severity >= Severity.WARNING] == []
 
 
 def loader(features: Tensor, targets: Tensor, batch_size: int = 32) -> DataLoader:
