@@ -15,7 +15,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_sanity import compat
 from lightning_sanity import run as sanity_run
 from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, jsonable, require
 from lightning_sanity.batch import tensor_at
@@ -49,6 +48,7 @@ from lightning_sanity.outputs import (
     probability_loss_floor,
     scored_outputs,
 )
+from lightning_sanity.progress import has_trained, remaining_epochs
 from lightning_sanity.task import PAIRING_STEPS, ScorePairing, Task, decide_task, pairing_targets
 from lightning_sanity.triage import input_cause
 from lightning_sanity.verdicts import (
@@ -59,12 +59,6 @@ from lightning_sanity.verdicts import (
     verdict_text,
     wrong_mapping,
 )
-
-# Thresholds; the calibration behind each number is in docs/findings.md (ConfusionCallback section).
-MIN_VERDICT_STEPS = 10
-"""Optimizer steps before a verdict about learning: full-batch training takes one step per epoch (a graph's node
-classification), and after ``min_epochs`` such epochs the model has barely started (its predictions are still one
-class). The earliest verdict of the trigger tests comes at 27 steps."""
 
 
 def format_matrix(matrix: Tensor, names: Sequence[str] | None = None) -> str:
@@ -283,6 +277,10 @@ class ConfusionCallback(SanityCallback):
         the model); a step without a loss to recompute, e.g. manual optimisation, leaves the default reading."""
         return self.task is not None and self.task.pairing is None
 
+    def _judged_elsewhere(self) -> bool:
+        """A multi-label task: its predictions are not class scores (MultiLabelCallback judges them)."""
+        return self.task is not None and self.task.kind == "multilabel"
+
     def _find_pairing(
         self,
         trainer: pl.Trainer,
@@ -375,7 +373,10 @@ class ConfusionCallback(SanityCallback):
         if self.task is not None and sanity_run.task_of(trainer) is None:
             sanity_run.publish_task(trainer, self.task)  # a validate / test run after the fit judges the fit's task
         state = self._splits.setdefault(split, SplitReader(split, self.record, self.ignore_index))
-        if state.classification is False or self._pairing_unknown():
+        # a regression loss on class indices (an MSE on [N, C] against labels) is still counted; real regression
+        # targets are RegressionCallback's, without an INFO from here
+        state.quiet = self.task is not None and self.task.kind == "regression"
+        if state.classification is False or self._pairing_unknown() or self._judged_elsewhere():
             return
         parts = self.split_batch(trainer, batch)
         if parts is None or parts.inputs is None:
@@ -581,13 +582,6 @@ class ConfusionCallback(SanityCallback):
         log_scalars(trainer, scalars)
 
     # --------------------------------------------------------------- judging
-    def _trained(self, trainer: pl.Trainer) -> bool:
-        """Whether ``min_epochs`` training epochs, and ``MIN_VERDICT_STEPS`` optimizer steps, ran in this trainer (the
-        running epoch counts during fit)."""
-        completed = compat.completed_epochs(trainer)
-        epochs = completed + (trainer.state.fn == TrainerFn.FITTING) >= self.min_epochs
-        return epochs and trainer.global_step >= MIN_VERDICT_STEPS
-
     def _judge_summary(
         self, trainer: pl.Trainer, split: str, label: str, summary: ConfusionSummary, eval_loss: float | None
     ) -> None:
@@ -595,9 +589,9 @@ class ConfusionCallback(SanityCallback):
         history = self._remember(trainer, split, label, summary, eval_loss, losses)
         learning = (
             learning_evidence(
-                losses, history, summary.prior_entropy, trainer.global_step, _remaining_epochs(trainer, split), noise
+                losses, history, summary.prior_entropy, trainer.global_step, remaining_epochs(trainer, split), noise
             )
-            if self._trained(trainer)
+            if has_trained(trainer, self.min_epochs)
             else None
         )
         checks = verdict_checks(summary)
@@ -753,19 +747,6 @@ class ConfusionCallback(SanityCallback):
             for label, matrix in self.confusion_matrices.items()
             if matrix.shape[0] <= self.report_classes
         ]
-
-
-def _remaining_epochs(trainer: pl.Trainer, split: str) -> float:
-    """Training epochs planned after the current one (by ``max_epochs`` and ``max_steps``; unbounded: inf), 0 once
-    training is over (a test or validate run)."""
-    if split != "val" or trainer.state.fn != TrainerFn.FITTING:
-        return 0.0
-    epochs = trainer.max_epochs
-    remaining = math.inf if epochs is None or epochs < 0 else float(epochs - trainer.current_epoch - 1)
-    if trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step > 0:
-        per_epoch = trainer.global_step / (trainer.current_epoch + 1)
-        remaining = min(remaining, (trainer.max_steps - trainer.global_step) / per_epoch)
-    return max(remaining, 0.0)
 
 
 def _class_names(trainer: pl.Trainer) -> list[str] | None:

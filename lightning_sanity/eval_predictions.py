@@ -28,14 +28,28 @@ from lightning_sanity.outputs import (
 )
 from lightning_sanity.rng import forked_rng
 
+Align = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor] | None"]
+"""``(output, targets) -> (predictions, targets)`` lined up, ``None`` when the shapes do not fit; raises
+:class:`~lightning_sanity.outputs.NotClassification` when the pair is not what the reader judges."""
+
+CLASSIFICATION_HINT = (
+    "Nothing to fix if this is regression or multi-label; for classification return [N, C] logits and integer class "
+    "targets (or pass batch_adapter / num_classes)."
+)
+
 
 class SplitReader:
-    """Reads the class scores of one split's batches for :class:`~lightning_sanity.ConfusionCallback`.
+    """Reads the predictions of one split's batches for an evaluation callback (by default the class scores
+    :class:`~lightning_sanity.ConfusionCallback` counts).
 
     Args:
         split: ``"val"``, ``"test"`` or ``"train"``.
         record: The callback's :meth:`~lightning_sanity.SanityCallback.record`.
         ignore_index: The callback's ``ignore_index``.
+        owner: The callback's class name, for the messages.
+        align: How an output lines up with the targets (:func:`~lightning_sanity.outputs.class_scores` for class
+            scores; a regression or multi-label reader passes its own).
+        unread_hint: The fix hint when a split's outputs are not what this reader judges.
 
     Example::
 
@@ -43,12 +57,27 @@ class SplitReader:
         aligned = reader.aligned_scores(trainer, pl_module, outputs, observer, parts, targets, source=None)
     """
 
-    def __init__(self, split: str, record: Callable[..., Finding], ignore_index: int | None) -> None:
+    def __init__(
+        self,
+        split: str,
+        record: Callable[..., Finding],
+        ignore_index: int | None,
+        *,
+        owner: str = "ConfusionCallback",
+        align: Align = class_scores,
+        unread_hint: str = CLASSIFICATION_HINT,
+    ) -> None:
         self.split = split
         self.ignore_index = ignore_index
+        self.owner = owner
         self._record = record
+        self._align = align
+        self._unread_hint = unread_hint
         self.classification: bool | None = None
         """Whether the split's targets are class indices; ``None`` until decided on its first batches."""
+        self.quiet = False
+        """Leave a split whose outputs are not what this reader judges without a finding (another callback judges
+        them)."""
         self.batches_checked = 0
         self.recompute_announced = False
         self.recompute_failed = False
@@ -82,7 +111,7 @@ class SplitReader:
                 continue
             scores = parts.select(tensor.detach())
             try:
-                aligned = class_scores(scores, targets)
+                aligned = self._align(scores, targets)
             except NotClassification as reason:
                 self.not_classification(trainer, str(reason))
                 return None
@@ -132,7 +161,7 @@ class SplitReader:
         if tensor is None:
             return None
         try:
-            aligned = class_scores(tensor, targets)
+            aligned = self._align(tensor, targets)
         except NotClassification as reason:
             self.not_classification(trainer, str(reason))
             return None
@@ -142,7 +171,7 @@ class SplitReader:
                 trainer,
                 "sanity.recomputed",
                 Severity.INFO,
-                f"ConfusionCallback could not find the {self.split} predictions in the step's output or forward call "
+                f"{self.owner} could not find the {self.split} predictions in the step's output or forward call "
                 "and runs an extra forward pass per batch to get them.",
                 "Return the logits from the step (e.g. `return {'logits': logits}`) or call `self(x)` in it.",
                 subject=self.split,
@@ -155,7 +184,7 @@ class SplitReader:
             trainer,
             "sanity.skipped",
             Severity.INFO,
-            f"ConfusionCallback found no {self.split} predictions in the step's output or in a forward call of the "
+            f"{self.owner} found no {self.split} predictions in the step's output or in a forward call of the "
             f"module or its direct children, and cannot recompute them from the batch: {reason}.",
             "Return the logits from the step (e.g. `return {'logits': logits}`), call `self(x)` or a direct child "
             "module in it, or pass batch_adapter so the batch's inputs are what forward takes.",
@@ -176,13 +205,14 @@ class SplitReader:
 
     def not_classification(self, trainer: pl.Trainer, reason: str) -> None:
         self.classification = False
+        if self.quiet:
+            return
         self._record(
             trainer,
             "eval.not_classification",
             Severity.INFO,
-            f"ConfusionCallback left the {self.split} split alone: {reason}.",
-            "Nothing to fix if this is regression or multi-label; for classification return [N, C] logits and "
-            "integer class targets (or pass batch_adapter / num_classes).",
+            f"{self.owner} left the {self.split} split alone: {reason}.",
+            self._unread_hint,
             subject=self.split,
             evidence={"reason": reason},
         )

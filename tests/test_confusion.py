@@ -325,7 +325,7 @@ def test_a_50000_class_head_keeps_o_of_c_counts(make_trainer: Any) -> None:
     assert callback.summaries["val"].total == 96
 
 
-def test_regression_targets_get_one_info_and_silence(make_trainer: Any) -> None:
+def test_regression_is_left_to_the_regression_callback(make_trainer: Any) -> None:
     class Regressor(Classifier):
         def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
             x, y = batch
@@ -337,8 +337,25 @@ def test_regression_targets_get_one_info_and_silence(make_trainer: Any) -> None:
 
     x = torch.randn(64, 5)
     trainer, callback = fit(make_trainer, Regressor(nn.Linear(5, 1)), loader(x, x.sum(1)), loader(x, x.sum(1)))
-    assert [(f.code, f.severity) for f in callback.findings] == [("eval.not_classification", Severity.INFO)]
-    assert callback.summaries == {}
+    assert callback.task is not None and callback.task.kind == "regression"
+    assert callback.findings == [] and callback.summaries == {}
+
+
+def test_float_targets_under_a_custom_loss_get_one_info_and_silence(make_trainer: Any) -> None:
+    class CustomLoss(Classifier):
+        def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+            x, y = batch
+            return (self(x).squeeze(1) - y).abs().pow(1.5).mean()
+
+        def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_mae", (self(x).squeeze(1) - y).abs().mean())
+
+    x = torch.randn(64, 5)
+    trainer, callback = fit(make_trainer, CustomLoss(nn.Linear(5, 1)), loader(x, x.sum(1)), loader(x, x.sum(1)))
+    assert callback.task is not None and callback.task.kind == "unknown"
+    assert ("eval.not_classification", Severity.INFO) in [(f.code, f.severity) for f in callback.findings]
+    assert [f for f in callback.findings if f.severity > Severity.INFO] == [] and callback.summaries == {}
 
 
 # ------------------------------------------------------------------ which output and batch tensor the loss reads
