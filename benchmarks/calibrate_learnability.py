@@ -378,8 +378,8 @@ def fit(name: str, seed: int, epochs: int, healthy: bool) -> Run:
         resolved=sorted(f"{f.code}@{f.resolved_epoch}" for f in serious if not f.standing),
         first_epoch=min((f.epoch for f in verdicts), default=None),
         history=confusion.history.get("val", []),
-        losses=list(confusion._epoch_losses),
-        noise=list(confusion._epoch_noise),
+        losses=list(confusion.train_losses.epoch_losses),
+        noise=list(confusion.train_losses.epoch_noise),
         kinds=sorted({str(f.evidence.get("training")) for f in verdicts if "training" in f.evidence}),
         seconds=time.perf_counter() - start,
     )

@@ -18,11 +18,10 @@ from typing_extensions import override
 from lightning_sanity import run as sanity_run
 from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, jsonable, require
 from lightning_sanity.batch import tensor_at
-from lightning_sanity.eval_metrics import EvalCounts, EvalLoss, ProbabilityLoss, TrainLoss
+from lightning_sanity.eval_metrics import EvalCounts, EvalLoss, ProbabilityLoss
 from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.figures import confusion_figure
 from lightning_sanity.findings import Severity
-from lightning_sanity.folding import FOLD_BATCHES
 from lightning_sanity.learnability import (
     LOSS_CHANCE_TOLERANCE,
     ConfusionSummary,
@@ -50,6 +49,7 @@ from lightning_sanity.outputs import (
 )
 from lightning_sanity.progress import has_trained, remaining_epochs
 from lightning_sanity.task import PAIRING_STEPS, ScorePairing, Task, decide_task, pairing_targets
+from lightning_sanity.train_loss import TrainLossHistory
 from lightning_sanity.triage import input_cause
 from lightning_sanity.verdicts import (
     activated_text,
@@ -189,14 +189,8 @@ class ConfusionCallback(SanityCallback):
         self._eval_losses: dict[tuple[str, int], EvalLoss] = {}
         self._splits: dict[str, SplitReader] = {}
         self._observer: StepObserver | None = None
-        self._train_loss: TrainLoss | None = None
-        self._step_losses: list[Tensor] = []
-        """Training losses not yet handed to ``_train_loss`` (see :class:`TrainLoss`)."""
-        self._loss_scale = 1
-        self._epoch_losses: list[float] = []
-        self._epoch_noise: list[float] = []
-        """Standard error of each of ``_epoch_losses`` (:class:`TrainLoss`)."""
-        self._lowest_loss = math.inf
+        self.train_losses = TrainLossHistory()
+        """The fit's epoch-mean training losses: what the verdicts about learning read."""
         self._suspicious: dict[str, int] = {}
         self._activation: tuple[str, str, int] | None = None
         self._activation_width = 0
@@ -261,7 +255,7 @@ class ConfusionCallback(SanityCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         observer = self._stop_capture()
-        self._track_train_loss(trainer, pl_module, outputs)
+        self.train_losses.track(trainer, pl_module, outputs)
         if self._pairing_pending():
             self._find_pairing(trainer, pl_module, outputs, batch, observer)
         if self.on_train:
@@ -449,57 +443,12 @@ class ConfusionCallback(SanityCallback):
                 self._probability_loss = ProbabilityLoss().to(scores.device)
 
     # ------------------------------------------------------------ train loss
-    def _track_train_loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
-            return
-        self._loss_scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
-        self._step_losses.append(loss.detach())
-        if len(self._step_losses) >= FOLD_BATCHES:
-            self._fold_train_losses()
-
-    def _fold_train_losses(self) -> TrainLoss | None:
-        """Hand the kept step losses to the epoch's :class:`TrainLoss`; it, or ``None`` before any step's loss."""
-        pending, self._step_losses = self._step_losses, []
-        if pending:
-            if self._train_loss is None:
-                self._train_loss = TrainLoss().to(pending[0].device)
-            self._train_loss.update(torch.cat([loss.reshape(1) for loss in pending]) * self._loss_scale)
-        return self._train_loss
-
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        train_loss = self._fold_train_losses()
-        if train_loss is not None:
-            mean, lowest, noise = (float(v) for v in train_loss.compute())
-            train_loss.reset()
-            if math.isfinite(mean):
-                self._epoch_losses.append(mean)
-                self._epoch_noise.append(noise if math.isfinite(noise) else 0.0)
-                self._lowest_loss = min(self._lowest_loss, lowest)
+        self.train_losses.end_epoch()
         if self.on_train:
             self._finish_split(trainer, "train")
         self._judge_loss(trainer)
-
-    def _running_lowest_loss(self) -> float:
-        train_loss = self._fold_train_losses()
-        if train_loss is None or not train_loss.update_called:
-            return math.inf
-        return float(train_loss.compute()[1])
-
-    def _losses_so_far(self) -> tuple[list[float], list[float]]:
-        """Epoch-mean training losses and their standard errors, with the running epoch's so far (validation runs
-        before the epoch ends)."""
-        losses, noise = list(self._epoch_losses), list(self._epoch_noise)
-        train_loss = self._fold_train_losses()
-        if train_loss is None or not train_loss.update_called:
-            return losses, noise
-        mean, _, error = (float(v) for v in train_loss.compute())
-        return (
-            ([*losses, mean], [*noise, error if math.isfinite(error) else 0.0])
-            if math.isfinite(mean)
-            else (losses, noise)
-        )
 
     # ------------------------------------------------------------- epoch end
     @override
@@ -585,7 +534,8 @@ class ConfusionCallback(SanityCallback):
     def _judge_summary(
         self, trainer: pl.Trainer, split: str, label: str, summary: ConfusionSummary, eval_loss: float | None
     ) -> None:
-        losses, noise = self._losses_so_far() if split == "val" else (self._epoch_losses, self._epoch_noise)
+        epochs = self.train_losses
+        losses, noise = epochs.so_far() if split == "val" else (epochs.epoch_losses, epochs.epoch_noise)
         history = self._remember(trainer, split, label, summary, eval_loss, losses)
         learning = (
             learning_evidence(
@@ -683,24 +633,24 @@ class ConfusionCallback(SanityCallback):
 
     def _judge_loss(self, trainer: pl.Trainer) -> None:
         classes = self._known_classes()
-        if classes is None or not self._epoch_losses:
+        losses = self.train_losses.epoch_losses
+        if classes is None or not losses:
             return
         chance = math.log(classes)
         validations = self.history.get("val", [])
-        if not is_loss_at_chance(self._epoch_losses, classes, trainer.global_step) or has_learning_signal(validations):
+        if not is_loss_at_chance(losses, classes, trainer.global_step) or has_learning_signal(validations):
             # The finding says the training loss sits at ln(C): it stops holding when the training loss leaves it
             # or the validation split shows learning. Whether a falling training loss transfers is for the
             # validation verdicts (eval.chance_level, eval.prediction_collapse: "memorising") to say.
-            left_chance = self._epoch_losses[-1] < chance * (1.0 - LOSS_CHANCE_TOLERANCE)
+            left_chance = losses[-1] < chance * (1.0 - LOSS_CHANCE_TOLERANCE)
             learning = left_chance or bool(
                 validations and (is_learning_now(validations[-1].summary) or beats_the_prior(validations[-1]))
             )
             if learning:
                 self._resolve("eval.loss_at_chance", "train", trainer.current_epoch)
             return
-        epochs = 3
-        text = loss_at_chance_text(self._epoch_losses[-epochs:], classes)
-        evidence = {"epoch_losses": self._epoch_losses[-epochs:], "ln_classes": chance, "num_classes": classes}
+        text = loss_at_chance_text(losses[-3:], classes)
+        evidence = {"epoch_losses": losses[-3:], "ln_classes": chance, "num_classes": classes}
         self._record_verdict(
             trainer, "eval.loss_at_chance", text.severity, text.message, text.hint, subject="train", evidence=evidence
         )
@@ -715,7 +665,7 @@ class ConfusionCallback(SanityCallback):
             floor = probability_loss_floor(classes)
             nll = float(self._probability_loss.compute())
             self._probability_loss.reset()
-            lowest = min(self._lowest_loss, self._running_lowest_loss())
+            lowest = min(self.train_losses.lowest, self.train_losses.running_lowest())
             evidence.update(val_nll_of_probabilities=nll, lowest_train_loss=lowest, loss_floor=floor)
             if not is_logit_loss_on_probabilities(lowest, nll, floor):
                 return

@@ -649,5 +649,5 @@ def test_every_training_step_loss_counts_in_its_epoch_mean_and_the_lowest_loss(m
     train, val = wine(batch_size=2)  # 67 steps per epoch: more than one group of kept losses
     trainer, callback = fit(make_trainer, model, train, val, epochs=2, val_check_interval=0.5)
     assert [len(e) for e in model.losses] == [67, 67]
-    assert callback._epoch_losses == pytest.approx([sum(e) / len(e) for e in model.losses], rel=1e-6)
-    assert callback._lowest_loss == pytest.approx(min(min(e) for e in model.losses), rel=1e-6)
+    assert callback.train_losses.epoch_losses == pytest.approx([sum(e) / len(e) for e in model.losses], rel=1e-6)
+    assert callback.train_losses.lowest == pytest.approx(min(min(e) for e in model.losses), rel=1e-6)

@@ -390,7 +390,9 @@ def test_healthy_runs_that_start_at_or_above_the_prior_are_quiet(make_trainer: A
     assert problems(trainer) == []
     history = confusion.history["val"]
     assert len(history) == epochs  # every validation was judged: the callback read the model's scores
-    assert confusion._epoch_losses[0] > 0.98 * history[0].summary.prior_entropy  # the first epoch at the prior or above
+    assert (
+        confusion.train_losses.epoch_losses[0] > 0.98 * history[0].summary.prior_entropy
+    )  # the first epoch at the prior or above
 
 
 # ------------------------------------------------------- the healthy side
