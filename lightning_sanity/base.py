@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -372,6 +373,20 @@ class SanityCallback(Callback):
             raise SanityError(finding)
         return finding
 
+    def resolve(self, code: str, subject: str, epoch: int) -> bool:
+        """Mark the standing finding ``(code, subject)`` resolved at ``epoch``: the run overcame what it said (a
+        verdict about learning the run broke out of, a risk that training proved harmless). Whether it did.
+
+        Example::
+
+            callback.resolve("eval.chance_level", "val", trainer.current_epoch)
+        """
+        finding = self._findings.get((code, subject))
+        if finding is None or not finding.standing:
+            return False
+        self._findings[finding.key] = dataclasses.replace(finding, resolved_epoch=epoch)
+        return True
+
     def _severity_of(self, code: str, given: Severity | None) -> Severity:
         if code in self.severity_overrides:
             return self.severity_overrides[code]
@@ -642,6 +657,23 @@ def collect_findings(trainer: pl.Trainer) -> list[Finding]:
     """
     findings = [finding for cb in sanity_callbacks(trainer) for finding in cb.findings]
     return sorted(findings, key=lambda f: -f.severity)
+
+
+def resolve_findings(trainer: pl.Trainer, code: str, epoch: int) -> list[Finding]:
+    """Mark every standing ``code`` finding of any sanity callback on ``trainer`` resolved at ``epoch`` (one callback
+    learning that another's warning did not come true, e.g. unscaled targets the model fitted anyway); the findings
+    resolved.
+
+    Example::
+
+        resolve_findings(trainer, "target.unscaled", trainer.current_epoch)
+    """
+    resolved = []
+    for callback in sanity_callbacks(trainer):
+        for finding in callback.findings:
+            if finding.code == code and callback.resolve(code, finding.subject, epoch):
+                resolved.append(callback._findings[finding.key])
+    return resolved
 
 
 _CREATED: weakref.WeakKeyDictionary[SanityCallback, int] = weakref.WeakKeyDictionary()

@@ -627,9 +627,7 @@ class ConfusionCallback(SanityCallback):
 
     def _resolve(self, code: str, subject: str, epoch: int) -> None:
         """A standing verdict about learning stopped holding at ``epoch``: the run broke out of it."""
-        finding = self._findings.get((code, subject))
-        if finding is not None and finding.resolved_epoch is None:
-            self._findings[finding.key] = dataclasses.replace(finding, resolved_epoch=epoch)
+        self.resolve(code, subject, epoch)
 
     def _judge_loss(self, trainer: pl.Trainer) -> None:
         classes = self._known_classes()

@@ -67,6 +67,26 @@ def test_first_occurrence_warns_once_per_code_and_subject(make_trainer: Any) -> 
     assert {f.subject for f in callback.findings} == {"layer.a", "layer.b"}
 
 
+class ResolvesAtEpochEnd(SanityCallback):
+    """Resolves every ``test.repeated`` finding of the run at the end of the first training epoch."""
+
+    name = "resolves"
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            self.resolved = ls.base.resolve_findings(trainer, "test.repeated", trainer.current_epoch)
+
+
+def test_one_callback_resolves_another_callbacks_standing_findings(make_trainer: Any) -> None:
+    watcher, resolver = EveryBatch(), ResolvesAtEpochEnd()
+    trainer = make_trainer(callbacks=[watcher, resolver], max_epochs=1)
+    trainer.fit(wine_model(), *wine_loaders())
+    assert sorted(f.subject for f in resolver.resolved) == ["layer.a", "layer.b"]
+    assert [f.resolved_epoch for f in watcher.findings] == [0, 0] and not any(f.standing for f in watcher.findings)
+    assert not watcher.resolve("test.repeated", "layer.a", 1)  # resolved once: the first epoch stays
+    assert not watcher.resolve("test.other", "layer.a", 1)
+
+
 def test_standard_warning_filters_apply(make_trainer: Any) -> None:
     trainer = make_trainer(callbacks=[EveryBatch()], max_steps=2)
     with warnings.catch_warnings(), pytest.raises(ls.SanityWarning, match="test.repeated"):
