@@ -86,6 +86,8 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("eval.loss_at_chance", WARNING, "ConfusionCallback", "The epoch-mean training loss sits flat at ln(C).", "Check labels, remove activations on the logits, check gradient flow and the learning rate."),
     FindingCode("output.activated", WARNING, "ConfusionCallback", "The outputs used as logits already went through a softmax, sigmoid or ReLU.", "Return raw logits from forward; apply softmax/sigmoid only for inference outputs."),
     FindingCode("eval.not_classification", INFO, "ConfusionCallback", "The split's targets are not class indices; the callback leaves it alone.", "Nothing for regression/multi-label; for classification return [N, C] logits and int targets."),
+    # RegressionCallback
+    FindingCode("eval.regression_at_mean", WARNING, "RegressionCallback", "After training had its chance, validation predictions do no better than predicting the training targets' mean (R² within noise of 0, or constant predictions).", "Standardise the targets; check that targets belong to their inputs and that forward uses its input; check the learning rate."),
     # MultiLabelCallback
     FindingCode("eval.multilabel_collapse", ERROR, "MultiLabelCallback", "A multi-label model predicts the same label set (every label negative, or only the prevalent labels) for nearly every sample while the targets vary.", "Check the targets are aligned with the inputs, raw logits into BCEWithLogitsLoss, pos_weight, the learning rate."),
     FindingCode("eval.multilabel_chance_level", WARNING, "MultiLabelCallback", "After training had its chance, no label of a multi-label model is predicted better than chance.", "Check label alignment, the train/val preprocessing, the learning rate."),
