@@ -34,7 +34,7 @@ from lightning_sanity.learnability import (
     learning_evidence,
     verdict_checks,
 )
-from lightning_sanity.logged_accuracy import logged_accuracies, metric_mismatch
+from lightning_sanity.logged_accuracy import logged_mismatch, logged_scores
 from lightning_sanity.loggers import log_scalars, scalar_key
 from lightning_sanity.losses import LossContext
 from lightning_sanity.observe import StepObserver, dataloader_label
@@ -464,7 +464,8 @@ class ConfusionCallback(SanityCallback):
     def _finish_split(self, trainer: pl.Trainer, split: str) -> None:
         self._class_names = self._class_names or _class_names(trainer)
         loaders = sorted(loader for s, loader in self._counts if s == split)
-        logged = logged_accuracies(trainer, split, self.compare_keys) if split != "train" else {}
+        segmentation = self.task is not None and self.task.kind == "dense"
+        logged = logged_scores(trainer, split, self.compare_keys, segmentation) if split != "train" else {}
         for loader in loaders:
             counts = self._counts[(split, loader)]
             with warnings.catch_warnings():
@@ -487,14 +488,8 @@ class ConfusionCallback(SanityCallback):
                     figure = functools.partial(confusion_figure, matrix, self._class_names, title)
                     self.log_figure(trainer, split, f"confusion_matrix{label.removeprefix(split)}", figure)
             self._log_summary(trainer, split, loader, summary)
-            correct = {"accumulated accuracy": summary.accuracy, "accumulated macro accuracy": summary.macro_accuracy}
-            per_batch = {
-                f"per-batch mean ({k.removeprefix('batch_').replace('_', ', ')})": float(values[k])
-                for k in values
-                if k.startswith("batch_")
-            }
             for key, value in logged.get(loader, {}).items():
-                mismatch = metric_mismatch(trainer.world_size, label, key, value, summary, correct, per_batch)
+                mismatch = logged_mismatch(trainer, split, label, key, value, summary, values, segmentation)
                 if mismatch is not None:
                     self.record(
                         trainer,
@@ -525,9 +520,15 @@ class ConfusionCallback(SanityCallback):
             scalar_key(self.name, split, f"acc{suffix}"): summary.accuracy,
             scalar_key(self.name, split, f"balanced_acc{suffix}"): summary.balanced_accuracy,
         }
-        if len(summary.recalls) <= self.report_classes:
+        per_class = len(summary.recalls) <= self.report_classes
+        if per_class:
             for index, recall in enumerate(summary.recalls):
                 scalars[scalar_key(self.name, split, f"recall_c{index}{suffix}")] = recall
+        if self.task is not None and self.task.kind in ("dense", "token"):
+            scalars[scalar_key(self.name, split, f"miou{suffix}")] = summary.miou
+            for index, iou in enumerate(summary.ious if per_class else []):
+                if not math.isnan(iou):  # a class absent from targets and predictions has no IoU
+                    scalars[scalar_key(self.name, split, f"iou_c{index}{suffix}")] = iou
         log_scalars(trainer, scalars)
 
     # --------------------------------------------------------------- judging

@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from lightning_sanity.folding import FOLD_BATCHES, FoldingMetric
 from lightning_sanity.outputs import ClassPredictions
+from lightning_sanity.overlap import OVERLAP_READINGS, overlap_scores
 
 
 class _EvalBatch(NamedTuple):
@@ -36,7 +37,8 @@ class EvalCounts(FoldingMetric):
 
     ``dense=True`` keeps the full ``[C, C]`` confusion matrix; otherwise only per-class true positive, predicted and
     actual counts (O(C) memory for very large heads). It also keeps per-batch micro and macro accuracies,
-    sample-weighted (what ``self.log`` in a step produces) and unweighted, to recognise a correctly logged accuracy.
+    sample-weighted (what ``self.log`` in a step produces) and unweighted, to recognise a correctly logged accuracy;
+    with the matrix, also every per-batch IoU / Dice reading (:func:`~lightning_sanity.overlap.overlap_scores`).
     Updates never read a tensor to the host: ignored targets go to an extra bin that is dropped. Batches are queued
     and counted together, one row per batch (see :class:`~lightning_sanity.folding.FoldingMetric`).
     """
@@ -52,6 +54,8 @@ class EvalCounts(FoldingMetric):
     micro: Tensor
     macro: Tensor
     batches: Tensor
+    overlap_weighted: Tensor
+    overlap: Tensor
 
     def __init__(self, num_classes: int, dense: bool) -> None:
         # each fold counts [batches, C + 1] per-batch bins three times: bound that for very large heads
@@ -65,6 +69,10 @@ class EvalCounts(FoldingMetric):
                 self.add_state(state, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
         for state in ("micro_weighted", "macro_weighted", "weight", "micro", "macro", "batches"):
             self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        # per-batch IoU / Dice in every convention (lightning_sanity.overlap), weighted by batch size and not
+        readings = (len(OVERLAP_READINGS), len(OVERLAP_READINGS["IoU"]))
+        for state in ("overlap_weighted", "overlap"):
+            self.add_state(state, torch.zeros(readings if dense else (0,), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, predicted: Tensor, targets: Tensor, valid: Tensor, batch_size: int) -> None:
         batch = _EvalBatch(
@@ -111,6 +119,10 @@ class EvalCounts(FoldingMetric):
         self.micro += micro.double().sum()
         self.macro += macro.double().sum()
         self.batches += rows
+        if self.dense:
+            overlap = torch.stack(list(overlap_scores(tp, pred, actual).values()), dim=1)  # [rows, metrics, R]
+            self.overlap_weighted += (overlap * batch_size).sum(0)
+            self.overlap += overlap.sum(0)
 
     def compute(self) -> dict[str, Tensor]:
         if self.dense:
@@ -126,6 +138,8 @@ class EvalCounts(FoldingMetric):
             "batch_macro_weighted": self.macro_weighted / self.weight.clamp(min=1),
             "batch_micro": self.micro / self.batches.clamp(min=1),
             "batch_macro": self.macro / self.batches.clamp(min=1),
+            "overlap_batch_weighted": self.overlap_weighted / self.weight.clamp(min=1),
+            "overlap_batch": self.overlap / self.batches.clamp(min=1),
         }
 
 

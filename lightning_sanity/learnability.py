@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_sanity.overlap import class_ious
+
 # Thresholds; the calibration behind each number is in docs/findings.md (ConfusionCallback section).
 COLLAPSE_SHARE = 0.95
 """Fraction of predictions in one class that counts as collapsed..."""
@@ -78,6 +80,31 @@ class ConfusionSummary:
     ``sum_k predicted_share_k * true_share_k`` (a constant prediction gets its class's true share)."""
     class_shares: tuple[float, ...] = ()
     """True share of each class among the samples: the class prior."""
+    counts: tuple[tuple[int, int, int], ...] = ()
+    """Per class: true positives, predictions and targets (what every other number here is computed from)."""
+
+    @property
+    def ious(self) -> list[float]:
+        """Per-class IoU (Jaccard) ``tp / (predicted + actual - tp)``; NaN for a class absent from both the targets
+        and the predictions (torchmetrics ``JaccardIndex(average="none")`` gives such a class 0)."""
+        if not self.counts:
+            return []
+        return class_ious(*torch.tensor(self.counts, dtype=torch.long).unbind(dim=1)).tolist()
+
+    @property
+    def miou(self) -> float:
+        """Mean IoU over the classes present in the targets or the predictions (absent classes do not count): the
+        convention of torchmetrics ``JaccardIndex(task="multiclass", average="macro")``; segmentation-models-pytorch's
+        ``iou_score(..., reduction="macro")`` counts an absent class as 0 instead.
+
+        Example::
+
+            >>> counts = [torch.tensor(c) for c in ([6, 1, 0], [7, 3, 0], [8, 2, 0])]  # tp, predicted, actual
+            >>> round(ConfusionSummary.from_counts(*counts).miou, 4)  # (6/9 + 1/4) / 2: class 2 is absent
+            0.4583
+        """
+        present = [iou for iou in self.ious if not math.isnan(iou)]
+        return sum(present) / len(present) if present else 0.0
 
     @classmethod
     def from_counts(cls, true_positives: Tensor, predicted: Tensor, actual: Tensor) -> ConfusionSummary:
@@ -104,6 +131,7 @@ class ConfusionSummary:
             prior_entropy=float(-(shares[shares > 0] * shares[shares > 0].log()).sum()),
             independent_accuracy=float((pred / n * shares).sum()),
             class_shares=tuple(shares.tolist()),
+            counts=tuple(zip(*(t.long().tolist() for t in (tp, pred, act)), strict=True)),
         )
 
 
