@@ -19,6 +19,8 @@ from lightning_sanity.findings import Finding, SanityError, SanityWarning, Sever
 from lightning_sanity.gradient_flow import GradientFlowCallback
 from lightning_sanity.mode_guard import ModeGuardCallback
 from lightning_sanity.model_checks import ModelChecksCallback
+from lightning_sanity.multilabel import MultiLabelCallback
+from lightning_sanity.regression import RegressionCallback
 from lightning_sanity.report import SanityReport
 from lightning_sanity.run import last_report
 from lightning_sanity.transform_parity import TransformParityCallback
@@ -32,6 +34,8 @@ __all__ = [
     "GradientFlowCallback",
     "ModeGuardCallback",
     "ModelChecksCallback",
+    "MultiLabelCallback",
+    "RegressionCallback",
     "SanityCallback",
     "SanityError",
     "SanityReport",

@@ -13,6 +13,8 @@ from lightning_sanity.confusion import ConfusionCallback
 from lightning_sanity.gradient_flow import GradientFlowCallback
 from lightning_sanity.mode_guard import ModeGuardCallback
 from lightning_sanity.model_checks import ModelChecksCallback
+from lightning_sanity.multilabel import MultiLabelCallback
+from lightning_sanity.regression import RegressionCallback
 from lightning_sanity.transform_parity import TransformParityCallback
 
 DEFAULT_CALLBACKS: tuple[type[SanityCallback], ...] = (
@@ -20,6 +22,8 @@ DEFAULT_CALLBACKS: tuple[type[SanityCallback], ...] = (
     BatchStatsCallback,
     GradientFlowCallback,
     ConfusionCallback,
+    RegressionCallback,
+    MultiLabelCallback,
     ModeGuardCallback,
     ModelChecksCallback,
 )
@@ -27,12 +31,13 @@ _SHARED_OPTIONS = ("strict", "batch_adapter", "ignore", "severity", "figure_ever
 
 
 def default_callbacks(**overrides: Any) -> list[Callback]:
-    """The six sanity callbacks with their defaults.
+    """The eight sanity callbacks with their defaults.
 
     The shared options ``strict``, ``batch_adapter``, ``ignore`` (finding codes to silence) and
     ``severity`` (``{code: "info" | "warning" | "error"}``) go to every callback; ``figure_every_n_epochs``
     and ``save_dir`` to every callback that draws figures. A callback's short name
-    (``transform_parity``, ``batch_stats``, ``gradient_flow``, ``confusion``, ``mode_guard``, ``model_checks``) takes a
+    (``transform_parity``, ``batch_stats``, ``gradient_flow``, ``confusion``, ``regression``, ``multilabel``,
+    ``mode_guard``, ``model_checks``) takes a
     dict of its constructor arguments (which win over shared ones), or ``False`` to leave it out.
 
     Example::

@@ -221,6 +221,8 @@ def test_public_api_is_constructible_without_arguments() -> None:
         ls.TransformParityCallback,
         ls.GradientFlowCallback,
         ls.ConfusionCallback,
+        ls.RegressionCallback,
+        ls.MultiLabelCallback,
         ls.ModeGuardCallback,
         ls.ModelChecksCallback,
     ):
@@ -230,6 +232,8 @@ def test_public_api_is_constructible_without_arguments() -> None:
         ls.BatchStatsCallback,
         ls.GradientFlowCallback,
         ls.ConfusionCallback,
+        ls.RegressionCallback,
+        ls.MultiLabelCallback,
         ls.ModeGuardCallback,
         ls.ModelChecksCallback,
     ]

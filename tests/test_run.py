@@ -104,13 +104,14 @@ def test_a_duplicate_of_every_default_callback_fits_checkpoints_resumes_and_read
     trainer = make_trainer(callbacks=list(first), max_epochs=2, enable_checkpointing=True, logger=logger)
     with sanity_warnings():
         trainer.fit(UnusedHead(), *loaders())
-    originals, duplicates = first[:6], first[6:]
+    count = len(first) // 2
+    originals, duplicates = first[:count], first[count:]
     keys = [cb.state_key for cb in first]
-    assert keys[6:] == [f"{key}#2" for key in keys[:6]]
+    assert keys[count:] == [f"{key}#2" for key in keys[:count]]
     for original, duplicate in zip(originals, duplicates, strict=True):
         assert duplicate.duplicate_of is original
         assert [(f.code, f.subject) for f in duplicate.findings] == [("sanity.duplicate", duplicate.state_key)]
-    gradient_flow, confusion = first[8], first[9]
+    gradient_flow, confusion = first[count + 2], first[count + 3]
     assert isinstance(gradient_flow, ls.GradientFlowCallback) and isinstance(confusion, ls.ConfusionCallback)
     assert gradient_flow.layer_grad_norms and gradient_flow.layer_grad_norms == first[2].layer_grad_norms
     assert confusion.confusion_matrix is not None and confusion.confusion_matrix is first[3].confusion_matrix
@@ -134,7 +135,7 @@ def test_a_duplicate_of_every_default_callback_fits_checkpoints_resumes_and_read
         counts = {f.key: f.count for f in callback.findings}
         for finding in saved[callback.state_key]["findings"]:
             assert counts.get((finding["code"], finding["subject"]), 0) >= finding["count"], callback.state_key
-    assert resumed[8].layer_grad_norms == resumed[2].layer_grad_norms != {}
+    assert resumed[count + 2].layer_grad_norms == resumed[2].layer_grad_norms != {}
 
 
 def inputs_and_targets(batch: Any) -> Any:

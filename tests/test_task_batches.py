@@ -272,7 +272,13 @@ def test_an_unread_batch_is_said_once_with_an_adapter_that_reads_it(make_trainer
     trainer.fit(NestedClassifier(), DataLoader(Nested(), batch_size=16))
     [skipped] = [f for f in ls.collect_findings(trainer) if f.key == ("sanity.skipped", "batch")]
     assert skipped.severity is Severity.INFO and skipped.count > 1
-    assert set(skipped.evidence["skipped"]) == {"BatchStatsCallback", "ConfusionCallback", "ModelChecksCallback"}
+    assert set(skipped.evidence["skipped"]) == {
+        "BatchStatsCallback",
+        "ConfusionCallback",
+        "RegressionCallback",
+        "MultiLabelCallback",
+        "ModelChecksCallback",
+    }
     example = skipped.evidence["adapter_example"]
     assert example == "lambda batch: (batch['sample']['measurements'], batch['answer'])" and example in skipped.hint
 
