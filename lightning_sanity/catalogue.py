@@ -84,6 +84,7 @@ _CODES: tuple[FindingCode, ...] = (
     FindingCode("eval.imbalance_masked", WARNING, "ConfusionCallback", "Accuracy looks acceptable only because one class dominates.", "Report balanced accuracy / per-class recall; class weights or a WeightedRandomSampler."),
     FindingCode("eval.metric_mismatch", ERROR, "ConfusionCallback", "A logged accuracy disagrees with the accuracy accumulated over the same batches.", "Accumulate with += and reset per epoch, or log a torchmetrics Accuracy object."),
     FindingCode("eval.loss_at_chance", WARNING, "ConfusionCallback", "The epoch-mean training loss sits flat at ln(C).", "Check labels, remove activations on the logits, check gradient flow and the learning rate."),
+    FindingCode("eval.loss_at_prior", WARNING, "ConfusionCallback", "A loss computed inside the model never went below the entropy of its targets' frequencies.", "Check that the labels belong to their inputs and that the model receives its input."),
     FindingCode("output.activated", WARNING, "ConfusionCallback", "The outputs used as logits already went through a softmax, sigmoid or ReLU.", "Return raw logits from forward; apply softmax/sigmoid only for inference outputs."),
     FindingCode("eval.not_classification", INFO, "ConfusionCallback", "The split's targets are not class indices; the callback leaves it alone.", "Nothing for regression/multi-label; for classification return [N, C] logits and int targets."),
     # RegressionCallback

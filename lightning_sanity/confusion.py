@@ -48,6 +48,7 @@ from lightning_sanity.outputs import (
     scored_outputs,
 )
 from lightning_sanity.progress import has_trained, remaining_epochs
+from lightning_sanity.target_prior import InternalLossWatch, loss_at_prior, target_reading
 from lightning_sanity.task import PAIRING_STEPS, ScorePairing, Task, decide_task, pairing_targets
 from lightning_sanity.train_loss import TrainLossHistory
 from lightning_sanity.triage import input_cause
@@ -56,6 +57,7 @@ from lightning_sanity.verdicts import (
     evidence_numbers,
     learning_story,
     loss_at_chance_text,
+    loss_at_prior_text,
     verdict_text,
     wrong_mapping,
 )
@@ -203,6 +205,9 @@ class ConfusionCallback(SanityCallback):
         """The output and target the user's training loss reads (:attr:`task`'s pairing), once found."""
         self._pairing_tries = 0
         self._losses_tried = 0
+        self.internal_loss: InternalLossWatch | None = None
+        """For a loss computed inside the model whose targets were confirmed: their frequencies, whose entropy its
+        training and validation losses must go below (``eval.loss_at_prior``), and its validation losses."""
 
     # ----------------------------------------------------------------- capture
     def _start_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -232,12 +237,13 @@ class ConfusionCallback(SanityCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.task, self.pairing, self._pairing_tries, self._losses_tried = None, None, 0, 0
+        self.internal_loss = None
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.on_train or self._pairing_pending():
+        if self.on_train or self._pairing_pending() or (self.internal_loss and self.internal_loss.counting("train")):
             self._start_capture(trainer, pl_module)
 
     @override
@@ -248,6 +254,8 @@ class ConfusionCallback(SanityCallback):
         observer = self._stop_capture()
         if split == "predict" or (trainer.sanity_checking and self._pairing_pending()):
             return  # before the first training step, which of the batch's tensors is the target is not known yet
+        if self.internal_loss is not None and split == "val" and dataloader_idx == 0 and not trainer.sanity_checking:
+            self.internal_loss.count("val", observer, batch)
         self._observe(trainer, pl_module, split, outputs, batch, dataloader_idx, observer)
 
     @override
@@ -258,6 +266,8 @@ class ConfusionCallback(SanityCallback):
         self.train_losses.track(trainer, pl_module, outputs)
         if self._pairing_pending():
             self._find_pairing(trainer, pl_module, outputs, batch, observer)
+        if self.internal_loss is not None:
+            self.internal_loss.count("train", observer, batch)
         if self.on_train:
             self._observe(trainer, pl_module, "train", outputs, batch, 0, observer)
 
@@ -294,6 +304,9 @@ class ConfusionCallback(SanityCallback):
                 return
             task = sanity_run.publish_task(trainer, task or Task("unknown"))
         self.task, self.pairing = task, task.pairing
+        if task.kind == "internal_loss" and task.source is not None and observer is not None:
+            reading = target_reading(observer, task.source, batch)  # a host read, on this step only
+            self.internal_loss = InternalLossWatch(reading, pl_module.device) if reading is not None else None
         if task.pairing is None:
             self._skip_unpaired(trainer, task, observer, targets)
 
@@ -326,10 +339,18 @@ class ConfusionCallback(SanityCallback):
     ) -> None:
         """Say once which checks the task leaves out, why, and what would enable them."""
         if task.kind == "internal_loss":
+            watch = self.internal_loss
+            prior = (
+                "its learnability is still judged: its training and validation losses against the entropy of the "
+                f"frequencies of the `labels` it was given{' (shifted by one: a causal LM)' * watch.reading.shifted}"
+                if watch is not None
+                else "nor its learnability: its cross-entropy on `.logits` against the `labels` it was given, as they "
+                "are or shifted by one position, did not give its `.loss`"
+            )
             why = (
                 f"the training loss is computed inside the model (`{task.source}` returns it as .loss), so which of "
                 "its outputs are class scores against which targets is not confirmed (a language model's targets are "
-                "its shifted inputs)"
+                f"its shifted inputs); {prior}"
             )
         else:
             why = (
@@ -446,6 +467,8 @@ class ConfusionCallback(SanityCallback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_losses.end_epoch()
+        if self.internal_loss is not None:
+            self.internal_loss.end_epoch()
         if self.on_train:
             self._finish_split(trainer, "train")
         self._judge_loss(trainer)
@@ -631,6 +654,9 @@ class ConfusionCallback(SanityCallback):
         self.resolve(code, subject, epoch)
 
     def _judge_loss(self, trainer: pl.Trainer) -> None:
+        if self.internal_loss is not None:
+            self._judge_loss_at_prior(trainer, self.internal_loss)
+            return
         classes = self._known_classes()
         losses = self.train_losses.epoch_losses
         if classes is None or not losses:
@@ -653,6 +679,33 @@ class ConfusionCallback(SanityCallback):
         self._record_verdict(
             trainer, "eval.loss_at_chance", text.severity, text.message, text.hint, subject="train", evidence=evidence
         )
+
+    def _judge_loss_at_prior(self, trainer: pl.Trainer, watch: InternalLossWatch) -> None:
+        """A loss computed inside the model that never went below the entropy of its targets' frequencies: in
+        training (it learned nothing from its input), else on the validation split (nothing it learned transfers)."""
+        if watch.train_prior is None or not has_trained(trainer, self.min_epochs):
+            return
+        remaining = remaining_epochs(trainer, "val")  # the epochs the fit still plans after this one
+        losses = self.train_losses.epoch_losses
+        splits = {
+            "train": (losses, self.train_losses.epoch_noise, watch.train_prior),
+            # measured on the very targets the validation loss is: any fixed frequencies score at least their entropy
+            "val": (watch.val_losses, [0.0] * len(watch.val_losses), watch.val_prior),
+        }
+        for split, (split_losses, noise, prior) in splits.items():
+            learning, floor = (
+                loss_at_prior(split_losses, noise, prior, trainer.global_step, remaining) if prior else (None, 0)
+            )
+            if learning is None or prior is None:
+                self._resolve("eval.loss_at_prior", split, trainer.current_epoch)
+                continue
+            text = loss_at_prior_text(split, split_losses[-4:], losses, prior.entropy, prior.summary.present_classes)
+            evidence = {"epoch_losses": [round(v, 4) for v in split_losses[-4:]], "prior_floor": round(floor, 4)}
+            evidence.update(prior.evidence(), training=learning, epoch_train_losses=[round(v, 4) for v in losses[-4:]])
+            self._record_verdict(
+                trainer, "eval.loss_at_prior", text.severity, text.message, text.hint, subject=split, evidence=evidence
+            )
+            return  # a training loss at the prior explains the validation loss at it
 
     def _judge_activation(self, trainer: pl.Trainer) -> None:
         if self._activation is None:

@@ -271,7 +271,9 @@ def training_evidence(
     remaining_epochs: float = math.inf,
 ) -> str | None:
     """Whether training had its chance: ``"learned"`` if the epoch-mean training loss fell by a quarter from the
-    first epoch; after ``MIN_STEPS`` optimizer steps, ``"stuck"`` if the last three epochs sit flat at the entropy of
+    first epoch, and below the prior's noise floor in some epoch when the ``floors`` are known (a loss that starts
+    far above the prior entropy, e.g. from huge initial logits, and falls only to it learned the class frequencies and
+    nothing else); after ``MIN_STEPS`` optimizer steps, ``"stuck"`` if the last three epochs sit flat at the entropy of
     the class prior (the loss of a model that learned only the class frequencies), ``"never below the prior"`` if it
     never went below that entropy's noise floor in any epoch (``floors``, one per epoch) and is not on pace to
     (:func:`is_above_the_prior`); ``None`` while training is still on its way.
@@ -282,10 +284,13 @@ def training_evidence(
         ('learned', 'stuck')
         >>> training_evidence([0.717, 0.713, 0.710], 0.6927, 129, floors=[0.689] * 3, remaining_epochs=0)
         'never below the prior'
+        >>> training_evidence([3.9, 2.31, 2.303, 2.302], 2.3026, 160, floors=[2.29] * 4)  # fell to the prior only
+        'stuck'
     """
     if len(epoch_losses) < 2:
         return None
-    if min(epoch_losses) <= LEARNED_RATIO * epoch_losses[0]:
+    below = not floors or any(loss < floor for loss, floor in zip(epoch_losses, floors, strict=False))
+    if below and min(epoch_losses) <= LEARNED_RATIO * epoch_losses[0]:
         return "learned"
     if steps < MIN_STEPS:
         return None
@@ -307,18 +312,23 @@ class EpochEvidence:
     summary: ConfusionSummary
 
 
-def is_memorising(epoch_losses: Sequence[float], eval_losses: Sequence[float | None]) -> bool:
-    """The training loss fell by ``MEMORISE_DROP`` from the first epoch while the validation loss (the model's
-    cross-entropy on the validation split) followed less than ``GENERALISE_SHARE`` of that fall: the model fits the
-    training labels and nothing of it transfers.
+def is_memorising(
+    epoch_losses: Sequence[float], eval_losses: Sequence[float | None], prior_floor: float = math.inf
+) -> bool:
+    """The training loss fell by ``MEMORISE_DROP`` from the first epoch, to below ``prior_floor`` (the class prior's
+    noise floor, :func:`prior_loss_floor`), while the validation loss (the model's cross-entropy on the validation
+    split) followed less than ``GENERALISE_SHARE`` of that fall: the model fits the training labels and nothing of it
+    transfers. A loss that fell from above the prior only to it fits nothing but the class frequencies.
 
     Example::
 
         >>> is_memorising([0.712, 0.672, 0.655], [0.70, 0.71, 0.72]), is_memorising([2.34, 2.31], [2.32, 2.29])
         (True, False)
+        >>> is_memorising([8.1, 2.31, 2.304], [2.31, 2.31, 2.31], prior_floor=2.29)  # from huge logits to ln 10
+        False
     """
     measured = [loss for loss in eval_losses if loss is not None and math.isfinite(loss)]
-    if len(epoch_losses) < 2 or len(measured) < 2 or epoch_losses[0] <= 0:
+    if len(epoch_losses) < 2 or len(measured) < 2 or epoch_losses[0] <= 0 or epoch_losses[-1] >= prior_floor:
         return False
     train_fall = epoch_losses[0] - epoch_losses[-1]
     if train_fall < MEMORISE_DROP * epoch_losses[0]:
@@ -426,7 +436,7 @@ def learning_evidence(
         return evidence
     if is_one_class_throughout(history):
         return "one class throughout"
-    if is_memorising(epoch_losses, [entry.eval_loss for entry in history]):
+    if is_memorising(epoch_losses, [entry.eval_loss for entry in history], floors[-1] if floors else math.inf):
         return "memorising"
     return None
 

@@ -1,6 +1,6 @@
 """What a verdict about learning says: the message, the hint and the evidence of ``eval.below_chance``,
-``eval.prediction_collapse``, ``eval.imbalance_masked``, ``eval.chance_level``, ``eval.loss_at_chance`` and
-``output.activated``.
+``eval.prediction_collapse``, ``eval.imbalance_masked``, ``eval.chance_level``, ``eval.loss_at_chance``,
+``eval.loss_at_prior`` and ``output.activated``.
 
 Which verdict holds is for :mod:`lightning_sanity.learnability`; the words and numbers that tell the user are here,
 so that :class:`~lightning_sanity.ConfusionCallback` only watches and concludes.
@@ -16,7 +16,14 @@ from typing import Any
 from torch import Tensor
 
 from lightning_sanity.findings import Severity
-from lightning_sanity.learnability import ConfusionSummary, EpochEvidence, below_chance_z, binomial_noise, is_one_class
+from lightning_sanity.learnability import (
+    STUCK_TOLERANCE,
+    ConfusionSummary,
+    EpochEvidence,
+    below_chance_z,
+    binomial_noise,
+    is_one_class,
+)
 
 
 def evidence_numbers(
@@ -100,18 +107,35 @@ def learning_story(
             f"at the last {latest} of the run's {len(history)} validations nearly every prediction was one class "
             "and the validation loss stopped falling"
         )
+    prior = history[-1].summary.prior_entropy if history else None
+    if learning == "stuck" and prior is not None and _fell_to(losses, prior):
+        return (
+            f"the training loss fell from {losses[0]:.3f} (its first epoch's mean) to the class-prior entropy "
+            f"{prior:.3f} and stayed there ({_values(losses[-3:])}): the model learned the class frequencies and "
+            "nothing else"
+        )
     if learning == "stuck":
         return (
-            f"the training loss sits at the class-prior entropy ({', '.join(f'{v:.3f}' for v in losses[-3:])}): "
+            f"the training loss sits at the class-prior entropy ({_values(losses[-3:])}): "
             "the model learned the class frequencies and nothing else"
         )
-    if learning == "never below the prior" and history:
+    if learning == "never below the prior" and prior is not None:
+        fell = f"fell from {losses[0]:.3f} (its first epoch's mean) but " if _fell_to(losses, prior) else ""
         return (
-            f"the training loss never went below the class-prior entropy {history[-1].summary.prior_entropy:.3f} "
-            f"({', '.join(f'{v:.3f}' for v in losses[-4:])}): the model learned nothing beyond the class "
-            "frequencies"
+            f"the training loss {fell}never went below the class-prior entropy {prior:.3f} "
+            f"({_values(losses[-4:])}): the model learned nothing beyond the class frequencies"
         )
     return f"the training loss fell from {losses[0]:.3f} to {min(losses):.3f}, so the model did train"
+
+
+def _fell_to(losses: Sequence[float], prior: float) -> bool:
+    """The first epoch's mean training loss lay clearly above the prior entropy (by ``STUCK_TOLERANCE``): the loss
+    came down from a higher start (initial logits far from uniform) before it reached the prior."""
+    return bool(losses) and losses[0] > (1.0 + STUCK_TOLERANCE) * prior and len(losses) > 1
+
+
+def _values(losses: Sequence[float]) -> str:
+    return ", ".join(f"{value:.3f}" for value in losses)
 
 
 @dataclass(frozen=True)
@@ -194,6 +218,42 @@ def loss_at_chance_text(epoch_losses: Sequence[float], num_classes: int) -> Verd
         "Check that labels match the inputs, that the logits are not squashed (ReLU/softmax before the loss), "
         "that gradients reach the head, and the learning rate. A deep network without normalisation layers on "
         "plain SGD can sit here for a few epochs before it learns: this finding is marked resolved if it does.",
+    )
+
+
+def loss_at_prior_text(
+    split: str,
+    epoch_losses: Sequence[float],
+    train_losses: Sequence[float],
+    prior_entropy: float,
+    distinct_targets: int,
+) -> VerdictText:
+    """``eval.loss_at_prior``: the loss a model computes itself never went below ``prior_entropy``, the entropy of
+    the frequencies of the ``distinct_targets`` target ids of ``split``, in its last ``epoch_losses`` (the training
+    split's are ``train_losses``)."""
+    baseline = (
+        f"the entropy of the frequencies of its {distinct_targets} {split} target ids (epoch means "
+        f"{_values(epoch_losses)}): that is the loss of a model that ignores its input and predicts how often each "
+        "target occurs"
+    )
+    if split == "train":
+        message = (
+            f"The training loss the model computes itself never went below {prior_entropy:.3f}, {baseline}, so it "
+            "learned nothing from its input."
+        )
+    else:
+        message = (
+            f"The model's own loss on the {split} split never went below {prior_entropy:.3f}, {baseline}, while its "
+            f"training loss went to {train_losses[-1]:.3f}: it memorises its training targets and nothing of it "
+            "transfers."
+        )
+    return VerdictText(
+        Severity.WARNING,
+        message,
+        "Check that the `labels` belong to their inputs (for a causal LM pass labels=input_ids and let the model "
+        "shift them; do not draw, shuffle or join labels separately from input_ids), that the model receives its "
+        "input (input_ids not replaced, attention_mask not all zero), the train/val preprocessing (one tokenizer), "
+        "and the learning rate.",
     )
 
 
