@@ -692,10 +692,14 @@ class ConfusionCallback(SanityCallback):
             # measured on the very targets the validation loss is: any fixed frequencies score at least their entropy
             "val": (watch.val_losses, [0.0] * len(watch.val_losses), watch.val_prior),
         }
+        train_floor = 0.0
         for split, (split_losses, noise, prior) in splits.items():
             learning, floor = (
                 loss_at_prior(split_losses, noise, prior, trainer.global_step, remaining) if prior else (None, 0)
             )
+            train_floor = floor if split == "train" else train_floor
+            if split == "val" and not (losses and losses[-1] < train_floor):
+                return  # "nothing of it transfers" needs a training loss below its prior: until then, no story
             if learning is None or prior is None:
                 self._resolve("eval.loss_at_prior", split, trainer.current_epoch)
                 continue
