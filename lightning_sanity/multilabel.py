@@ -40,8 +40,10 @@ from lightning_sanity.task import Task
 from lightning_sanity.train_loss import TrainLossHistory
 from lightning_sanity.triage import input_cause
 
-MULTILABEL_LOSSES = frozenset({"bce_with_logits", "bce"})
-"""Losses whose outputs are one independent score per label: thresholded and judged against the prevalences."""
+PROBABILITY_LOSSES = frozenset({"bce", "BCELoss"})
+"""Losses on probabilities (functional, or the ``torch.nn`` module by class name): their outputs split at 0.5."""
+MULTILABEL_LOSSES = PROBABILITY_LOSSES | {"bce_with_logits", "BCEWithLogitsLoss"}
+"""Losses whose outputs are one independent score per label, judged against the prevalences (the BCE prior)."""
 
 UNREAD_HINT = (
     "Return the [N, C] label scores from the step (e.g. `return {'logits': logits}`) or call `self(x)` in it, with "
@@ -239,7 +241,7 @@ class MultiLabelCallback(SanityCallback):
             if not bool(((targets == 0) | (targets == 1)).all()):
                 reader.not_classification(trainer, "the targets are not multi-hot (values other than 0 and 1)")
                 return
-        probabilities = task.loss == "bce"
+        probabilities = task.loss in PROBABILITY_LOSSES
         threshold = self.threshold if self.threshold is not None else 0.5 if probabilities else 0.0
         counts = self._counts.get((split, loader))
         if counts is None:

@@ -133,7 +133,7 @@ def test_the_rules_on_counts() -> None:
     assert is_collapsed(none_predicted) and not is_chance_level(none_predicted)
     rare_never = MultiLabelSummary(100, (36, 0), (40, 0), (40, 5))  # label 0 learned, the rare one never predicted
     assert not is_collapsed(rare_never) and not is_chance_level(rare_never)
-    assert none_predicted.constant_micro_f1() == pytest.approx(2 * 0.225 / 1.225)
+    assert none_predicted.constant_micro_f1() == pytest.approx(2 * 0.4 / 1.45)  # predicting label 0 only
 
 
 def test_counts_match_torchmetrics() -> None:
