@@ -607,6 +607,7 @@ class ConfusionCallback(SanityCallback):
                 self._class_name,
                 mapping=mapping,
                 epochs=trainer.current_epoch + 1,
+                kind=self.task.kind if self.task is not None else "multiclass",
             )
             self._record_verdict(
                 trainer, code, text.severity, text.message, text.hint, subject=label, evidence=evidence

@@ -138,6 +138,32 @@ def _values(losses: Sequence[float]) -> str:
     return ", ".join(f"{value:.3f}" for value in losses)
 
 
+UNITS = {"dense": "pixels", "token": "tokens"}
+"""What a confusion matrix counts, by task kind (samples otherwise)."""
+ALIGNMENT = {
+    "multiclass": "that labels are aligned with the features (not shuffled or joined separately), that training "
+    "batches are shuffled",
+    "dense": "that each mask belongs to its image (the same index, and the same geometric augmentation applied to "
+    "both: a joint transform such as albumentations' `transform(image=..., mask=...)` or torchvision.transforms.v2 "
+    "with a `tv_tensors.Mask`)",
+    "token": "that each tag sequence belongs to its tokens (the same order, padding and truncation; sub-word pieces "
+    "after the first labelled -100 or with the word's tag)",
+}
+"""The first thing to check when a model learned nothing from its input, by task kind."""
+IMBALANCE_HINTS = {
+    "multiclass": "Report balanced accuracy / per-class recall (torchmetrics MulticlassAccuracy(average='macro')) and "
+    "counter the imbalance: class weights in the loss, a WeightedRandomSampler, or more minority data. If every "
+    "prediction is the majority class, check that the model uses its input at all.",
+    "dense": "Report per-class IoU / mIoU (logged as sanity/confusion/<split>/miou) rather than pixel accuracy, and "
+    "counter the imbalance: class weights in the cross-entropy, a Dice or Focal loss (e.g. smp's DiceLoss), or crops "
+    "that oversample the rare classes. If every pixel is background, check that the model uses its input at all.",
+    "token": "Report per-class or entity-level F1 (e.g. seqeval) rather than token accuracy, and counter the "
+    "imbalance with class weights in the loss. If every token gets the majority tag (e.g. 'O'), check that the "
+    "model uses its input and that the tags are aligned with the tokens.",
+}
+"""How to read and counter a dominant class, by task kind."""
+
+
 @dataclass(frozen=True)
 class VerdictText:
     """What one verdict about learning tells the user."""
@@ -157,16 +183,20 @@ def verdict_text(
     *,
     mapping: str = "",
     epochs: int = 0,
+    kind: str = "multiclass",
 ) -> VerdictText:
     """The severity, message and hint of the verdict ``code`` on ``label``, from its ``evidence``
     (:func:`evidence_numbers`), the training side's ``story`` (:func:`learning_story`), for ``eval.below_chance`` the
-    class ``mapping`` (:func:`wrong_mapping`) and for ``eval.chance_level`` the training ``epochs`` so far."""
+    class ``mapping`` (:func:`wrong_mapping`) and for ``eval.chance_level`` the training ``epochs`` so far. The task
+    ``kind`` (:attr:`~lightning_sanity.task.Task.kind`) says what is counted (samples, pixels, tokens) and which fix
+    applies (a mask that belongs to another image is not fixed by a sampler)."""
+    unit, alignment = UNITS.get(kind, "samples"), ALIGNMENT.get(kind, ALIGNMENT["multiclass"])
     if code == "eval.below_chance":
         return VerdictText(
             Severity.ERROR,
             f"{label} accuracy {summary.accuracy:.1%} is far below the {summary.independent_accuracy:.1%} that "
             f"predictions ignoring the labels would get ({evidence['below_chance_z']:.1f} standard errors, "
-            f"{summary.total} samples): the predictions are systematically wrong, not random"
+            f"{summary.total} {unit}): the predictions are systematically wrong, not random"
             + (f"; {mapping}" if mapping else "")
             + f"; {story}.",
             "The model tells the classes apart but names them differently on this split: make the train and "
@@ -180,19 +210,17 @@ def verdict_text(
             f"{class_name(summary.top_predicted_class)!r}, whose true share is only "
             f"{summary.top_predicted_true_share:.1%} (accuracy {summary.accuracy:.1%}, balanced "
             f"{summary.balanced_accuracy:.1%}); {story}.",
-            "The model ignores its input: check that labels are aligned with the features, that training batches "
-            "are shuffled, that the train and val inputs are preprocessed alike, that nothing (ReLU/softmax, a "
-            "frozen or zero-initialised head, a far too high or low learning rate) stops the logits from learning.",
+            f"The model ignores its input: check {alignment}, that the train and val "
+            "inputs are preprocessed alike, that nothing (ReLU/softmax, a frozen or zero-initialised head, a far too "
+            "high or low learning rate) stops the logits from learning.",
         )
     if code == "eval.imbalance_masked":
         return VerdictText(
             Severity.WARNING,
             f"{label} accuracy {summary.accuracy:.1%} only reflects class imbalance: the majority class is "
-            f"{summary.majority_share:.1%} of the samples and balanced accuracy is {summary.balanced_accuracy:.1%} "
+            f"{summary.majority_share:.1%} of the {unit} and balanced accuracy is {summary.balanced_accuracy:.1%} "
             f"(1/{summary.present_classes} = {1 / summary.present_classes:.1%} is chance); {story}.",
-            "Report balanced accuracy / per-class recall (torchmetrics MulticlassAccuracy(average='macro')) and "
-            "counter the imbalance: class weights in the loss, a WeightedRandomSampler, or more minority data. If "
-            "every prediction is the majority class, check that the model uses its input at all.",
+            IMBALANCE_HINTS.get(kind, IMBALANCE_HINTS["multiclass"]),
         )
     if code == "eval.chance_level":
         return VerdictText(
@@ -201,8 +229,8 @@ def verdict_text(
             f"{summary.majority_share:.1%}, balanced accuracy {summary.balanced_accuracy:.1%}, chance "
             f"{1 / max(summary.present_classes, 1):.1%} ± {evidence['chance_noise']:.1%}) after "
             f"{epochs} epochs; {story}.",
-            "The model has learned nothing that transfers to this split: check label alignment (labels shuffled "
-            "or joined separately from inputs), the train/val preprocessing, and the learning rate.",
+            f"The model has learned nothing that transfers to this split: check {alignment}, "
+            "the train/val preprocessing, and the learning rate.",
         )
     raise ValueError(f"{code!r} is not a verdict about learning")
 

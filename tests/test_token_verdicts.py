@@ -87,4 +87,5 @@ def test_tags_shuffled_away_from_their_tokens_are_at_chance(make_trainer: Any) -
     verdict = verdicts.get("eval.chance_level") or verdicts["eval.prediction_collapse"]
     assert verdict.subject == "val" and verdict.resolved_epoch is None
     assert verdict.evidence["samples"] == int((VAL[1] != -100).sum())  # judged per real token
+    assert "tag sequence belongs to its tokens" in verdict.hint
     assert callback.summaries["val"].balanced_accuracy < 0.3
