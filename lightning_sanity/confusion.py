@@ -36,7 +36,6 @@ from lightning_sanity.learnability import (
 )
 from lightning_sanity.logged_accuracy import logged_mismatch, logged_scores
 from lightning_sanity.loggers import log_scalars, scalar_key
-from lightning_sanity.losses import LossContext
 from lightning_sanity.observe import StepObserver, dataloader_label
 from lightning_sanity.outputs import (
     NotClassification,
@@ -49,7 +48,8 @@ from lightning_sanity.outputs import (
 )
 from lightning_sanity.progress import has_trained, remaining_epochs
 from lightning_sanity.target_prior import InternalLossWatch, loss_at_prior, target_reading
-from lightning_sanity.task import PAIRING_STEPS, ScorePairing, Task, decide_task, pairing_targets
+from lightning_sanity.task import ScorePairing, Task
+from lightning_sanity.task_search import TaskSearch
 from lightning_sanity.train_loss import TrainLossHistory
 from lightning_sanity.triage import input_cause
 from lightning_sanity.verdicts import (
@@ -203,8 +203,7 @@ class ConfusionCallback(SanityCallback):
         this callback or another, through the run coordinator: :func:`lightning_sanity.run.task_of`)."""
         self.pairing: ScorePairing | None = None
         """The output and target the user's training loss reads (:attr:`task`'s pairing), once found."""
-        self._pairing_tries = 0
-        self._losses_tried = 0
+        self._search = TaskSearch()
         self.internal_loss: InternalLossWatch | None = None
         """For a loss computed inside the model whose targets were confirmed: their frequencies, whose entropy its
         training and validation losses must go below (``eval.loss_at_prior``), and its validation losses."""
@@ -236,7 +235,8 @@ class ConfusionCallback(SanityCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.task, self.pairing, self._pairing_tries, self._losses_tried = None, None, 0, 0
+        self.task, self.pairing = None, None
+        self._search.reset()
         self.internal_loss = None
 
     @override
@@ -274,7 +274,7 @@ class ConfusionCallback(SanityCallback):
     # ----------------------------------------------------------------- the task
     def _pairing_pending(self) -> bool:
         """Still looking for the run's task (a batch_adapter names the targets itself)."""
-        return self.task is None and self.batch_adapter is None and self._pairing_tries < PAIRING_STEPS
+        return self.task is None and self._search.looking(self.batch_adapter is not None)
 
     def _pairing_unknown(self) -> bool:
         """The run's task has no pair of an output and a batch tensor to read (a custom loss, a loss computed inside
@@ -295,44 +295,15 @@ class ConfusionCallback(SanityCallback):
     ) -> None:
         """Read the run's task when another callback decided it; otherwise decide it from this step (a host read, on
         the first training steps only) and publish it for the run."""
-        self._pairing_tries += 1
-        task = sanity_run.task_of(trainer)
-        targets: list[tuple[int | str | None, Tensor]] = []
+        task = self._search.step(trainer, pl_module, outputs, batch, lambda: self.split_batch(trainer, batch), observer)
         if task is None:
-            task, targets = self._decide(trainer, pl_module, outputs, batch, observer)
-            if task is None and (self._pairing_tries < PAIRING_STEPS or self._losses_tried == 0):
-                return
-            task = sanity_run.publish_task(trainer, task or Task("unknown"))
+            return
         self.task, self.pairing = task, task.pairing
         if task.kind == "internal_loss" and task.source is not None and observer is not None:
             reading = target_reading(observer, task.source, batch)  # a host read, on this step only
             self.internal_loss = InternalLossWatch(reading, pl_module.device) if reading is not None else None
         if task.pairing is None:
-            self._skip_unpaired(trainer, task, observer, targets)
-
-    def _decide(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        observer: StepObserver | None,
-    ) -> tuple[Task | None, list[tuple[int | str | None, Tensor]]]:
-        """The task of this training step (:func:`~lightning_sanity.task.decide_task`), and the batch tensors tried
-        as its targets; ``None`` when the step returned no finite loss or no pair reproduced it."""
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point() or observer is None:
-            return None, []
-        parts = self.split_batch(trainer, batch)
-        if parts is None:
-            return None, []
-        scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
-        value = float(loss.detach()) * scale
-        if not math.isfinite(value):
-            return None, []
-        self._losses_tried += 1
-        targets = pairing_targets(batch, parts)
-        return decide_task(observer, batch, parts, value, LossContext.of(pl_module)), targets
+            self._skip_unpaired(trainer, task, observer, self._search.candidates)
 
     def _skip_unpaired(
         self, trainer: pl.Trainer, task: Task, observer: StepObserver | None, targets: list[tuple[Any, Tensor]]
@@ -354,8 +325,8 @@ class ConfusionCallback(SanityCallback):
             )
         else:
             why = (
-                f"on {max(self._losses_tried, 1)} training step(s) no standard loss (cross-entropy, NLL, BCE, MSE, "
-                "L1) of a model output and a batch tensor gave the returned loss, so which output holds the class "
+                f"on {max(self._search.losses_tried, 1)} training step(s) no standard loss (cross-entropy, NLL, BCE, "
+                "MSE, L1) of a model output and a batch tensor gave the returned loss, so which output holds the class "
                 "scores and which batch tensor the targets is unconfirmed (a custom loss, or scores computed outside "
                 "a module call)"
             )
@@ -369,7 +340,7 @@ class ConfusionCallback(SanityCallback):
             subject="pairing",
             evidence={
                 "task": task.kind,
-                "steps": self._losses_tried,
+                "steps": self._search.losses_tried,
                 "outputs": [source for source, _, _ in scored_outputs(None, observer)[1:]],
                 "batch_tensors": [str(where) for where, _ in targets],
             },

@@ -37,6 +37,7 @@ from lightning_sanity.multilabel_metrics import (
 from lightning_sanity.observe import StepObserver, dataloader_label
 from lightning_sanity.progress import has_trained, remaining_epochs
 from lightning_sanity.task import Task
+from lightning_sanity.task_search import TaskSearch
 from lightning_sanity.train_loss import TrainLossHistory
 from lightning_sanity.triage import input_cause
 
@@ -70,8 +71,8 @@ def multilabel_scores(output: Tensor, targets: Tensor) -> tuple[Tensor, Tensor] 
 class MultiLabelCallback(SanityCallback):
     """Accumulate per-label counts of a multi-label model over every validation (and test) epoch and judge them.
 
-    Runs only when the run's task (:func:`lightning_sanity.run.task_of`, decided on the first training step by
-    :class:`~lightning_sanity.ModelChecksCallback` or :class:`~lightning_sanity.ConfusionCallback`) is multi-label:
+    Runs only when the run's task (:func:`lightning_sanity.run.task_of`, decided once on the first training steps by
+    whichever callback gets there first, this one included when used alone) is multi-label:
     ``[N, C]`` scores against multi-hot ``[N, C]`` targets; otherwise it captures nothing. Predictions are read where
     the training loss reads them (the task's pairing), thresholded at 0 for logits and at 0.5 for probabilities
     (a ``bce`` loss), and counted on the device per (split, dataloader). Per validation epoch it logs
@@ -148,6 +149,7 @@ class MultiLabelCallback(SanityCallback):
         self._observer: StepObserver | None = None
         self._suspicious: dict[str, int] = {}
         self._label_names: list[str] | None = None
+        self._search = TaskSearch()
 
     # ----------------------------------------------------------------- the task
     def _read_task(self, trainer: pl.Trainer) -> Task | None:
@@ -171,6 +173,19 @@ class MultiLabelCallback(SanityCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.task = None
+        self._search.reset()
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._stop_capture()
+        if self._searching() and sanity_run.task_of(trainer) is None:
+            # used alone, this callback decides the run's task itself from the first steps' forward calls
+            self._observer = StepObserver(pl_module, keep_child_outputs=True, copy_args=False)
+
+    def _searching(self) -> bool:
+        return self.task is None and self._search.looking(self.batch_adapter is not None)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -181,6 +196,9 @@ class MultiLabelCallback(SanityCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        observer = self._stop_capture()
+        if self._searching():
+            self._search.step(trainer, pl_module, outputs, batch, lambda: self.split_batch(trainer, batch), observer)
         if self.task is not None or sanity_run.task_of(trainer) is None or self._read_task(trainer) is not None:
             self.train_losses.track(trainer, pl_module, outputs)
 

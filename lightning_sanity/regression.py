@@ -36,6 +36,7 @@ from lightning_sanity.regression_metrics import (
     is_at_mean,
 )
 from lightning_sanity.task import Task
+from lightning_sanity.task_search import TaskSearch
 from lightning_sanity.triage import input_cause
 
 UNREAD_HINT = (
@@ -51,8 +52,8 @@ own threshold is in docs/findings.md)."""
 class RegressionCallback(SanityCallback):
     """Judge a regression run's evaluation: R² against predicting the training targets' mean, constant predictions.
 
-    Idle unless the run's task (decided on the first training steps by :class:`~lightning_sanity.ModelChecksCallback`
-    or :class:`~lightning_sanity.ConfusionCallback`, read with :func:`lightning_sanity.run.task_of`) is a regression:
+    Idle unless the run's task (decided once on the first training steps by whichever callback gets there first, this
+    one included when used alone, read with :func:`lightning_sanity.run.task_of`) is a regression:
     an MSE, L1 or smooth-L1 loss on real-valued targets. Predictions are read like ConfusionCallback reads class
     scores (the output the training loss reads, from the step's output or its forward calls), lined up with the
     targets as ``[N, E]`` values per sample (``[N]``, ``[N, 1]``, ``[N, K]``, a forecast ``[N, horizon]``), and summed
@@ -109,13 +110,14 @@ class RegressionCallback(SanityCallback):
         self._splits: dict[str, SplitReader] = {}
         self._observer: StepObserver | None = None
         self._suspicious: dict[str, int] = {}
+        self._search = TaskSearch()
 
     # ----------------------------------------------------------------- the task
     def _regression(self, trainer: pl.Trainer) -> Task | None:
         """The run's task if it is a regression with a known pairing, else ``None`` (the callback stays idle).
 
-        The task is read, never decided here: ModelChecksCallback / ConfusionCallback decide it on the first
-        training steps. A validate / test run after the fit judges the fit's task."""
+        The run's task is decided once on the first training steps (:class:`~lightning_sanity.task_search.TaskSearch`).
+        A validate / test run after the fit judges the fit's task."""
         task = sanity_run.task_of(trainer)
         if task is None and self.task is not None and trainer.state.fn != TrainerFn.FITTING:
             task = sanity_run.publish_task(trainer, self.task)
@@ -135,16 +137,33 @@ class RegressionCallback(SanityCallback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._stop_capture()
+        super().on_exception(trainer, pl_module, exception)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.task, self.fit = None, None
         self.history, self._suspicious = {}, {}
+        self._search.reset()
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._stop_capture()
+        if self._searching() and sanity_run.task_of(trainer) is None:
+            # used alone, this callback decides the run's task itself from the first steps' forward calls
+            self._observer = StepObserver(pl_module, keep_child_outputs=True, copy_args=False)
+
+    def _searching(self) -> bool:
+        return self.task is None and self._search.looking(self.batch_adapter is not None)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        observer = self._stop_capture()
+        if self._searching():
+            self._search.step(trainer, pl_module, outputs, batch, lambda: self.split_batch(trainer, batch), observer)
         task = self._regression(trainer)
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if task is None or self.fit is None or not isinstance(loss, Tensor) or loss.numel() != 1:

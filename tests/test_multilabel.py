@@ -62,11 +62,12 @@ class MultiLabelNet(pl.LightningModule):
 
 
 def fit(
-    make_trainer: Any, model: pl.LightningModule, epochs: int, **data: bool
+    make_trainer: Any, model: pl.LightningModule, epochs: int, alone: bool = False, **data: bool
 ) -> tuple[pl.Trainer, MultiLabelCallback]:
+    """Fit with ModelChecksCallback deciding the run's task at step 0, or ``alone`` (the callback decides it)."""
     pl.seed_everything(0, verbose=False)
     callback = MultiLabelCallback()
-    trainer = make_trainer(callbacks=[ModelChecksCallback(), callback], max_epochs=epochs)
+    trainer = make_trainer(callbacks=[callback] if alone else [ModelChecksCallback(), callback], max_epochs=epochs)
     train = DataLoader(TensorDataset(*digit_attributes("train", **data)), batch_size=32, shuffle=True)
     val = DataLoader(TensorDataset(*digit_attributes("val", rare=data.get("rare", False))), batch_size=64)
     trainer.fit(model, train, val)
@@ -80,8 +81,9 @@ def one(trainer: pl.Trainer, code: str) -> Finding:
 
 
 # ---- healthy runs ----------------------------------------------------------------------------------------------------
-def test_healthy_multilabel_digits_are_quiet_and_counted(make_trainer: Any) -> None:
-    trainer, callback = fit(make_trainer, MultiLabelNet(), epochs=3)
+@pytest.mark.parametrize("alone", [False, True], ids=["with ModelChecks", "alone"])
+def test_healthy_multilabel_digits_are_quiet_and_counted(make_trainer: Any, alone: bool) -> None:
+    trainer, callback = fit(make_trainer, MultiLabelNet(), epochs=3, alone=alone)
     assert problems(trainer) == []
     summary = callback.summaries["val"]
     assert summary.samples == 449 and summary.labels == LABELS

@@ -104,11 +104,16 @@ def loaders(x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, batc
 
 
 def fit(
-    make_trainer: Callable[..., pl.Trainer], model: pl.LightningModule, data: tuple[Tensor, ...], epochs: int = 10
+    make_trainer: Callable[..., pl.Trainer],
+    model: pl.LightningModule,
+    data: tuple[Tensor, ...],
+    epochs: int = 10,
+    alone: bool = False,
 ) -> tuple[pl.Trainer, RegressionCallback]:
+    """Fit with ModelChecksCallback deciding the run's task at step 0, or ``alone`` (the callback decides it)."""
     pl.seed_everything(0, verbose=False)
     callback = RegressionCallback()
-    trainer = make_trainer(callbacks=[ModelChecksCallback(), callback], max_epochs=epochs)
+    trainer = make_trainer(callbacks=[callback] if alone else [ModelChecksCallback(), callback], max_epochs=epochs)
     trainer.fit(model, *loaders(*data))
     return trainer, callback
 
@@ -117,8 +122,9 @@ def at_mean(callback: RegressionCallback) -> list[Finding]:
     return [f for f in callback.findings if f.code == "eval.regression_at_mean" and f.standing]
 
 
-def test_standardised_diabetes_is_quiet_and_logs_r2(make_trainer: Callable[..., pl.Trainer]) -> None:
-    trainer, callback = fit(make_trainer, Regressor(mlp(10), lr=1e-2), diabetes())
+@pytest.mark.parametrize("alone", [False, True], ids=["with ModelChecks", "alone"])
+def test_standardised_diabetes_is_quiet_and_logs_r2(make_trainer: Callable[..., pl.Trainer], alone: bool) -> None:
+    trainer, callback = fit(make_trainer, Regressor(mlp(10), lr=1e-2), diabetes(), alone=alone)
     quiet(callback.findings)
     assert callback.summaries["val"].r2 > 0.3
     assert "Regression" in callback.report_sections()[0][0]
@@ -130,8 +136,11 @@ def test_a_weak_but_real_learner_is_quiet(make_trainer: Callable[..., pl.Trainer
     assert 0.0 < callback.summaries["val"].r2 < 0.3
 
 
-def test_shuffled_targets_are_caught(make_trainer: Callable[..., pl.Trainer]) -> None:
-    trainer, callback = fit(make_trainer, Regressor(mlp(10, hidden=64), lr=1e-2), diabetes(shuffle_targets=True))
+@pytest.mark.parametrize("alone", [False, True], ids=["with ModelChecks", "alone"])
+def test_shuffled_targets_are_caught(make_trainer: Callable[..., pl.Trainer], alone: bool) -> None:
+    model = Regressor(mlp(10, hidden=64), lr=1e-2)
+    trainer, callback = fit(make_trainer, model, diabetes(shuffle_targets=True), alone=alone)
+    assert callback.task is not None and callback.task.kind == "regression"
     finding = at_mean(callback)[0]
     assert finding.severity is Severity.WARNING and finding.subject == "val"
     assert finding.evidence["r2"] <= 2 * finding.evidence["r2_noise"]

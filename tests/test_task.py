@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_sanity as ls
 from lightning_sanity import ConfusionCallback, ModelChecksCallback, Severity
-from lightning_sanity import confusion as confusion_module
 from lightning_sanity import model_checks as model_checks_module
 from lightning_sanity import run as sanity_run
 from lightning_sanity import task as task_module
+from lightning_sanity import task_search as task_search_module
 from lightning_sanity.demos import Classifier, mlp, wine_tensors
 from lightning_sanity.report import SanityReport
 from lightning_sanity.task import ScorePairing, Task, task_kind
@@ -113,7 +113,7 @@ def test_the_task_is_decided_once_and_both_callbacks_read_it(
         return decisions[-1]
 
     monkeypatch.setattr(model_checks_module, "decide_task", counted)
-    monkeypatch.setattr(confusion_module, "decide_task", counted)
+    monkeypatch.setattr(task_search_module, "decide_task", counted)
     pl.seed_everything(0, verbose=False)
     confusion, checks, seen = ConfusionCallback(), ModelChecksCallback(), TaskSeen()
     trainer = make_trainer(callbacks=[confusion, checks, seen], max_epochs=2)
