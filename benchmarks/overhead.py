@@ -23,8 +23,8 @@ during the fits:
   directly in the ``E2``-epoch fits, from the start of the second epoch (past the first epoch's one-time work)
   to the end of training; the rest is its fixed part. (A difference of two fits does not work here: the one-time
   work, e.g. GradientFlow's 20 dense checks, varies between fits by more than the per-epoch cost.)
-- *and its dispatch*: plus what Lightning spends dispatching every hook to six callbacks that override none
-  (``IdleCallback``, fits with ``"idle"``), which any six callbacks cost and the pack's own timers cannot see;
+- *and its dispatch*: plus what Lightning spends dispatching every hook to as many callbacks that override none
+  (``IdleCallback``, fits with ``"idle"``), which any eight callbacks cost and the pack's own timers cannot see;
 - *outside the pack*: the whole-fit difference at ``E1`` epochs less the time inside the pack, paired per repeat
   (about zero, within the noise of the whole fits, when the direct measurement misses nothing), and how much
   more of the fit went to Python's garbage collections with the pack than without it.

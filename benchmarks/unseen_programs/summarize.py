@@ -1,6 +1,6 @@
 """Summarise the QA runs: one line per output file in qa/out/ (program, seed, kind, counts, WARNING/ERROR codes).
 
-cd qa && for f in [hb]*.py; do PYTHONPATH=/work/main python $f > out/${f%.py}.txt 2>&1; done; python summarize.py
+cd qa && for f in [hbt]*.py; do PYTHONPATH=/work/main python $f > out/${f%.py}.txt 2>&1; done; python summarize.py
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    for path in sorted(Path(__file__).with_name("out").glob("[hb]*.txt")):
+    for path in sorted(Path(__file__).with_name("out").glob("[hbt]*.txt")):
         text = path.read_text()
         kind = re.search(r"^=== \S+: (\w+)", text, re.M)
         summary = re.search(r"^--- summary: (\{.*?\})", text, re.M)
