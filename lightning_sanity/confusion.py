@@ -46,6 +46,7 @@ from lightning_sanity.outputs import (
     probability_loss_floor,
     scored_outputs,
 )
+from lightning_sanity.position_prior import PositionCounts, position_evidence, with_position_prior
 from lightning_sanity.progress import has_trained, remaining_epochs
 from lightning_sanity.target_prior import InternalLossWatch, loss_at_prior, target_reading
 from lightning_sanity.task import ScorePairing, Task
@@ -189,6 +190,7 @@ class ConfusionCallback(SanityCallback):
         verdict is judged on."""
         self._counts: dict[tuple[str, int], EvalCounts] = {}
         self._eval_losses: dict[tuple[str, int], EvalLoss] = {}
+        self._positions: dict[tuple[str, int], PositionCounts] = {}
         self._splits: dict[str, SplitReader] = {}
         self._observer: StepObserver | None = None
         self.train_losses = TrainLossHistory()
@@ -376,6 +378,7 @@ class ConfusionCallback(SanityCallback):
         aligned = state.aligned_scores(trainer, pl_module, outputs, observer, parts, targets, source)
         if aligned is None:
             return
+        shape = targets.shape  # a dense task's targets before alignment flattens them: positions for their prior
         scores, targets = aligned
         checking = state.batches_checked < 3
         if checking and not state.is_classification(trainer, scores, targets):
@@ -404,6 +407,9 @@ class ConfusionCallback(SanityCallback):
             eval_loss = self._eval_losses.get((split, loader))
             if eval_loss is not None and scores.is_floating_point():
                 eval_loss.update(scores, predictions)
+            positions = self._positions.get((split, loader))
+            if positions is not None and predictions.targets.numel() == math.prod(shape):
+                positions.update(predictions.targets.view(shape), predictions.valid.view(shape))
 
     def _counts_for(self, split: str, loader: int, num_classes: int, device: torch.device) -> EvalCounts | None:
         counts = self._counts.get((split, loader))
@@ -412,6 +418,8 @@ class ConfusionCallback(SanityCallback):
             self._counts[(split, loader)] = counts
             if split != "train":
                 self._eval_losses[(split, loader)] = EvalLoss().to(device)
+            if split != "train" and self.task is not None and self.task.kind in ("dense", "token"):
+                self._positions[(split, loader)] = PositionCounts(num_classes).to(device)
         if counts.num_classes != num_classes:
             return None
         return counts
@@ -469,6 +477,7 @@ class ConfusionCallback(SanityCallback):
             eval_loss = self._read_eval_loss(split, loader)
             label = dataloader_label(split, loader)
             summary = ConfusionSummary.from_counts(values["true_positives"], values["predicted"], values["actual"])
+            summary = with_position_prior(summary, self._positions.get((split, loader)))
             if summary.total == 0:
                 continue
             self.summaries[label] = summary
@@ -532,10 +541,9 @@ class ConfusionCallback(SanityCallback):
         epochs = self.train_losses
         losses, noise = epochs.so_far() if split == "val" else (epochs.epoch_losses, epochs.epoch_noise)
         history = self._remember(trainer, split, label, summary, eval_loss, losses)
+        prior, steps = summary.input_free_entropy, trainer.global_step
         learning = (
-            learning_evidence(
-                losses, history, summary.prior_entropy, trainer.global_step, remaining_epochs(trainer, split), noise
-            )
+            learning_evidence(losses, history, prior, steps, remaining_epochs(trainer, split), noise)
             if has_trained(trainer, self.min_epochs)
             else None
         )
@@ -563,6 +571,9 @@ class ConfusionCallback(SanityCallback):
             label, summary, learning, losses, history, self._class_name, matrix, self.report_classes
         )
         story = learning_story(learning, losses, history, input_cause(collect_findings(trainer)))
+        unit = "pixel" if self.task is not None and self.task.kind == "dense" else "token"
+        position, numbers = position_evidence(summary, eval_loss, unit)
+        evidence.update(numbers)
         for code in checks:
             if code not in persisted:
                 continue
@@ -581,7 +592,7 @@ class ConfusionCallback(SanityCallback):
                 kind=self.task.kind if self.task is not None else "multiclass",
             )
             self._record_verdict(
-                trainer, code, text.severity, text.message, text.hint, subject=label, evidence=evidence
+                trainer, code, text.severity, text.message + position, text.hint, subject=label, evidence=evidence
             )
 
     def _remember(

@@ -82,6 +82,28 @@ class ConfusionSummary:
     """True share of each class among the samples: the class prior."""
     counts: tuple[tuple[int, int, int], ...] = ()
     """Per class: true positives, predictions and targets (what every other number here is computed from)."""
+    position_entropy: float | None = None
+    """For a dense or token task, the entropy of each target's class given its position (bias-corrected,
+    :class:`~lightning_sanity.position_prior.PositionPrior`): what a model that ignores its input but knows where a
+    pixel is reaches; ``None`` when not measured."""
+    position_noise: float = 0.0
+    """Standard error of :attr:`position_entropy` over the split's samples (images, sequences)."""
+    position_accuracy: float | None = None
+    """Accuracy of predicting each position's most frequent class on these targets (the best any prediction that
+    ignores the input gets); ``None`` when not measured."""
+
+    @property
+    def input_free_entropy(self) -> float:
+        """The lowest cross-entropy a model that ignores its input reaches on these targets: the class prior's
+        entropy, or the position prior's when it is lower (objects near the centre, sky at the top)."""
+        if self.position_entropy is None:
+            return self.prior_entropy
+        return min(self.prior_entropy, self.position_entropy)
+
+    @property
+    def position_is_the_prior(self) -> bool:
+        """The position prior, not the class frequencies, is what an input-ignoring model reaches."""
+        return self.input_free_entropy < self.prior_entropy
 
     @property
     def ious(self) -> list[float]:
@@ -164,6 +186,17 @@ def is_chance_level(summary: ConfusionSummary) -> bool:
     return is_no_better_than_one_class(summary) and summary.accuracy <= summary.majority_share + CHANCE_Z * noise
 
 
+def is_position_level(summary: ConfusionSummary) -> bool:
+    """On a dense or token task whose classes depend on position (:attr:`ConfusionSummary.position_is_the_prior`),
+    the accuracy is no better, within ``CHANCE_Z`` binomial standard errors, than predicting each position's most
+    frequent class: the position-prior twin of :func:`is_chance_level` (objects near the centre told apart from the
+    background by where they are, not by what the image shows)."""
+    position = summary.position_accuracy
+    if position is None or not summary.position_is_the_prior or summary.present_classes < 2:
+        return False
+    return summary.accuracy <= position + CHANCE_Z * binomial_noise(position, summary.total)
+
+
 def is_imbalance_masked(summary: ConfusionSummary) -> bool:
     """Accuracy looks fine only because one class dominates: the model mostly predicts the majority class, so its
     accuracy is about the majority rate and balanced accuracy 1/K (a model that predicts a minority class is not
@@ -204,7 +237,9 @@ def prior_loss_floor(summary: ConfusionSummary, loss_noise: float = 0.0) -> floa
     ``sqrt(Var[-ln p_y] / n)`` each (``n`` validation samples, at most as many as the training samples), and by up to
     their bias ``(K - 1) / 2n`` (Miller-Madow); the epoch mean of the training loss varies by its standard error
     ``loss_noise`` (from its step losses). The floor lies that bias and ``CHANCE_Z`` standard errors of the
-    difference below the validation prior's entropy.
+    difference below the validation prior's entropy. On a dense or token task whose position prior is lower
+    (:attr:`ConfusionSummary.input_free_entropy`), the floor is ``CHANCE_Z`` standard errors (of that prior over the
+    split's images, and of the loss) below it when that is lower.
 
     Example::
 
@@ -223,7 +258,12 @@ def prior_loss_floor(summary: ConfusionSummary, loss_noise: float = 0.0) -> floa
         return summary.prior_entropy
     spread = float((shares * shares.log() ** 2).sum()) - summary.prior_entropy**2
     noise = math.sqrt(max(spread, 0.0) / n + loss_noise**2)
-    return summary.prior_entropy - (len(shares) - 1) / (2.0 * n) - CHANCE_Z * noise
+    floor = summary.prior_entropy - (len(shares) - 1) / (2.0 * n) - CHANCE_Z * noise
+    if summary.position_is_the_prior:
+        # already bias-corrected; its noise is over the split's images, whose pixels are not independent
+        noise = math.sqrt(summary.position_noise**2 + loss_noise**2)
+        floor = min(floor, summary.input_free_entropy - CHANCE_Z * noise)
+    return floor
 
 
 def is_above_the_prior(epoch_losses: Sequence[float], floors: Sequence[float], remaining_epochs: float) -> bool:
@@ -259,7 +299,7 @@ def verdict_checks(summary: ConfusionSummary) -> dict[str, bool]:
         "eval.below_chance": below,
         "eval.prediction_collapse": is_prediction_collapse(summary),
         "eval.imbalance_masked": imbalance,
-        "eval.chance_level": is_chance_level(summary) and not imbalance and not below,
+        "eval.chance_level": (is_chance_level(summary) or is_position_level(summary)) and not imbalance and not below,
     }
 
 
@@ -377,11 +417,16 @@ def is_one_class_throughout(history: Sequence[EpochEvidence]) -> bool:
 
 
 def beats_the_prior(entry: EpochEvidence) -> bool:
-    """The validation loss is below the entropy of the validation class prior: no model that ignores its input can
+    """The validation loss is below the entropy of the validation class prior, and on a dense or token task below
+    that of its position prior (:attr:`ConfusionSummary.input_free_entropy`): no model that ignores its input can
     get there (its cross-entropy is at least that entropy), so the model uses its input in a way that transfers,
-    even while its argmax still picks the majority class."""
+    even while its argmax still picks the majority class.
+
+    The position prior is corrected for the bias of few images per position; the noise of that estimate needs no
+    margin of its own: the model's loss is measured on the same targets, and the plug-in entropy it corrects is a
+    hard floor for an input-ignoring model on them (any fixed per-position distribution scores at least it)."""
     loss = entry.eval_loss
-    return loss is not None and loss < (1.0 - PRIOR_MARGIN) * entry.summary.prior_entropy
+    return loss is not None and loss < (1.0 - PRIOR_MARGIN) * entry.summary.input_free_entropy
 
 
 def is_still_improving(eval_losses: Sequence[float | None], num_classes: int) -> bool:
