@@ -107,23 +107,28 @@ def learning_story(
             f"at the last {latest} of the run's {len(history)} validations nearly every prediction was one class "
             "and the validation loss stopped falling"
         )
-    prior = history[-1].summary.prior_entropy if history else None
+    summary = history[-1].summary if history else None
+    prior = summary.input_free_entropy if summary is not None else None
+    # the bar an input-ignoring model reaches: the class frequencies, or where the classes tend to be (a position
+    # prior, on dense and token tasks) when that is lower
+    positional = summary is not None and summary.position_is_the_prior
+    bar, learned = (
+        ("the position-prior entropy", "where each class tends to be")
+        if positional
+        else ("the class-prior entropy", "the class frequencies")
+    )
     if learning == "stuck" and prior is not None and _fell_to(losses, prior):
         return (
-            f"the training loss fell from {losses[0]:.3f} (its first epoch's mean) to the class-prior entropy "
-            f"{prior:.3f} and stayed there ({_values(losses[-3:])}): the model learned the class frequencies and "
-            "nothing else"
+            f"the training loss fell from {losses[0]:.3f} (its first epoch's mean) to {bar} {prior:.3f} and stayed "
+            f"there ({_values(losses[-3:])}): the model learned {learned} and nothing else"
         )
     if learning == "stuck":
-        return (
-            f"the training loss sits at the class-prior entropy ({_values(losses[-3:])}): "
-            "the model learned the class frequencies and nothing else"
-        )
+        return f"the training loss sits at {bar} ({_values(losses[-3:])}): the model learned {learned} and nothing else"
     if learning == "never below the prior" and prior is not None:
         fell = f"fell from {losses[0]:.3f} (its first epoch's mean) but " if _fell_to(losses, prior) else ""
         return (
-            f"the training loss {fell}never went below the class-prior entropy {prior:.3f} "
-            f"({_values(losses[-4:])}): the model learned nothing beyond the class frequencies"
+            f"the training loss {fell}never went below {bar} {prior:.3f} ({_values(losses[-4:])}): the model learned "
+            f"nothing beyond {learned}"
         )
     return f"the training loss fell from {losses[0]:.3f} to {min(losses):.3f}, so the model did train"
 
