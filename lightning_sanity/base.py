@@ -373,6 +373,31 @@ class SanityCallback(Callback):
             raise SanityError(finding)
         return finding
 
+    def record_verdict(
+        self,
+        trainer: pl.Trainer,
+        code: str,
+        severity: Severity | None,
+        message: str,
+        hint: str,
+        *,
+        subject: str,
+        evidence: Mapping[str, Any],
+    ) -> Finding:
+        """Record a verdict about learning, judged again at every validation: a repeat keeps the first epoch and its
+        count but shows the latest message and evidence (the class a collapsed model now predicts, today's R²), and
+        one resolved earlier (:meth:`resolve`) stands again.
+
+        Example::
+
+            self.record_verdict(trainer, "eval.chance_level", None, message, hint, subject="val", evidence=evidence)
+        """
+        finding = self.record(trainer, code, severity, message, hint, subject=subject, evidence=evidence)
+        if finding.key in self._findings and finding.count > 1:
+            latest = dataclasses.replace(finding, message=message, evidence=jsonable(evidence), resolved_epoch=None)
+            self._findings[finding.key] = latest
+        return self._findings.get(finding.key, finding)
+
     def resolve(self, code: str, subject: str, epoch: int) -> bool:
         """Mark the standing finding ``(code, subject)`` resolved at ``epoch``: the run overcame what it said (a
         verdict about learning the run broke out of, a risk that training proved harmless). Whether it did.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import warnings
@@ -16,7 +15,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_sanity import run as sanity_run
-from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, jsonable, require
+from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, require
 from lightning_sanity.batch import tensor_at
 from lightning_sanity.eval_metrics import EvalCounts, EvalLoss, ProbabilityLoss
 from lightning_sanity.eval_predictions import SplitReader
@@ -36,7 +35,7 @@ from lightning_sanity.learnability import (
 )
 from lightning_sanity.logged_accuracy import logged_mismatch, logged_scores
 from lightning_sanity.loggers import log_scalars, scalar_key
-from lightning_sanity.observe import StepObserver, dataloader_label
+from lightning_sanity.observe import StepCapture, StepObserver, dataloader_label
 from lightning_sanity.outputs import (
     NotClassification,
     activation_kind,
@@ -192,7 +191,7 @@ class ConfusionCallback(SanityCallback):
         self._eval_losses: dict[tuple[str, int], EvalLoss] = {}
         self._positions: dict[tuple[str, int], PositionCounts] = {}
         self._splits: dict[str, SplitReader] = {}
-        self._observer: StepObserver | None = None
+        self._capture = StepCapture()
         self.train_losses = TrainLossHistory()
         """The fit's epoch-mean training losses: what the verdicts about learning read."""
         self._suspicious: dict[str, int] = {}
@@ -211,20 +210,9 @@ class ConfusionCallback(SanityCallback):
         training and validation losses must go below (``eval.loss_at_prior``), and its validation losses."""
 
     # ----------------------------------------------------------------- capture
-    def _start_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_capture()
-        # the outputs are read, the arguments only for their shapes (no call is replayed): no copy per step
-        self._observer = StepObserver(pl_module, keep_child_outputs=True, copy_args=False)
-
-    def _stop_capture(self) -> StepObserver | None:
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            observer.close()
-        return observer
-
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._stop_capture()
+        self._capture.stop()
         super().on_exception(trainer, pl_module, exception)
 
     @override
@@ -233,7 +221,7 @@ class ConfusionCallback(SanityCallback):
         dataloader_idx: int,
     ) -> None:  # fmt: skip
         if split != "predict":  # prediction batches come without targets
-            self._start_capture(trainer, pl_module)
+            self._capture.start(pl_module)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -246,14 +234,14 @@ class ConfusionCallback(SanityCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self.on_train or self._pairing_pending() or (self.internal_loss and self.internal_loss.counting("train")):
-            self._start_capture(trainer, pl_module)
+            self._capture.start(pl_module)
 
     @override
     def on_eval_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         split: EvalSplit, dataloader_idx: int,
     ) -> None:  # fmt: skip
-        observer = self._stop_capture()
+        observer = self._capture.stop()
         if split == "predict" or (trainer.sanity_checking and self._pairing_pending()):
             return  # before the first training step, which of the batch's tensors is the target is not known yet
         if self.internal_loss is not None and split == "val" and dataloader_idx == 0 and not trainer.sanity_checking:
@@ -264,7 +252,7 @@ class ConfusionCallback(SanityCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        observer = self._stop_capture()
+        observer = self._capture.stop()
         self.train_losses.track(trainer, pl_module, outputs)
         if self._pairing_pending():
             self._find_pairing(trainer, pl_module, outputs, batch, observer)
@@ -559,7 +547,7 @@ class ConfusionCallback(SanityCallback):
             self._suspicious[key] = count
         if split == "val" and (is_learning_now(summary) or beats_the_prior(history[-1])):
             for code in checks:
-                self._resolve(code, label, trainer.current_epoch)
+                self.resolve(code, label, trainer.current_epoch)
         if learning is None:
             return
         needed = 1 if split == "test" else 2
@@ -591,7 +579,7 @@ class ConfusionCallback(SanityCallback):
                 epochs=trainer.current_epoch + 1,
                 kind=self.task.kind if self.task is not None else "multiclass",
             )
-            self._record_verdict(
+            self.record_verdict(
                 trainer, code, text.severity, text.message + position, text.hint, subject=label, evidence=evidence
             )
 
@@ -614,28 +602,6 @@ class ConfusionCallback(SanityCallback):
         history.append(entry)
         return history
 
-    def _record_verdict(
-        self,
-        trainer: pl.Trainer,
-        code: str,
-        severity: Severity,
-        message: str,
-        hint: str,
-        *,
-        subject: str,
-        evidence: dict[str, Any],
-    ) -> None:
-        """Record a verdict about learning. A repeat keeps the first epoch and its count but shows the latest
-        evidence (the class a collapsed model now predicts, today's accuracy); one resolved earlier stands again."""
-        finding = self.record(trainer, code, severity, message, hint, subject=subject, evidence=evidence)
-        if finding.key in self._findings and finding.count > 1:
-            latest = dataclasses.replace(finding, message=message, evidence=jsonable(evidence), resolved_epoch=None)
-            self._findings[finding.key] = latest
-
-    def _resolve(self, code: str, subject: str, epoch: int) -> None:
-        """A standing verdict about learning stopped holding at ``epoch``: the run broke out of it."""
-        self.resolve(code, subject, epoch)
-
     def _judge_loss(self, trainer: pl.Trainer) -> None:
         if self.internal_loss is not None:
             self._judge_loss_at_prior(trainer, self.internal_loss)
@@ -655,11 +621,11 @@ class ConfusionCallback(SanityCallback):
                 validations and (is_learning_now(validations[-1].summary) or beats_the_prior(validations[-1]))
             )
             if learning:
-                self._resolve("eval.loss_at_chance", "train", trainer.current_epoch)
+                self.resolve("eval.loss_at_chance", "train", trainer.current_epoch)
             return
         text = loss_at_chance_text(losses[-3:], classes)
         evidence = {"epoch_losses": losses[-3:], "ln_classes": chance, "num_classes": classes}
-        self._record_verdict(
+        self.record_verdict(
             trainer, "eval.loss_at_chance", text.severity, text.message, text.hint, subject="train", evidence=evidence
         )
 
@@ -684,12 +650,12 @@ class ConfusionCallback(SanityCallback):
             if split == "val" and not (losses and losses[-1] < train_floor):
                 return  # "nothing of it transfers" needs a training loss below its prior: until then, no story
             if learning is None or prior is None:
-                self._resolve("eval.loss_at_prior", split, trainer.current_epoch)
+                self.resolve("eval.loss_at_prior", split, trainer.current_epoch)
                 continue
             text = loss_at_prior_text(split, split_losses[-4:], losses, prior.entropy, prior.summary.present_classes)
             evidence = {"epoch_losses": [round(v, 4) for v in split_losses[-4:]], "prior_floor": round(floor, 4)}
             evidence.update(prior.evidence(), training=learning, epoch_train_losses=[round(v, 4) for v in losses[-4:]])
-            self._record_verdict(
+            self.record_verdict(
                 trainer, "eval.loss_at_prior", text.severity, text.message, text.hint, subject=split, evidence=evidence
             )
             return  # a training loss at the prior explains the validation loss at it
@@ -724,7 +690,7 @@ class ConfusionCallback(SanityCallback):
 
     @override
     def release(self) -> None:
-        self._stop_capture()
+        self._capture.stop()
 
     @override
     def report_sections(self) -> list[tuple[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +13,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_sanity import run as sanity_run
-from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_number, jsonable, require
+from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_number, require
 from lightning_sanity.batch import tensor_at
 from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.findings import Severity
@@ -34,7 +33,7 @@ from lightning_sanity.multilabel_metrics import (
     told_apart_margin,
     verdict_checks,
 )
-from lightning_sanity.observe import StepObserver, dataloader_label
+from lightning_sanity.observe import StepCapture, StepObserver, dataloader_label
 from lightning_sanity.progress import has_trained, remaining_epochs
 from lightning_sanity.task import Task
 from lightning_sanity.task_search import TaskSearch
@@ -146,7 +145,7 @@ class MultiLabelCallback(SanityCallback):
         self.train_losses = TrainLossHistory()
         self._counts: dict[tuple[str, int], MultiLabelCounts] = {}
         self._readers: dict[str, SplitReader] = {}
-        self._observer: StepObserver | None = None
+        self._capture = StepCapture()
         self._suspicious: dict[str, int] = {}
         self._label_names: list[str] | None = None
         self._search = TaskSearch()
@@ -164,12 +163,6 @@ class MultiLabelCallback(SanityCallback):
         return None
 
     # ----------------------------------------------------------------- capture
-    def _stop_capture(self) -> StepObserver | None:
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            observer.close()
-        return observer
-
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.task = None
@@ -179,24 +172,24 @@ class MultiLabelCallback(SanityCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._stop_capture()
+        self._capture.stop()
         if self._searching() and sanity_run.task_of(trainer) is None:
             # used alone, this callback decides the run's task itself from the first steps' forward calls
-            self._observer = StepObserver(pl_module, keep_child_outputs=True, copy_args=False)
+            self._capture.start(pl_module)
 
     def _searching(self) -> bool:
         return self.task is None and self._search.looking(self.batch_adapter is not None)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._stop_capture()
+        self._capture.stop()
         super().on_exception(trainer, pl_module, exception)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        observer = self._stop_capture()
+        observer = self._capture.stop()
         if self._searching():
             self._search.step(trainer, pl_module, outputs, batch, lambda: self.split_batch(trainer, batch), observer)
         if self.task is not None or sanity_run.task_of(trainer) is None or self._read_task(trainer) is not None:
@@ -211,17 +204,17 @@ class MultiLabelCallback(SanityCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: EvalSplit,
         dataloader_idx: int,
     ) -> None:  # fmt: skip
-        self._stop_capture()
+        self._capture.stop()
         if split != "predict" and not trainer.sanity_checking and self._read_task(trainer) is not None:
             # the outputs are read, the arguments only for their shapes: no copy per step
-            self._observer = StepObserver(pl_module, keep_child_outputs=True, copy_args=False)
+            self._capture.start(pl_module)
 
     @override
     def on_eval_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         split: EvalSplit, dataloader_idx: int,
     ) -> None:  # fmt: skip
-        observer = self._stop_capture()
+        observer = self._capture.stop()
         if observer is not None and self.task is not None:
             self._observe(trainer, pl_module, split, outputs, batch, dataloader_idx, observer, self.task)
 
@@ -392,7 +385,7 @@ class MultiLabelCallback(SanityCallback):
             self._suspicious[key] = count
         if split == "val" and (labels_told_apart(summary) or beats_the_prior(summary)):
             for code in checks:
-                self._resolve(code, label, trainer.current_epoch)
+                self.resolve(code, label, trainer.current_epoch)
         needed = 1 if split == "test" else 2
         for code in checks:
             if learning is None or self._suspicious[f"{code}:{label}"] < needed:
@@ -400,10 +393,7 @@ class MultiLabelCallback(SanityCallback):
             story = learning_story(learning, losses, history, input_cause(collect_findings(trainer)))
             message, hint = verdict_text(code, label, summary, story, self._label_name)
             evidence = self._evidence(label, summary, learning, losses, history)
-            finding = self.record(trainer, code, None, message, hint, subject=label, evidence=evidence)
-            if finding.key in self._findings and finding.count > 1:  # a repeat shows the latest evidence
-                latest = dataclasses.replace(finding, message=message, evidence=jsonable(evidence), resolved_epoch=None)
-                self._findings[finding.key] = latest
+            self.record_verdict(trainer, code, None, message, hint, subject=label, evidence=evidence)
 
     def _remember(
         self, trainer: pl.Trainer, split: str, label: str, summary: MultiLabelSummary, losses: Sequence[float]
@@ -415,12 +405,6 @@ class MultiLabelCallback(SanityCallback):
         history = self.history.setdefault(label, [])
         history.append(entry)
         return history
-
-    def _resolve(self, code: str, subject: str, epoch: int) -> None:
-        """A standing verdict stopped holding at ``epoch``: the run broke out of it."""
-        finding = self._findings.get((code, subject))
-        if finding is not None and finding.resolved_epoch is None:
-            self._findings[finding.key] = dataclasses.replace(finding, resolved_epoch=epoch)
 
     def _evidence(
         self,
@@ -457,7 +441,7 @@ class MultiLabelCallback(SanityCallback):
     # --------------------------------------------------------------- report
     @override
     def release(self) -> None:
-        self._stop_capture()
+        self._capture.stop()
 
     @override
     def report_sections(self) -> list[tuple[str, str]]:

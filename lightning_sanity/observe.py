@@ -331,6 +331,35 @@ class StepObserver:
         return self._keep_child_outputs and nested and len(self.child_outputs) < self._CHILD_OUTPUTS_KEPT
 
 
+class StepCapture:
+    """A callback's one :class:`StepObserver` at a time: started when a batch begins, handed over when it ends, and
+    closed on an exception or at the run's end, so no hook outlives the step it watches.
+
+    The outputs are read, the arguments only for their shapes (no call is replayed): no copy per step.
+
+    Example::
+
+        capture = StepCapture()
+        capture.start(pl_module)  # on_*_batch_start
+        observer = capture.stop()  # on_*_batch_end: the calls the step made, or None
+    """
+
+    def __init__(self) -> None:
+        self._observer: StepObserver | None = None
+
+    def start(self, module: pl.LightningModule) -> None:
+        """Watch ``module``'s forward calls (and its direct children's outputs) until :meth:`stop`."""
+        self.stop()
+        self._observer = StepObserver(module, keep_child_outputs=True, copy_args=False)
+
+    def stop(self) -> StepObserver | None:
+        """Stop watching; the observer of the step, ``None`` if none was started."""
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.close()
+        return observer
+
+
 def _detached(value: Any) -> Any:
     """Detached views, no copy: enough to read shapes (a replay would see in-place edits made by forward)."""
     return map_tensors(value, Tensor.detach)

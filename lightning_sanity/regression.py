@@ -3,7 +3,6 @@ loss says about why."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -15,12 +14,12 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_sanity import run as sanity_run
-from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, jsonable, require
+from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, require
 from lightning_sanity.batch import tensor_at
 from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.learnability import CHANCE_Z
 from lightning_sanity.loggers import log_scalars, scalar_key
-from lightning_sanity.observe import StepObserver, dataloader_label
+from lightning_sanity.observe import StepCapture, StepObserver, dataloader_label
 from lightning_sanity.progress import has_trained, remaining_epochs
 from lightning_sanity.regression_metrics import (
     CONSTANT_SHARE,
@@ -108,7 +107,7 @@ class RegressionCallback(SanityCallback):
         """The training steps' losses next to the best constant prediction's (:class:`TrainingFit`)."""
         self._sums: dict[tuple[str, int], RegressionSums] = {}
         self._splits: dict[str, SplitReader] = {}
-        self._observer: StepObserver | None = None
+        self._capture = StepCapture()
         self._suspicious: dict[str, int] = {}
         self._search = TaskSearch()
 
@@ -128,15 +127,9 @@ class RegressionCallback(SanityCallback):
         return task
 
     # ----------------------------------------------------------------- capture
-    def _stop_capture(self) -> StepObserver | None:
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            observer.close()
-        return observer
-
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._stop_capture()
+        self._capture.stop()
         super().on_exception(trainer, pl_module, exception)
 
     @override
@@ -149,10 +142,10 @@ class RegressionCallback(SanityCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._stop_capture()
+        self._capture.stop()
         if self._searching() and sanity_run.task_of(trainer) is None:
             # used alone, this callback decides the run's task itself from the first steps' forward calls
-            self._observer = StepObserver(pl_module, keep_child_outputs=True, copy_args=False)
+            self._capture.start(pl_module)
 
     def _searching(self) -> bool:
         return self.task is None and self._search.looking(self.batch_adapter is not None)
@@ -161,7 +154,7 @@ class RegressionCallback(SanityCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        observer = self._stop_capture()
+        observer = self._capture.stop()
         if self._searching():
             self._search.step(trainer, pl_module, outputs, batch, lambda: self.split_batch(trainer, batch), observer)
         task = self._regression(trainer)
@@ -183,17 +176,17 @@ class RegressionCallback(SanityCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: EvalSplit,
         dataloader_idx: int,
     ) -> None:  # fmt: skip
-        self._stop_capture()
+        self._capture.stop()
         if split != "predict" and not trainer.sanity_checking and self._regression(trainer) is not None:
             # the outputs are read, the arguments only for their shapes (no call is replayed): no copy per step
-            self._observer = StepObserver(pl_module, keep_child_outputs=True, copy_args=False)
+            self._capture.start(pl_module)
 
     @override
     def on_eval_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         split: EvalSplit, dataloader_idx: int,
     ) -> None:  # fmt: skip
-        observer = self._stop_capture()
+        observer = self._capture.stop()
         task = self._regression(trainer)
         if observer is None or task is None or split == "predict":
             return
@@ -291,25 +284,16 @@ class RegressionCallback(SanityCallback):
             count = max(count, _held_since(history))
         self._suspicious[label] = count
         if split == "val" and beats_the_mean(summary):
-            self._resolve(label, trainer.current_epoch)
+            self.resolve("eval.regression_at_mean", label, trainer.current_epoch)
         if learning is None or count < (1 if split == "test" else 2):
             return
         message, hint, evidence = _verdict(trainer, label, summary, learning, epochs, r2s)
-        finding = self.record(trainer, "eval.regression_at_mean", None, message, hint, subject=label, evidence=evidence)
-        if finding.key in self._findings and finding.count > 1:  # a repeat shows the latest evidence
-            latest = dataclasses.replace(finding, message=message, evidence=jsonable(evidence), resolved_epoch=None)
-            self._findings[finding.key] = latest
-
-    def _resolve(self, subject: str, epoch: int) -> None:
-        """A standing verdict stopped holding at ``epoch``: the run broke out of it."""
-        finding = self._findings.get(("eval.regression_at_mean", subject))
-        if finding is not None and finding.resolved_epoch is None:
-            self._findings[finding.key] = dataclasses.replace(finding, resolved_epoch=epoch)
+        self.record_verdict(trainer, "eval.regression_at_mean", None, message, hint, subject=label, evidence=evidence)
 
     # --------------------------------------------------------------- report
     @override
     def release(self) -> None:
-        self._stop_capture()
+        self._capture.stop()
 
     @override
     def report_sections(self) -> list[tuple[str, str]]:
