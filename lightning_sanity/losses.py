@@ -126,6 +126,9 @@ class LossContext:
             smoothing = loss_attribute(sub, "label_smoothing", float)
             if smoothing is not None and 0 < smoothing < 1 and smoothing not in smoothings:
                 smoothings.append(smoothing)
+            pos_weight = loss_attribute(sub, "pos_weight", Tensor)
+            if pos_weight is not None and _is_class_weights(pos_weight, nonnegative=True):
+                weights.append((f"{name}.pos_weight", pos_weight.detach()))
             ignore = loss_attribute(sub, "ignore_index", int)
             if ignore is not None and ignore not in ignores:
                 ignores.append(ignore)
@@ -264,6 +267,35 @@ def elementwise_candidates(output: Tensor, targets: Tensor) -> list[LossCandidat
             for reduction, value in (("", losses.mean()), ("sum", losses.sum())):
                 if math.isfinite(float(value)):
                     found.append(LossCandidate(name, float(value), reduction, shape))
+    return found
+
+
+def positive_weight_candidates(output: Tensor, targets: Tensor, context: LossContext) -> list[LossCandidate]:
+    """BCE-with-logits readings of ``[N, C]`` logits against same-shaped targets in ``[0, 1]`` with each ``[C]``
+    weight of the model as ``pos_weight`` (the usual remedy for rare labels: a buffer passed to
+    ``F.binary_cross_entropy_with_logits(..., pos_weight=...)``, or a ``BCEWithLogitsLoss(pos_weight=...)``).
+
+    Example::
+
+        >>> logits, targets, weight = torch.randn(8, 3), torch.randint(0, 2, (8, 3)).float(), torch.tensor([1.0, 2, 5])
+        >>> value = float(F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight))
+        >>> context = LossContext(weights=[("pos_weight", weight)])
+        >>> [c.variant for c in positive_weight_candidates(logits, targets, context) if abs(c.value - value) < 1e-6]
+        ['pos_weight=pos_weight']
+    """
+    if output.ndim < 2 or output.shape != targets.shape or not output.is_floating_point() or targets.is_complex():
+        return []
+    target = targets.to(output.dtype)
+    if not bool(((target >= 0) & (target <= 1)).all()):
+        return []
+    found = []
+    for name, weight in context.weights:
+        if len(weight) != output.shape[-1]:
+            continue
+        positive = weight.to(output)
+        value = _safe(lambda: F.binary_cross_entropy_with_logits(output, target, pos_weight=positive))  # noqa: B023
+        if value is not None:
+            found.append(LossCandidate("bce_with_logits", value, f"pos_weight={name}"))
     return found
 
 
@@ -415,6 +447,7 @@ def _loss_candidates(
             class_pair = None
     candidates += elementwise_candidates(output, targets.float() if targets.dtype == torch.bool else targets)
     candidates += soft_target_candidates(output, targets)
+    candidates += positive_weight_candidates(output, targets, context)
     return candidates, class_pair
 
 

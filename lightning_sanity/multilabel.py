@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from typing_extensions import override
@@ -253,7 +254,15 @@ class MultiLabelCallback(SanityCallback):
                 reader.not_classification(trainer, "the targets are not multi-hot (values other than 0 and 1)")
                 return
         probabilities = task.loss in PROBABILITY_LOSSES
-        threshold = self.threshold if self.threshold is not None else 0.5 if probabilities else 0.0
+        if self.threshold is not None:
+            threshold: float | Tensor = self.threshold
+        elif probabilities:
+            threshold = 0.5
+        else:
+            # logits, unless the whole batch lies in [0, 1]: a sigmoid already applied (a bug output.activated names)
+            # is still read as the user reads it, at 0.5; decided on the device, no host read
+            inside = ((scores >= 0) & (scores <= 1)).all()
+            threshold = torch.where(inside, 0.5, 0.0).to(scores.dtype)
         counts = self._counts.get((split, loader))
         if counts is None:
             counts = self._counts[(split, loader)] = MultiLabelCounts(scores.shape[1]).to(pl_module.device)
@@ -473,8 +482,9 @@ def correct_readings(
     Example::
 
         >>> summary = MultiLabelSummary(10, (4, 2), (5, 2), (4, 3), exact=7, samples_f1=0.8)
-        >>> sorted(correct_readings("val_acc", summary, {})[0])
-        ['accumulated Hamming accuracy', 'accumulated subset accuracy']
+        >>> sorted(correct_readings("val_acc", summary, {})[0])  # doctest: +NORMALIZE_WHITESPACE
+        ['accumulated Hamming accuracy', 'accumulated accuracy of label 0', 'accumulated accuracy of label 1',
+         'accumulated subset accuracy']
     """
     lowered = key.lower()
     f1 = {
@@ -488,6 +498,14 @@ def correct_readings(
         "accumulated subset accuracy": summary.subset_accuracy,
         "accumulated Hamming accuracy": summary.hamming_accuracy,
     }
+    # one label's own F1 or accuracy (a rare label's, logged beside the average) is a correct reading too
+    for label, (label_f1, tp, predicted, actual) in enumerate(
+        zip(summary.f1_scores, summary.true_positives, summary.predicted, summary.actual, strict=True)
+    ):
+        f1[f"accumulated F1 of label {label}"] = label_f1
+        accuracy[f"accumulated accuracy of label {label}"] = 1.0 - (predicted + actual - 2 * tp) / max(
+            summary.samples, 1
+        )
     wanted = ("f1",) if "f1" in lowered else ("acc",) if "acc" in lowered else ("f1", "acc")
     correct = {**(f1 if "f1" in wanted else {}), **(accuracy if "acc" in wanted else {})}
     batch_means = {}

@@ -38,15 +38,16 @@ def digit_attributes(split: str, rare: bool = False, shuffled: bool = False) -> 
 
 
 class MultiLabelNet(pl.LightningModule):
-    """An MLP trained with BCE-with-logits; ``sigmoid_twice`` squashes its logits before that loss."""
+    """An MLP trained with BCE-with-logits; ``sigmoid_twice`` squashes its logits before that loss, ``blind``
+    multiplies its input by zero (the model cannot see the digit)."""
 
-    def __init__(self, lr: float = 3e-3, sigmoid_twice: bool = False) -> None:
+    def __init__(self, lr: float = 3e-3, sigmoid_twice: bool = False, blind: bool = False) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, LABELS))
-        self.lr, self.sigmoid_twice = lr, sigmoid_twice
+        self.lr, self.sigmoid_twice, self.blind = lr, sigmoid_twice, blind
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.net(x)
+        logits = self.net(x * 0 if self.blind else x)
         return logits.sigmoid() if self.sigmoid_twice else logits
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -115,12 +116,20 @@ def test_idle_on_a_multiclass_run(make_trainer: Any) -> None:
 
 
 # ---- eval.multilabel_collapse / eval.multilabel_chance_level ---------------------------------------------------------
-def test_sigmoid_twice_collapses_to_every_label_positive(make_trainer: Any) -> None:
-    trainer, _ = fit(make_trainer, MultiLabelNet(sigmoid_twice=True), epochs=4)
+def test_sigmoid_twice_is_read_at_one_half_and_named_by_output_activated(make_trainer: Any) -> None:
+    """Outputs already through a sigmoid are read as the user reads them (at 0.5, not as logits at 0, which would
+    make every label positive): the bug is the activation, which output.activated names, not a collapse."""
+    trainer, callback = fit(make_trainer, MultiLabelNet(sigmoid_twice=True), epochs=4)
+    assert "output.activated" in {f.code for f in problems(trainer)}
+    assert not {"eval.multilabel_collapse", "eval.multilabel_metric_mismatch"} & {f.code for f in problems(trainer)}
+    assert max(callback.summaries["val"].predicted_rate) < 1.0
+
+
+def test_a_model_blind_to_its_input_collapses_to_one_label_set(make_trainer: Any) -> None:
+    trainer, callback = fit(make_trainer, MultiLabelNet(lr=1e-2, blind=True), epochs=4)
     finding = one(trainer, "eval.multilabel_collapse")
-    assert finding.severity == Severity.ERROR and finding.subject == "val"
-    assert "every label positive" in finding.message and "prevalence" in finding.message
-    assert finding.evidence["predicted_rate"]["3"] == 1.0
+    assert finding.severity == Severity.ERROR and finding.subject == "val" and finding.standing
+    assert set(finding.evidence["predicted_rate"].values()) <= {0.0, 1.0}  # the same label set for every sample
 
 
 def test_shuffled_labels_reported_as_no_better_than_ignoring_the_input(make_trainer: Any) -> None:
@@ -189,6 +198,38 @@ class TorchmetricsLogged(MultiLabelNet):
         self.log("val_macro_f1", self.macro)
         self.log("val_acc", self.hamming)
         self.log("val_subset_acc", ((logits > 0) == (y > 0)).all(1).float().mean())
+
+
+class WeightedRareLabel(MultiLabelNet):
+    """The usual remedy for a rare label: ``pos_weight`` in a functional BCE-with-logits, with the rare label's own F1
+    logged beside the macro F1 (torchmetrics per-label scores)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", torch.tensor([1.0, 1.0, 1.0, 5.0]))
+        self.per_label = MultilabelF1Score(LABELS, average="none")
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(self(x), y, pos_weight=self.pos_weight)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.per_label.update(self(x), y.long())
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.per_label.compute()
+        self.log("val_f1_sevens", scores[3])
+        self.log("val_f1_macro", scores.mean())
+        self.per_label.reset()
+
+
+def test_a_pos_weighted_loss_is_a_multilabel_task_and_a_per_label_f1_is_a_correct_reading(make_trainer: Any) -> None:
+    trainer, callback = fit(make_trainer, WeightedRareLabel(), epochs=3)
+    assert callback.task is not None and callback.task.kind == "multilabel"
+    assert problems(trainer) == []
+    f1_sevens = float(trainer.callback_metrics["val_f1_sevens"])
+    assert f1_sevens == pytest.approx(callback.summaries["val"].f1_scores[3], abs=1e-6)
 
 
 def test_assignment_bug_in_a_logged_f1_is_a_mismatch(make_trainer: Any) -> None:
