@@ -22,9 +22,14 @@ SYMPTOMS = frozenset(
         "eval.prediction_collapse",
         "eval.imbalance_masked",
         "eval.below_chance",
+        "eval.regression_at_mean",
+        "eval.multilabel_collapse",
+        "eval.multilabel_chance_level",
+        "eval.loss_at_prior",
     }
 )
-"""Standing findings that say the run is stuck, collapsed or at chance: they open the triage section."""
+"""Standing findings that say the run is stuck, collapsed or at chance (a regression at the mean, a language model at
+its targets' frequencies): they open the triage section."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,13 @@ CAUSES: tuple[Cause, ...] = (
     ),
     Cause(
         LABELS_CHECK,
-        ("target.shape", "target.single_class_batches", "eval.below_chance"),
+        ("target.shape", "target.single_class_batches", "eval.below_chance", "data.target_in_input"),
         ("BatchStatsCallback", "ConfusionCallback"),
+    ),
+    Cause(
+        "targets and loss fit the task?",
+        ("target.unscaled", "loss.softmax_multilabel", "target.mask_interpolated"),
+        ("ModelChecksCallback", "BatchStatsCallback"),
     ),
     Cause(
         "gradients reach every layer?",

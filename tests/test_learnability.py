@@ -494,7 +494,7 @@ def test_a_stuck_run_gets_a_triage_in_every_report_form(make_trainer: Any, tmp_p
     trainer = fit(make_trainer, Blind(mlp(64, 2), lr=1e-2), train, val, 4, callbacks=callbacks, logger=logger)
     report = json.loads(next(tmp_path.glob("**/sanity_report_fit.json")).read_text())
     rows = {row["check"]: row for row in report["triage"]}
-    assert len(rows) == 8 and set(rows["inputs used?"]) == {"check", "status", "code"}
+    assert len(rows) == 9 and set(rows["inputs used?"]) == {"check", "status", "code"}
     assert rows["outputs activated before the loss?"]["status"] == "fine"
     assert rows["model in train mode?"]["status"] == "fine"
     assert rows["inputs used?"] == {"check": "inputs used?", "status": "wrong", "code": "model.input_independent"}

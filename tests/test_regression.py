@@ -15,6 +15,7 @@ from support import quiet
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import lightning_sanity as ls
 from lightning_sanity import Finding, ModelChecksCallback, Severity
 from lightning_sanity.regression import RegressionCallback
 from lightning_sanity.regression_metrics import RegressionSummary, as_columns
@@ -160,6 +161,12 @@ def test_unscaled_targets_are_caught_with_their_scale_named(make_trainer: Callab
     finding = at_mean(callback)[0]
     assert finding.evidence["training"] == "at the mean"
     assert "far from standardised" in finding.message and "Standardise the targets" in finding.hint
+    # the report's triage opens on it and points at the targets ModelChecksCallback measured at step 0
+    report = ls.last_report(trainer)
+    assert report is not None
+    rows = {row.check: row for row in report.triage}
+    assert rows["targets and loss fit the task?"].status == "wrong"
+    assert rows["targets and loss fit the task?"].code == "target.unscaled"
 
 
 def test_a_test_run_after_the_fit_is_judged_on_its_own(make_trainer: Callable[..., pl.Trainer]) -> None:
