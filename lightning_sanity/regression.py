@@ -14,7 +14,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_sanity import run as sanity_run
-from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, require
+from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, require, resolve_findings
 from lightning_sanity.batch import tensor_at
 from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.learnability import CHANCE_Z
@@ -42,6 +42,11 @@ UNREAD_HINT = (
     "Return the predictions from the step (e.g. `return {'preds': y_hat}`) or call `self(x)` in it, with as many "
     "values per sample as the targets; or pass batch_adapter=lambda batch: (inputs, targets)."
 )
+FITTED_DESPITE_SCALE = 0.5
+"""A validation R² clearly above 0 that explains at least half of the targets' variance around the training mean: the
+model learned far more than the mean, so a step-0 ``target.unscaled`` (which says it would not) did not come true and
+is marked resolved (calibrate_task_checks.py counts a run with unscaled targets as learned at half the R² of its
+standardised twin; raw diabetes targets under Adam 3e-2 to 3e-1 reach 0.60, stuck runs stay near 0)."""
 UNSCALED_RATIO = 10.0
 """Training targets whose mean lies this many standard deviations from 0, or whose standard deviation is this far
 from 1 (either way), are named as unscaled in the story of a model that never beat their mean (target.unscaled's
@@ -285,6 +290,9 @@ class RegressionCallback(SanityCallback):
         self._suspicious[label] = count
         if split == "val" and beats_the_mean(summary):
             self.resolve("eval.regression_at_mean", label, trainer.current_epoch)
+        if split == "val" and beats_the_mean(summary) and summary.r2 >= FITTED_DESPITE_SCALE:
+            # target.unscaled warned at step 0 that the model would learn little more than the mean: it did
+            resolve_findings(trainer, "target.unscaled", trainer.current_epoch)
         if learning is None or count < (1 if split == "test" else 2):
             return
         message, hint, evidence = _verdict(trainer, label, summary, learning, epochs, r2s)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_diabetes
-from support import quiet
+from support import problems, quiet
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -167,6 +167,18 @@ def test_unscaled_targets_are_caught_with_their_scale_named(make_trainer: Callab
     rows = {row.check: row for row in report.triage}
     assert rows["targets and loss fit the task?"].status == "wrong"
     assert rows["targets and loss fit the task?"].code == "target.unscaled"
+    assert next(f for f in ls.collect_findings(trainer) if f.code == "target.unscaled").standing
+
+
+def test_unscaled_targets_a_model_fits_anyway_resolve_the_step_zero_warning(
+    make_trainer: Callable[..., pl.Trainer],
+) -> None:
+    """Raw diabetes targets (25-346) under Adam at 0.1: the step-0 target.unscaled said the model would learn little
+    more than the mean; it explains most of the variance instead, so the warning is marked resolved, not standing."""
+    trainer, callback = fit(make_trainer, Regressor(mlp(10, hidden=64), lr=1e-1), diabetes(scale=False), epochs=15)
+    [unscaled] = [f for f in ls.collect_findings(trainer) if f.code == "target.unscaled"]
+    assert callback.summaries["val"].r2 >= 0.5
+    assert unscaled.resolved_epoch is not None and [f for f in problems(trainer) if f.standing] == []
 
 
 def test_a_test_run_after_the_fit_is_judged_on_its_own(make_trainer: Callable[..., pl.Trainer]) -> None:
