@@ -14,7 +14,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_sanity import run as sanity_run
-from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_number, require
+from lightning_sanity.base import collect_findings, is_number, require
 from lightning_sanity.batch import tensor_at
 from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.findings import Severity
@@ -34,10 +34,10 @@ from lightning_sanity.multilabel_metrics import (
     told_apart_margin,
     verdict_checks,
 )
-from lightning_sanity.observe import StepCapture, StepObserver, dataloader_label
+from lightning_sanity.observe import StepObserver, dataloader_label
 from lightning_sanity.progress import has_trained, remaining_epochs
 from lightning_sanity.task import Task
-from lightning_sanity.task_search import TaskSearch
+from lightning_sanity.task_callback import TaskCallback
 from lightning_sanity.train_loss import TrainLossHistory
 from lightning_sanity.triage import input_cause
 
@@ -68,7 +68,7 @@ def multilabel_scores(output: Tensor, targets: Tensor) -> tuple[Tensor, Tensor] 
     return output, targets
 
 
-class MultiLabelCallback(SanityCallback):
+class MultiLabelCallback(TaskCallback):
     """Accumulate per-label counts of a multi-label model over every validation (and test) epoch and judge them.
 
     Runs only when the run's task (:func:`lightning_sanity.run.task_of`, decided once on the first training steps by
@@ -103,6 +103,7 @@ class MultiLabelCallback(SanityCallback):
     """
 
     name: ClassVar[str] = "multilabel"
+    kind: ClassVar[str] = "multilabel"
     batch_checks: ClassVar[str] = "multi-label F1, prevalence and learnability verdicts (eval.multilabel_*)"
 
     def __init__(
@@ -117,8 +118,7 @@ class MultiLabelCallback(SanityCallback):
         ignore: Sequence[str] | None = None,
         severity: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(strict=strict, batch_adapter=batch_adapter)
-        self.configure_findings(ignore, severity)
+        super().__init__(strict=strict, batch_adapter=batch_adapter, ignore=ignore, severity=severity)
         require(isinstance(min_epochs, int) and min_epochs >= 1, "min_epochs", "an int >= 1", min_epochs)
         require(
             not isinstance(compare_keys, str) and all(isinstance(k, str) for k in compare_keys),
@@ -137,8 +137,6 @@ class MultiLabelCallback(SanityCallback):
         self.compare_keys = tuple(compare_keys)
         self.threshold = threshold
         self.report_labels = report_labels
-        self.task: Task | None = None
-        """The run's multi-label task, once published (``None`` for any other task: nothing is judged)."""
         self.summaries: dict[str, MultiLabelSummary] = {}
         """Last :class:`~lightning_sanity.multilabel_metrics.MultiLabelSummary` per split label."""
         self.history: dict[str, list[MultiLabelEpoch]] = {}
@@ -146,54 +144,17 @@ class MultiLabelCallback(SanityCallback):
         self.train_losses = TrainLossHistory()
         self._counts: dict[tuple[str, int], MultiLabelCounts] = {}
         self._readers: dict[str, SplitReader] = {}
-        self._capture = StepCapture()
         self._suspicious: dict[str, int] = {}
         self._label_names: list[str] | None = None
-        self._search = TaskSearch()
 
-    # ----------------------------------------------------------------- the task
-    def _read_task(self, trainer: pl.Trainer) -> Task | None:
-        """The run's task when it is multi-label (decided by another callback on the first training steps). A
-        validate / test run after the fit judges the fit's task: it is published again for that run."""
-        task = sanity_run.task_of(trainer)
-        if task is None and self.task is not None and trainer.state.fn != TrainerFn.FITTING:
-            task = sanity_run.publish_task(trainer, self.task)
-        if task is not None and task.kind == "multilabel" and task.pairing is not None:
-            self.task = task
-            return task
-        return None
-
-    # ----------------------------------------------------------------- capture
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.task = None
-        self._search.reset()
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._capture.stop()
-        if self._searching() and sanity_run.task_of(trainer) is None:
-            # used alone, this callback decides the run's task itself from the first steps' forward calls
-            self._capture.start(pl_module)
-
-    def _searching(self) -> bool:
-        return self.task is None and self._search.looking(self.batch_adapter is not None)
-
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._capture.stop()
-        super().on_exception(trainer, pl_module, exception)
-
+    # ---------------------------------------------------------------- training
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        observer = self._capture.stop()
-        if self._searching():
-            self._search.step(trainer, pl_module, outputs, batch, lambda: self.split_batch(trainer, batch), observer)
-        if self.task is not None or sanity_run.task_of(trainer) is None or self._read_task(trainer) is not None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # from the first step on, until the run's task is known to be another kind
+        if self.task is not None or sanity_run.task_of(trainer) is None or self.run_task(trainer) is not None:
             self.train_losses.track(trainer, pl_module, outputs)
 
     @override
@@ -201,34 +162,16 @@ class MultiLabelCallback(SanityCallback):
         self.train_losses.end_epoch()
 
     @override
-    def on_eval_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: EvalSplit,
-        dataloader_idx: int,
-    ) -> None:  # fmt: skip
-        self._capture.stop()
-        if split != "predict" and not trainer.sanity_checking and self._read_task(trainer) is not None:
-            # the outputs are read, the arguments only for their shapes: no copy per step
-            self._capture.start(pl_module)
-
-    @override
-    def on_eval_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        split: EvalSplit, dataloader_idx: int,
-    ) -> None:  # fmt: skip
-        observer = self._capture.stop()
-        if observer is not None and self.task is not None:
-            self._observe(trainer, pl_module, split, outputs, batch, dataloader_idx, observer, self.task)
-
-    def _observe(
+    def observe_eval_batch(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
+        task: Task,
         split: str,
         outputs: Any,
         batch: Any,
         loader: int,
         observer: StepObserver,
-        task: Task,
     ) -> None:
         reader = self._readers.setdefault(
             split,
@@ -448,10 +391,6 @@ class MultiLabelCallback(SanityCallback):
         return str(index)
 
     # --------------------------------------------------------------- report
-    @override
-    def release(self) -> None:
-        self._capture.stop()
-
     @override
     def report_sections(self) -> list[tuple[str, str]]:
         return [

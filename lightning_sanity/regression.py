@@ -13,13 +13,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_sanity import run as sanity_run
-from lightning_sanity.base import EvalSplit, SanityCallback, collect_findings, is_int, require, resolve_findings
+from lightning_sanity.base import collect_findings, is_int, require, resolve_findings
 from lightning_sanity.batch import tensor_at
 from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.learnability import CHANCE_Z
 from lightning_sanity.loggers import log_scalars, scalar_key
-from lightning_sanity.observe import StepCapture, StepObserver, dataloader_label
+from lightning_sanity.observe import StepObserver, dataloader_label
 from lightning_sanity.progress import has_trained, remaining_epochs
 from lightning_sanity.regression_metrics import (
     CONSTANT_SHARE,
@@ -35,7 +34,7 @@ from lightning_sanity.regression_metrics import (
     is_at_mean,
 )
 from lightning_sanity.task import Task
-from lightning_sanity.task_search import TaskSearch
+from lightning_sanity.task_callback import TaskCallback
 from lightning_sanity.triage import input_cause
 
 UNREAD_HINT = (
@@ -53,7 +52,7 @@ from 1 (either way), are named as unscaled in the story of a model that never be
 own threshold is in docs/findings.md)."""
 
 
-class RegressionCallback(SanityCallback):
+class RegressionCallback(TaskCallback):
     """Judge a regression run's evaluation: R² against predicting the training targets' mean, constant predictions.
 
     Idle unless the run's task (decided once on the first training steps by whichever callback gets there first, this
@@ -87,6 +86,7 @@ class RegressionCallback(SanityCallback):
     """
 
     name: ClassVar[str] = "regression"
+    kind: ClassVar[str] = "regression"
     batch_checks: ClassVar[str] = "R² against the training mean (eval.regression_at_mean)"
 
     def __init__(
@@ -98,12 +98,9 @@ class RegressionCallback(SanityCallback):
         ignore: Sequence[str] | None = None,
         severity: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(strict=strict, batch_adapter=batch_adapter, figure_every_n_epochs=0)
-        self.configure_findings(ignore, severity)
+        super().__init__(strict=strict, batch_adapter=batch_adapter, ignore=ignore, severity=severity)
         require(is_int(min_epochs) and min_epochs >= 1, "min_epochs", "an int >= 1", min_epochs)
         self.min_epochs = min_epochs
-        self.task: Task | None = None
-        """The run's task, once published (kept for a validate / test run after the fit)."""
         self.summaries: dict[str, RegressionSummary] = {}
         """The last :class:`~lightning_sanity.regression_metrics.RegressionSummary` per split label."""
         self.history: dict[str, list[RegressionSummary]] = {}
@@ -112,57 +109,31 @@ class RegressionCallback(SanityCallback):
         """The training steps' losses next to the best constant prediction's (:class:`TrainingFit`)."""
         self._sums: dict[tuple[str, int], RegressionSums] = {}
         self._splits: dict[str, SplitReader] = {}
-        self._capture = StepCapture()
         self._suspicious: dict[str, int] = {}
-        self._search = TaskSearch()
 
     # ----------------------------------------------------------------- the task
-    def _regression(self, trainer: pl.Trainer) -> Task | None:
-        """The run's task if it is a regression with a known pairing, else ``None`` (the callback stays idle).
-
-        The run's task is decided once on the first training steps (:class:`~lightning_sanity.task_search.TaskSearch`).
-        A validate / test run after the fit judges the fit's task."""
-        task = sanity_run.task_of(trainer)
-        if task is None and self.task is not None and trainer.state.fn != TrainerFn.FITTING:
-            task = sanity_run.publish_task(trainer, self.task)
-        if task is None or task.kind != "regression" or task.pairing is None or task.loss not in LOSS_KINDS:
-            return None
-        if self.task != task:
-            self.task, self.fit = task, TrainingFit(task.loss)
-        return task
-
-    # ----------------------------------------------------------------- capture
     @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._capture.stop()
-        super().on_exception(trainer, pl_module, exception)
+    def accepts(self, task: Task) -> bool:
+        """A regression with outputs and targets to read, under a loss whose best constant is known."""
+        return super().accepts(task) and task.loss in LOSS_KINDS
 
+    @override
+    def adopt(self, task: Task) -> None:
+        super().adopt(task)
+        self.fit = TrainingFit(task.loss or "mse")
+
+    # ---------------------------------------------------------------- training
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.task, self.fit = None, None
-        self.history, self._suspicious = {}, {}
-        self._search.reset()
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._capture.stop()
-        if self._searching() and sanity_run.task_of(trainer) is None:
-            # used alone, this callback decides the run's task itself from the first steps' forward calls
-            self._capture.start(pl_module)
-
-    def _searching(self) -> bool:
-        return self.task is None and self._search.looking(self.batch_adapter is not None)
+        super().on_fit_start(trainer, pl_module)
+        self.fit, self.history, self._suspicious = None, {}, {}
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        observer = self._capture.stop()
-        if self._searching():
-            self._search.step(trainer, pl_module, outputs, batch, lambda: self.split_batch(trainer, batch), observer)
-        task = self._regression(trainer)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        task = self.run_task(trainer)
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if task is None or self.fit is None or not isinstance(loss, Tensor) or loss.numel() != 1:
             return
@@ -176,27 +147,6 @@ class RegressionCallback(SanityCallback):
         if self.fit is not None:
             self.fit.end_epoch()
 
-    @override
-    def on_eval_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: EvalSplit,
-        dataloader_idx: int,
-    ) -> None:  # fmt: skip
-        self._capture.stop()
-        if split != "predict" and not trainer.sanity_checking and self._regression(trainer) is not None:
-            # the outputs are read, the arguments only for their shapes (no call is replayed): no copy per step
-            self._capture.start(pl_module)
-
-    @override
-    def on_eval_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        split: EvalSplit, dataloader_idx: int,
-    ) -> None:  # fmt: skip
-        observer = self._capture.stop()
-        task = self._regression(trainer)
-        if observer is None or task is None or split == "predict":
-            return
-        self._observe(trainer, pl_module, task, split, outputs, batch, dataloader_idx, observer)
-
     def _targets(self, trainer: pl.Trainer, task: Task, batch: Any) -> Tensor | None:
         parts = self.split_batch(trainer, batch)
         if parts is None or task.pairing is None:
@@ -205,7 +155,8 @@ class RegressionCallback(SanityCallback):
         targets = tensor_at(batch, where) if where is not None else None
         return parts.targets if targets is None else parts.select(targets)
 
-    def _observe(
+    @override
+    def observe_eval_batch(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
@@ -299,10 +250,6 @@ class RegressionCallback(SanityCallback):
         self.record_verdict(trainer, "eval.regression_at_mean", None, message, hint, subject=label, evidence=evidence)
 
     # --------------------------------------------------------------- report
-    @override
-    def release(self) -> None:
-        self._capture.stop()
-
     @override
     def report_sections(self) -> list[tuple[str, str]]:
         if not self.summaries:
