@@ -15,8 +15,6 @@ from typing_extensions import override
 
 from lightning_sanity import run as sanity_run
 from lightning_sanity.base import collect_findings, is_number, require
-from lightning_sanity.batch import tensor_at
-from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.findings import Severity
 from lightning_sanity.learnability import binomial_noise
 from lightning_sanity.logged_accuracy import MISMATCH_TOLERANCE, closest_reading, logged_accuracies
@@ -45,11 +43,6 @@ PROBABILITY_LOSSES = frozenset({"bce", "BCELoss"})
 """Losses on probabilities (functional, or the ``torch.nn`` module by class name): their outputs split at 0.5."""
 MULTILABEL_LOSSES = PROBABILITY_LOSSES | {"bce_with_logits", "BCEWithLogitsLoss"}
 """Losses whose outputs are one independent score per label, judged against the prevalences (the BCE prior)."""
-
-UNREAD_HINT = (
-    "Return the [N, C] label scores from the step (e.g. `return {'logits': logits}`) or call `self(x)` in it, with "
-    "multi-hot [N, C] targets (or pass batch_adapter=lambda batch: (inputs, targets))."
-)
 
 
 def multilabel_scores(output: Tensor, targets: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -104,6 +97,10 @@ class MultiLabelCallback(TaskCallback):
 
     name: ClassVar[str] = "multilabel"
     kind: ClassVar[str] = "multilabel"
+    unread_hint: ClassVar[str] = (
+        "Return the [N, C] label scores from the step (e.g. `return {'logits': logits}`) or call `self(x)` in it, with "
+        "multi-hot [N, C] targets (or pass batch_adapter=lambda batch: (inputs, targets))."
+    )
     batch_checks: ClassVar[str] = "multi-label F1, prevalence and learnability verdicts (eval.multilabel_*)"
 
     def __init__(
@@ -143,7 +140,6 @@ class MultiLabelCallback(TaskCallback):
         """Per validation label, one entry per validation epoch of the fit: what the verdicts are judged on."""
         self.train_losses = TrainLossHistory()
         self._counts: dict[tuple[str, int], MultiLabelCounts] = {}
-        self._readers: dict[str, SplitReader] = {}
         self._suspicious: dict[str, int] = {}
         self._label_names: list[str] | None = None
 
@@ -162,6 +158,10 @@ class MultiLabelCallback(TaskCallback):
         self.train_losses.end_epoch()
 
     @override
+    def align(self, output: Tensor, targets: Tensor) -> tuple[Tensor, Tensor] | None:
+        return multilabel_scores(output, targets)
+
+    @override
     def observe_eval_batch(
         self,
         trainer: pl.Trainer,
@@ -173,24 +173,11 @@ class MultiLabelCallback(TaskCallback):
         loader: int,
         observer: StepObserver,
     ) -> None:
-        reader = self._readers.setdefault(
-            split,
-            SplitReader(
-                split, self.record, None, owner="MultiLabelCallback", align=multilabel_scores, unread_hint=UNREAD_HINT
-            ),
-        )
-        parts = self.split_batch(trainer, batch)
-        pairing = task.pairing
-        if reader.classification is False or parts is None or parts.inputs is None or pairing is None:
-            return
-        targets = tensor_at(batch, pairing.target) if pairing.target is not None else None
-        targets = parts.targets if targets is None else parts.select(targets)
-        if targets is None:
-            return
-        aligned = reader.aligned_scores(trainer, pl_module, outputs, observer, parts, targets, pairing.source)
+        aligned = self.predictions_of(trainer, pl_module, task, split, outputs, batch, observer)
         if aligned is None:
             return
         scores, targets = aligned
+        reader = self.reader(split)
         if reader.batches_checked < 3:  # a host read on the first batches only
             reader.batches_checked += 1
             if not bool(((targets == 0) | (targets == 1)).all()):

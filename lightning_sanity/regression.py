@@ -14,8 +14,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_sanity.base import collect_findings, is_int, require, resolve_findings
-from lightning_sanity.batch import tensor_at
-from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.learnability import CHANCE_Z
 from lightning_sanity.loggers import log_scalars, scalar_key
 from lightning_sanity.observe import StepObserver, dataloader_label
@@ -37,10 +35,6 @@ from lightning_sanity.task import Task
 from lightning_sanity.task_callback import TaskCallback
 from lightning_sanity.triage import input_cause
 
-UNREAD_HINT = (
-    "Return the predictions from the step (e.g. `return {'preds': y_hat}`) or call `self(x)` in it, with as many "
-    "values per sample as the targets; or pass batch_adapter=lambda batch: (inputs, targets)."
-)
 FITTED_DESPITE_SCALE = 0.5
 """A validation R² clearly above 0 that explains at least half of the targets' variance around the training mean: the
 model learned far more than the mean, so a step-0 ``target.unscaled`` (which says it would not) did not come true and
@@ -87,6 +81,10 @@ class RegressionCallback(TaskCallback):
 
     name: ClassVar[str] = "regression"
     kind: ClassVar[str] = "regression"
+    unread_hint: ClassVar[str] = (
+        "Return the predictions from the step (e.g. `return {'preds': y_hat}`) or call `self(x)` in it, with as many "
+        "values per sample as the targets; or pass batch_adapter=lambda batch: (inputs, targets)."
+    )
     batch_checks: ClassVar[str] = "R² against the training mean (eval.regression_at_mean)"
 
     def __init__(
@@ -108,7 +106,6 @@ class RegressionCallback(TaskCallback):
         self.fit: TrainingFit | None = None
         """The training steps' losses next to the best constant prediction's (:class:`TrainingFit`)."""
         self._sums: dict[tuple[str, int], RegressionSums] = {}
-        self._splits: dict[str, SplitReader] = {}
         self._suspicious: dict[str, int] = {}
 
     # ----------------------------------------------------------------- the task
@@ -137,7 +134,7 @@ class RegressionCallback(TaskCallback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if task is None or self.fit is None or not isinstance(loss, Tensor) or loss.numel() != 1:
             return
-        targets = self._targets(trainer, task, batch)
+        targets = self.targets_of(trainer, task, batch)
         if targets is not None and targets.is_floating_point():
             scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
             self.fit.track(loss * scale, targets)
@@ -147,13 +144,9 @@ class RegressionCallback(TaskCallback):
         if self.fit is not None:
             self.fit.end_epoch()
 
-    def _targets(self, trainer: pl.Trainer, task: Task, batch: Any) -> Tensor | None:
-        parts = self.split_batch(trainer, batch)
-        if parts is None or task.pairing is None:
-            return None
-        where = task.pairing.target
-        targets = tensor_at(batch, where) if where is not None else None
-        return parts.targets if targets is None else parts.select(targets)
+    @override
+    def align(self, output: Tensor, targets: Tensor) -> tuple[Tensor, Tensor] | None:
+        return as_columns(output, targets)
 
     @override
     def observe_eval_batch(
@@ -167,19 +160,7 @@ class RegressionCallback(TaskCallback):
         loader: int,
         observer: StepObserver,
     ) -> None:
-        reader = self._splits.setdefault(
-            split,
-            SplitReader(
-                split, self.record, None, owner="RegressionCallback", align=as_columns, unread_hint=UNREAD_HINT
-            ),
-        )
-        if reader.classification is False:  # said once: this split's outputs do not line up with its targets
-            return
-        parts = self.split_batch(trainer, batch)
-        targets = self._targets(trainer, task, batch)
-        if parts is None or parts.inputs is None or targets is None or task.pairing is None:
-            return
-        aligned = reader.aligned_scores(trainer, pl_module, outputs, observer, parts, targets, task.pairing.source)
+        aligned = self.predictions_of(trainer, pl_module, task, split, outputs, batch, observer)
         if aligned is None:
             return
         predictions, targets = aligned

@@ -7,11 +7,13 @@ from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
 from typing_extensions import override
 
 from lightning_sanity import run as sanity_run
 from lightning_sanity.base import EvalSplit, SanityCallback
-from lightning_sanity.batch import BatchAdapter
+from lightning_sanity.batch import BatchAdapter, tensor_at
+from lightning_sanity.eval_predictions import SplitReader
 from lightning_sanity.observe import StepCapture, StepObserver
 from lightning_sanity.task import Task
 from lightning_sanity.task_search import TaskSearch
@@ -39,6 +41,11 @@ class TaskCallback(SanityCallback):
 
     kind: ClassVar[str] = ""
     """The :attr:`Task.kind <lightning_sanity.task.Task.kind>` this callback judges."""
+    unread_hint: ClassVar[str] = (
+        "Return the predictions from the step (e.g. `return {'preds': y_hat}`) or call `self(x)` in it, shaped like "
+        "the targets; or pass batch_adapter=lambda batch: (inputs, targets)."
+    )
+    """The fix hint when a split's outputs do not line up with its targets."""
 
     def __init__(
         self,
@@ -58,6 +65,7 @@ class TaskCallback(SanityCallback):
         """The run's task once published, if it is of this callback's kind (``None``: nothing is judged)."""
         self._capture = StepCapture()
         self._search = TaskSearch()
+        self._readers: dict[str, SplitReader] = {}
 
     def accepts(self, task: Task) -> bool:
         """Whether this callback judges ``task``: its kind, with outputs and targets to read."""
@@ -77,6 +85,49 @@ class TaskCallback(SanityCallback):
         if self.task != task:
             self.adopt(task)
         return task
+
+    def align(self, output: Tensor, targets: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Line ``output`` up with ``targets`` as this callback reads them; ``None`` when their shapes do not fit."""
+        raise NotImplementedError
+
+    def reader(self, split: str) -> SplitReader:
+        """What this callback knows about reading ``split``'s predictions (said once when they cannot be read)."""
+        if split not in self._readers:
+            owner = type(self).__name__
+            self._readers[split] = SplitReader(
+                split, self.record, None, owner=owner, align=self.align, unread_hint=self.unread_hint
+            )
+        return self._readers[split]
+
+    def targets_of(self, trainer: pl.Trainer, task: Task, batch: Any) -> Tensor | None:
+        """The batch tensor the training loss reads as its targets (a graph's cut to the split's nodes)."""
+        parts = self.split_batch(trainer, batch)
+        if parts is None or task.pairing is None:
+            return None
+        where = task.pairing.target
+        targets = tensor_at(batch, where) if where is not None else None
+        return parts.targets if targets is None else parts.select(targets)
+
+    def predictions_of(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        task: Task,
+        split: str,
+        outputs: Any,
+        batch: Any,
+        observer: StepObserver,
+    ) -> tuple[Tensor, Tensor] | None:
+        """An evaluation batch's ``(predictions, targets)`` lined up by :meth:`align`: from the output the training
+        loss reads, found like ConfusionCallback finds class scores (:class:`SplitReader`)."""
+        reader = self.reader(split)
+        if reader.classification is False:  # said once: this split's outputs are not what this callback reads
+            return None
+        parts = self.split_batch(trainer, batch)
+        targets = self.targets_of(trainer, task, batch)
+        if parts is None or parts.inputs is None or targets is None or task.pairing is None:
+            return None
+        return reader.aligned_scores(trainer, pl_module, outputs, observer, parts, targets, task.pairing.source)
 
     def _searching(self) -> bool:
         return self.task is None and self._search.looking(self.batch_adapter is not None)
