@@ -35,8 +35,12 @@ class TaskCallback(SanityCallback):
             name = "ranking"
             kind = "multilabel"
 
+            def align(self, output, targets):
+                return (output, targets) if output.shape == targets.shape else None
+
             def observe_eval_batch(self, trainer, pl_module, task, split, outputs, batch, loader, observer):
-                ...  # read the predictions where task.pairing says, accumulate on the device
+                aligned = self.predictions_of(trainer, pl_module, task, split, outputs, batch, observer)
+                ...  # accumulate on the device; judge at on_validation_end
     """
 
     kind: ClassVar[str] = ""
