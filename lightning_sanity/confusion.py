@@ -652,7 +652,10 @@ class ConfusionCallback(SanityCallback):
             if learning is None or prior is None:
                 self.resolve("eval.loss_at_prior", split, trainer.current_epoch)
                 continue
-            text = loss_at_prior_text(split, split_losses[-4:], losses, prior.entropy, prior.summary.present_classes)
+            unigram = prior.summary.prior_entropy if prior.by_position else None
+            text = loss_at_prior_text(
+                split, split_losses[-4:], losses, prior.entropy, prior.summary.present_classes, unigram
+            )
             evidence = {"epoch_losses": [round(v, 4) for v in split_losses[-4:]], "prior_floor": round(floor, 4)}
             evidence.update(prior.evidence(), training=learning, epoch_train_losses=[round(v, 4) for v in losses[-4:]])
             self.record_verdict(

@@ -78,10 +78,10 @@ def entropy_levels(counts: Tensor) -> list[tuple[int, float, float]]:
         levels.append((cell, plug_in + bias, plug_in))
         if all(size == 1 for size in grid.shape[1:]):
             return levels
-        grid, cell = _pool(grid), cell * 2
+        grid, cell = pool_positions(grid), cell * 2
 
 
-def _pool(grid: Tensor) -> Tensor:
+def pool_positions(grid: Tensor) -> Tensor:
     """Sum ``[C, *grid]`` counts over cells of two positions per spatial side (an odd side padded with nothing)."""
     for dim in range(1, grid.ndim):
         if grid.shape[dim] % 2:
@@ -219,7 +219,7 @@ class PositionCounts(Metric):
         grid positions per side (smoothed by half a count per class: a class unseen there costs a finite loss)."""
         pooled = counts.double()
         for _ in range(cell.bit_length() - 1):
-            pooled = _pool(pooled)
+            pooled = pool_positions(pooled)
         smoothed = pooled + 0.5
         losses = -(smoothed / smoothed.sum(0, keepdim=True)).log()
         for dim, size in enumerate(counts.shape[1:], start=1):
@@ -250,7 +250,7 @@ def position_prior(metric: PositionCounts) -> PositionPrior | None:
     metric.set_reference(counts, cell)
     pooled = counts
     for _ in range(cell.bit_length() - 1):
-        pooled = _pool(pooled)
+        pooled = pool_positions(pooled)
     total = int(counts.sum())
     accuracy = float(pooled.amax(0).sum()) / total
     return PositionPrior(entropy, _sample_noise(moments.tolist()), accuracy, cell * metric.cell, total)

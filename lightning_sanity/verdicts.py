@@ -260,15 +260,23 @@ def loss_at_prior_text(
     train_losses: Sequence[float],
     prior_entropy: float,
     distinct_targets: int,
+    unigram_entropy: float | None = None,
 ) -> VerdictText:
     """``eval.loss_at_prior``: the loss a model computes itself never went below ``prior_entropy``, the entropy of
     the frequencies of the ``distinct_targets`` target ids of ``split``, in its last ``epoch_losses`` (the training
-    split's are ``train_losses``)."""
+    split's are ``train_losses``); with ``unigram_entropy``, ``prior_entropy`` is the lower position prior (each
+    position's target frequencies)."""
     baseline = (
         f"the entropy of the frequencies of its {distinct_targets} {split} target ids (epoch means "
         f"{_values(epoch_losses)}): that is the loss of a model that ignores its input and predicts how often each "
         "target occurs"
     )
+    if unigram_entropy is not None:
+        baseline = (
+            f"the loss of predicting each target from its position in the sequence alone (epoch means "
+            f"{_values(epoch_losses)}; the frequencies of its {distinct_targets} {split} target ids alone give "
+            f"{unigram_entropy:.3f}): what it learned is which tokens sit at which position"
+        )
     if split == "train":
         message = (
             f"The training loss the model computes itself never went below {prior_entropy:.3f}, {baseline}, so it "
