@@ -59,8 +59,8 @@ def entropy_levels(counts: Tensor) -> list[tuple[int, float, float]]:
     Example::
 
         >>> counts = torch.tensor([[[90, 10], [10, 90]], [[10, 90], [90, 10]]])  # 2 classes on a 2 x 2 grid
-        >>> [(cell, round(corrected, 3)) for cell, corrected, _ in entropy_levels(counts)]
-        [(1, 0.330), (2, 0.695)]
+        >>> [(cell, round(corrected, 2)) for cell, corrected, _ in entropy_levels(counts)]
+        [(1, 0.33), (2, 0.69)]
     """
     levels: list[tuple[int, float, float]] = []
     cell = 1

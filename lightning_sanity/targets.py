@@ -101,7 +101,7 @@ def target_scale(output: Tensor, targets: Tensor) -> TargetScale | None:
 
     Example::
 
-        >>> scale = target_scale(torch.randn(64, 1) * 0.1, torch.randn(64, 1) * 500 - 2700)
+        >>> scale = target_scale(torch.full((64, 1), 0.1), torch.full((64, 1), -2700.0))
         >>> round(scale.ratio, -2)
         2700.0
     """
