@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import math
 import sys
 import time
 import warnings
@@ -77,18 +78,19 @@ def fit(text: str, bug: str | None, seed: int, lr: float, n: int, width: int, ep
     )
     trainer.fit(HFModule(gpt2(seed, width), lr=lr), train, val)
     watch = callback.internal_loss
-    assert watch is not None and watch.train_prior is not None and watch.val_prior is not None
+    assert watch is not None and watch.train_prior is not None
     train_floor = prior_loss_floor(watch.train_prior.summary, callback.train_losses.epoch_noise[-1])
-    val_floor = prior_loss_floor(watch.val_prior.summary)  # the same targets as the loss: no loss noise
+    val_prior = watch.val_prior  # None when no validation loss was read (the run is then judged on training only)
+    val_floor = prior_loss_floor(val_prior.summary) if val_prior else math.nan  # same targets as the loss: no noise
     verdicts = [f for f in collect_findings(trainer) if f.code == "eval.loss_at_prior" and f.standing]
     return {
         "train": callback.train_losses.epoch_losses,
         "val": watch.val_losses,
         "train_prior": watch.train_prior.entropy,
-        "val_prior": watch.val_prior.entropy,
+        "val_prior": val_prior.entropy if val_prior else math.nan,
         # relative distance of the best epoch below the floor (> 0: below, learned beyond the frequencies)
         "train_margin": (train_floor - min(callback.train_losses.epoch_losses)) / watch.train_prior.entropy,
-        "val_margin": (val_floor - min(watch.val_losses)) / watch.val_prior.entropy,
+        "val_margin": (val_floor - min(watch.val_losses)) / val_prior.entropy if val_prior else math.nan,
         "verdict": ",".join(f.subject for f in verdicts),
         "bar": "position" if watch.train_prior.by_position else "unigram",
         "position": watch.train_prior.position,
@@ -132,13 +134,18 @@ def main() -> None:
     for key, name in (("train_margin", "training"), ("val_margin", "validation")):
         print(
             f"| best epoch-mean {name} loss below the prior's noise floor, / prior entropy (> 0: below) | min "
-            f"{min(float(r[key]) for r in healthy_rows):+.3f} (n={len(healthy_rows)}) | max "  # type: ignore[arg-type]
-            f"{max(float(r[key]) for r in broken_rows):+.3f} (n={len(broken_rows)}) |"  # type: ignore[arg-type]
+            f"{min(_measured(healthy_rows, key)):+.3f} (n={len(healthy_rows)}) | max "
+            f"{max(_measured(broken_rows, key)):+.3f} (n={len(broken_rows)}) |"
         )
     for bug in BUGS:
         caught = [r for b, r in rows if b == bug]
         subjects = sorted({str(r["verdict"]) for r in caught})
         print(f"| {bug} | caught {sum(bool(r['verdict']) for r in caught)}/{len(caught)} | subjects {subjects} |")
+
+
+def _measured(rows: list[dict[str, object]], key: str) -> list[float]:
+    """The finite values of ``key`` (a run without a validation prior has none)."""
+    return [value for value in (float(r[key]) for r in rows) if math.isfinite(value)]  # type: ignore[arg-type]
 
 
 def _position(prior: object) -> str:

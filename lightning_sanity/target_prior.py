@@ -107,11 +107,14 @@ def target_reading(observer: StepObserver, source: str, batch: Any) -> TargetRea
     vocab = logits.shape[-1]
     value = float(loss.float())
     tolerance = MATCH_TOLERANCE_HALF if logits.dtype in (torch.float16, torch.bfloat16) else MATCH_TOLERANCE
+    # both readings are tried and the closer one wins: near initialisation (logits almost uniform) the unshifted
+    # cross-entropy of a causal LM can fall within the tolerance by chance, the shifted one is its loss exactly
+    errors = {}
     for shifted in (False, True):
         recomputed = _cross_entropy(logits, labels, shifted)
         if recomputed is not None and abs(recomputed - value) <= tolerance * max(abs(value), 1e-2):
-            return TargetReading(source, shifted, vocab)
-    return None
+            errors[shifted] = abs(recomputed - value)
+    return TargetReading(source, min(errors, key=errors.__getitem__), vocab) if errors else None
 
 
 def _field(output: Any, name: str) -> Tensor | None:

@@ -25,6 +25,7 @@ from lightning_sanity.batch import BatchParts, batch_tensors, tensor_at
 from lightning_sanity.losses import MATCH_TOLERANCE, MATCH_TOLERANCE_HALF, LossContext, multi_hot_rows, reproduces_loss
 from lightning_sanity.observe import ForwardCall, StepObserver
 from lightning_sanity.outputs import output_tensor, scored_outputs
+from lightning_sanity.target_prior import target_reading
 
 # Thresholds; the calibration behind each number is in docs/findings.md (ConfusionCallback section).
 PAIRING_STEPS = 3
@@ -267,15 +268,25 @@ def internal_loss_source(observer: StepObserver, loss: float) -> str | None:
     return None
 
 
+def _reads_shifted_labels(observer: StepObserver, source: str, batch: Any) -> bool:
+    """The model's own loss is its cross-entropy against its ``labels`` shifted by one position (a causal LM)."""
+    reading = target_reading(observer, source, batch)
+    return reading is not None and reading.shifted
+
+
 def decide_task(
     observer: StepObserver, batch: Any, parts: BatchParts, loss: float, context: LossContext
 ) -> Task | None:
     """The task of a training step that returned ``loss``: its pairing and kind, ``internal_loss`` when the model's
     own output carries the loss, or ``None`` when neither is found on this step."""
     pairing = find_pairing(observer, pairing_targets(batch, parts), loss, context, parts)
+    source = internal_loss_source(observer, loss)
+    if source is not None and (pairing is None or _reads_shifted_labels(observer, source, batch)):
+        # a causal LM's own loss reads its labels shifted by one: an unshifted pair that also gave the loss did so
+        # by chance (near initialisation every cross-entropy is about ln V)
+        return Task("internal_loss", loss=INTERNAL_LOSS, source=source)
     if pairing is None:
-        source = internal_loss_source(observer, loss)
-        return Task("internal_loss", loss=INTERNAL_LOSS, source=source) if source is not None else None
+        return None
     located = locate(pairing, observer, batch, parts)
     if located is None:
         return Task("unknown", pairing, pairing.loss)

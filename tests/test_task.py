@@ -228,3 +228,24 @@ def test_a_duplicated_confusion_callback_reads_the_originals_task(make_trainer: 
     trainer.fit(Classifier(mlp(13, 3)), *wine())
     assert [f.code for f in duplicate.findings] == ["sanity.duplicate"]
     assert original.task is not None and duplicate.task is original.task and duplicate.pairing == original.pairing
+
+
+def test_a_causal_lm_at_uniform_logits_is_its_own_loss_not_an_unshifted_pair() -> None:
+    """Near initialisation every cross-entropy is about ln V: an untrained causal LM's unshifted logits-vs-labels pair
+    gives its loss as well as the shifted one it really computes. The model's own loss, read shifted, decides: the
+    task is internal_loss (the report would otherwise judge next-token predictions against the current tokens)."""
+    from lightning_sanity.batch import split_batch
+    from lightning_sanity.losses import LossContext
+    from lightning_sanity.observe import ForwardCall, StepObserver
+
+    tokens = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(0))
+    logits = torch.zeros(2, 5, 7)  # exactly uniform: shifted and unshifted cross-entropies are both ln 7
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, 7), tokens[:, 1:].reshape(-1))
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits.reshape(-1, 7), tokens.reshape(-1))))
+    batch = {"input_ids": tokens, "labels": tokens}
+    output = {"loss": loss, "logits": logits}
+    call = ForwardCall(nn.Identity(), "model", (), {"input_ids": tokens, "labels": tokens}, output)
+    observer = StepObserver.__new__(StepObserver)
+    observer.calls, observer.child_outputs, call.returned = [call], [], True
+    task = task_module.decide_task(observer, batch, split_batch(batch), float(loss), LossContext())
+    assert task is not None and task.kind == "internal_loss" and task.source == "call:model"
