@@ -27,7 +27,6 @@ from lightning_sanity.learnability import (
     EpochEvidence,
     beats_the_prior,
     has_learning_signal,
-    held_since,
     is_learning_now,
     is_loss_at_chance,
     learning_evidence,
@@ -46,7 +45,7 @@ from lightning_sanity.outputs import (
     scored_outputs,
 )
 from lightning_sanity.position_prior import PositionCounts, position_evidence, with_position_prior
-from lightning_sanity.progress import has_trained, remaining_epochs
+from lightning_sanity.progress import has_trained, held_since, remaining_epochs
 from lightning_sanity.target_prior import InternalLossWatch, loss_at_prior, target_reading
 from lightning_sanity.task import ScorePairing, Task
 from lightning_sanity.task_search import TaskSearch
@@ -543,7 +542,7 @@ class ConfusionCallback(SanityCallback):
                 count = max(count, len(history))  # one class at every validation is evidence over the whole history
             elif holds and learning in ("stuck", "never below the prior"):
                 # so is a training loss at the prior for epochs: the validations before MIN_STEPS count as well
-                count = max(count, held_since(history, code))
+                count = max(count, held_since([verdict_checks(e.summary)[code] for e in history]))
             self._suspicious[key] = count
         if split == "val" and (is_learning_now(summary) or beats_the_prior(history[-1])):
             for code in checks:

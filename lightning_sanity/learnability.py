@@ -515,13 +515,3 @@ def is_loss_at_chance(epoch_losses: Sequence[float], num_classes: int, steps: in
     if num_classes < 2 or steps < MIN_STEPS:
         return False
     return is_plateau(epoch_losses, math.log(num_classes), LOSS_CHANCE_TOLERANCE, LOSS_CHANCE_SPREAD, above=True)
-
-
-def held_since(history: Sequence[EpochEvidence], code: str) -> int:
-    """For how many of the latest validations in ``history`` the check ``code`` of :func:`verdict_checks` held."""
-    held = 0
-    for entry in reversed(history):
-        if not verdict_checks(entry.summary)[code]:
-            break
-        held += 1
-    return held

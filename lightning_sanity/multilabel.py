@@ -26,18 +26,18 @@ from lightning_sanity.multilabel_metrics import (
     MultiLabelSummary,
     beats_the_prior,
     element_losses,
-    held_since,
     labels_told_apart,
     multilabel_learning,
     told_apart_margin,
     verdict_checks,
 )
 from lightning_sanity.observe import StepObserver, dataloader_label
-from lightning_sanity.progress import has_trained, remaining_epochs
+from lightning_sanity.progress import has_trained, held_since, remaining_epochs
 from lightning_sanity.task import Task
 from lightning_sanity.task_callback import TaskCallback
 from lightning_sanity.train_loss import TrainLossHistory
 from lightning_sanity.triage import input_cause
+from lightning_sanity.verdicts import memorising_cause
 
 PROBABILITY_LOSSES = frozenset({"bce", "BCELoss"})
 """Losses on probabilities (functional, or the ``torch.nn`` module by class name): their outputs split at 0.5."""
@@ -320,7 +320,7 @@ class MultiLabelCallback(TaskCallback):
             key = f"{code}:{label}"
             count = self._suspicious.get(key, 0) + 1 if holds and learning is not None else 0
             if holds and learning in ("stuck", "never below the prior", "constant throughout"):
-                count = max(count, held_since(history, code))  # the evidence speaks for the earlier validations too
+                count = max(count, held_since([verdict_checks(e.summary)[code] for e in history]))
             self._suspicious[key] = count
         if split == "val" and (labels_told_apart(summary) or beats_the_prior(summary)):
             for code in checks:
@@ -454,11 +454,7 @@ def learning_story(
     eval_losses = [e.summary.eval_loss for e in history if e.summary.eval_loss is not None]
     recent = ", ".join(f"{v:.3f}" for v in losses[-4:])
     if learning == "memorising" and len(eval_losses) >= 2:
-        cause = (
-            f"the validation inputs differ from the training inputs ({input_code})"
-            if input_code
-            else "training labels without signal, or validation inputs unlike the training inputs"
-        )
+        cause = memorising_cause(input_code)
         return (
             f"the training loss fell from {losses[0]:.3f} to {losses[-1]:.3f} while the validation BCE went from "
             f"{eval_losses[0]:.3f} to {eval_losses[-1]:.3f} (predicting the prevalences scores {prior:.3f}): the "

@@ -437,13 +437,3 @@ def multilabel_learning(
     if below_floor or is_memorising(epoch_losses, [entry.summary.eval_loss for entry in history]):
         return "memorising"  # the training loss went below the prior, the validation loss did not
     return None
-
-
-def held_since(history: Sequence[MultiLabelEpoch], code: str) -> int:
-    """For how many of the latest validations the check ``code`` of :func:`verdict_checks` held."""
-    held = 0
-    for entry in reversed(history):
-        if not verdict_checks(entry.summary)[code]:
-            break
-        held += 1
-    return held

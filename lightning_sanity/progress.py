@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
@@ -22,6 +23,22 @@ def has_trained(trainer: pl.Trainer, min_epochs: int) -> bool:
     completed = compat.completed_epochs(trainer)
     epochs = completed + (trainer.state.fn == TrainerFn.FITTING) >= min_epochs
     return epochs and trainer.global_step >= MIN_VERDICT_STEPS
+
+
+def held_since(held: Sequence[bool]) -> int:
+    """For how many of the latest validations a check held, from whether it ``held`` at each (oldest first).
+
+    Example::
+
+        >>> held_since([False, True, False, True, True])
+        2
+    """
+    count = 0
+    for holds in reversed(held):
+        if not holds:
+            break
+        count += 1
+    return count
 
 
 def remaining_epochs(trainer: pl.Trainer, split: str) -> float:

@@ -17,7 +17,7 @@ from lightning_sanity.base import collect_findings, is_int, require, resolve_fin
 from lightning_sanity.learnability import CHANCE_Z
 from lightning_sanity.loggers import log_scalars, scalar_key
 from lightning_sanity.observe import StepObserver, dataloader_label
-from lightning_sanity.progress import has_trained, remaining_epochs
+from lightning_sanity.progress import has_trained, held_since, remaining_epochs
 from lightning_sanity.regression_metrics import (
     CONSTANT_SHARE,
     LOSS_KINDS,
@@ -218,7 +218,7 @@ class RegressionCallback(TaskCallback):
         count = self._suspicious.get(label, 0) + 1 if holds and learning is not None else 0
         if holds and learning == "at the mean":
             # a training loss at the mean for epochs: the validations before the verdict could be made count too
-            count = max(count, _held_since(history))
+            count = max(count, held_since([is_at_mean(entry) for entry in history]))
         self._suspicious[label] = count
         if split == "val" and beats_the_mean(summary):
             self.resolve("eval.regression_at_mean", label, trainer.current_epoch)
@@ -241,16 +241,6 @@ class RegressionCallback(TaskCallback):
             for label, s in self.summaries.items()
         ]
         return [("Regression (last epoch)", "\n".join(lines))]
-
-
-def _held_since(history: Sequence[RegressionSummary]) -> int:
-    """For how many of the latest validations the model did no better than the mean."""
-    held = 0
-    for entry in reversed(history):
-        if not is_at_mean(entry):
-            break
-        held += 1
-    return held
 
 
 def _verdict(

@@ -79,6 +79,14 @@ def wrong_mapping(matrix: Tensor | None, class_name: Callable[[int], str], shown
     return "true -> predicted: " + ", ".join(shown) + (", ..." if len(moved) > len(shown) else "") if moved else ""
 
 
+def memorising_cause(input_code: str | None) -> str:
+    """Why what a model fits in training does not transfer: the ``input_code`` finding saying the evaluation inputs
+    differ from the training inputs, else the two usual causes."""
+    if input_code:
+        return f"the validation inputs differ from the training inputs ({input_code})"
+    return "training labels without signal, or validation inputs unlike the training inputs"
+
+
 def learning_story(
     learning: str,
     losses: Sequence[float],
@@ -89,11 +97,7 @@ def learning_story(
     the evaluation inputs differ from the training inputs, which explains why nothing learned transfers."""
     eval_losses = [e.eval_loss for e in history if e.eval_loss is not None]
     if learning == "memorising" and len(eval_losses) >= 2:
-        cause = (
-            f"the validation inputs differ from the training inputs ({input_code})"
-            if input_code
-            else "training labels without signal, or validation inputs unlike the training inputs"
-        )
+        cause = memorising_cause(input_code)
         return (
             f"the training loss fell from {losses[0]:.3f} to {losses[-1]:.3f} while the validation loss went from "
             f"{eval_losses[0]:.3f} to {eval_losses[-1]:.3f}: the model memorises its training data and nothing "
